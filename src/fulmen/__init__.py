@@ -1,0 +1,54 @@
+"""fulmen: a structured PyTorch trainer with Lightning's vocabulary, and Lite for raw loops.
+
+Public names load on first use (PEP 562), so ``import fulmen`` costs almost nothing on top
+of ``import torch``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "LightningModule": "fulmen.module",
+    "LightningDataModule": "fulmen.datamodule",
+    "Trainer": "fulmen.trainer",
+    "Callback": "fulmen.callbacks",
+    "Lite": "fulmen.lite",
+    "LightningLite": "fulmen.lite",
+    "seed_everything": "fulmen.utilities.seed",
+}
+
+__all__ = [
+    "Callback",
+    "LightningDataModule",
+    "LightningLite",
+    "LightningModule",
+    "Lite",
+    "Trainer",
+    "__version__",
+    "seed_everything",
+]
+
+if TYPE_CHECKING:
+    from fulmen.callbacks import Callback
+    from fulmen.datamodule import LightningDataModule
+    from fulmen.lite import LightningLite, Lite
+    from fulmen.module import LightningModule
+    from fulmen.trainer import Trainer
+    from fulmen.utilities.seed import seed_everything
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fulmen' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,160 @@
+"""Distributed data parallel over torch.distributed: one process per device, gradients all-reduced.
+
+``start_method="popen"`` (``strategy="ddp"``) re-runs the script per rank; ``"spawn"``
+(``strategy="ddp_spawn"``) starts ranks with torch.multiprocessing from inside the script.
+Processes started outside (torchrun, srun, Ray) are joined as they are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from fulmen.strategies.accelerators import Accelerator
+from fulmen.strategies.environments import ClusterEnvironment, LightningEnvironment
+from fulmen.strategies.launchers import MultiprocessingLauncher, SubprocessScriptLauncher
+from fulmen.strategies.precision import Precision
+from fulmen.strategies.strategy import Strategy
+from fulmen.utilities import rank_zero
+from fulmen.utilities.exceptions import invalid_argument
+from fulmen.utilities.seed import reset_seed
+
+#: Seconds a collective waits for a missing rank before every rank fails with a timeout error.
+TIMEOUT_ENV = "FULMEN_DIST_TIMEOUT"
+DEFAULT_TIMEOUT = timedelta(minutes=30)
+_START_METHODS = ("popen", "spawn", "fork", "forkserver")
+
+
+def default_timeout() -> timedelta:
+    value = os.environ.get(TIMEOUT_ENV)
+    return timedelta(seconds=float(value)) if value else DEFAULT_TIMEOUT
+
+
+class DDPStrategy(Strategy):
+    supports_no_backward_sync = True
+
+    def __init__(
+        self,
+        accelerator: Accelerator | None = None,
+        parallel_devices: list[torch.device] | None = None,
+        cluster_environment: ClusterEnvironment | None = None,
+        precision: Precision | None = None,
+        process_group_backend: str | None = None,
+        timeout: timedelta | float | None = None,
+        start_method: str = "popen",
+        num_nodes: int = 1,
+        **ddp_kwargs: Any,
+    ) -> None:
+        super().__init__(accelerator=accelerator, precision=precision, cluster_environment=cluster_environment)
+        if start_method not in _START_METHODS:
+            raise invalid_argument("start_method", start_method, _START_METHODS)
+        if isinstance(timeout, (int, float)):
+            timeout = timedelta(seconds=timeout)
+        self.parallel_devices = parallel_devices or []
+        self.num_nodes = num_nodes
+        self.process_group_backend = process_group_backend
+        self.timeout = timeout
+        self.start_method = start_method
+        self.ddp_kwargs = ddp_kwargs
+
+    @property
+    def num_processes(self) -> int:
+        return max(len(self.parallel_devices), 1)
+
+    @property
+    def root_device(self) -> torch.device:
+        if not self.parallel_devices:
+            return torch.device("cpu")
+        return self.parallel_devices[self.local_rank]
+
+    @property
+    def distributed_sampler_kwargs(self) -> dict[str, int]:
+        return {"num_replicas": self.num_nodes * self.num_processes, "rank": self.global_rank}
+
+    def configure_launcher(self) -> None:
+        """Choose who starts the ranks; called once flags are resolved."""
+        if self.cluster_environment is None:
+            self.cluster_environment = LightningEnvironment()
+        if self.cluster_environment.creates_processes_externally:
+            self.launcher = None
+        elif self.start_method == "popen":
+            self.launcher = SubprocessScriptLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
+        else:
+            self.launcher = MultiprocessingLauncher(
+                self.cluster_environment, self.num_processes, self._setup_spawned_rank, self.start_method
+            )
+
+    def _setup_spawned_rank(self, process_index: int) -> None:
+        os.environ["LOCAL_RANK"] = str(process_index)
+        reset_seed()
+
+    def setup_environment(self) -> None:
+        self._set_ranks()
+        super().setup_environment()
+        self._init_process_group()
+
+    def _set_ranks(self) -> None:
+        env = self.cluster_environment
+        env.set_global_rank(self.node_rank * self.num_processes + self.local_rank)
+        env.set_world_size(self.num_nodes * self.num_processes)
+        rank_zero.rank_zero_only.rank = env.global_rank()
+
+    def _init_process_group(self) -> None:
+        if dist.is_initialized():
+            return
+        env = self.cluster_environment
+        os.environ["MASTER_ADDR"] = env.main_address
+        os.environ["MASTER_PORT"] = str(env.main_port)
+        backend = self.process_group_backend or ("nccl" if self.root_device.type == "cuda" else "gloo")
+        dist.init_process_group(
+            backend,
+            rank=env.global_rank(),
+            world_size=env.world_size(),
+            timeout=self.timeout or default_timeout(),
+        )
+
+    def setup_module(self, module: nn.Module) -> nn.Module:
+        device_ids = [self.root_device.index] if self.root_device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=device_ids, **self.ddp_kwargs)
+
+    @contextlib.contextmanager
+    def no_backward_sync(self, module: nn.Module, enabled: bool = True) -> Any:
+        ddp = _find_ddp(module)
+        if not enabled or ddp is None:
+            yield
+            return
+        with ddp.no_sync():
+            yield
+
+    def barrier(self, name: str | None = None) -> None:
+        if dist.is_initialized():
+            if dist.get_backend() == "nccl":
+                dist.barrier(device_ids=[self.root_device.index])
+            else:
+                dist.barrier()
+
+    def teardown(self) -> None:
+        super().teardown()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    def __repr__(self) -> str:
+        return (
+            f"DDPStrategy(start_method={self.start_method!r}, devices={self.num_processes}, "
+            f"num_nodes={self.num_nodes}, precision={self.precision!r})"
+        )
+
+
+def _find_ddp(module: nn.Module) -> DistributedDataParallel | None:
+    while module is not None:
+        if isinstance(module, DistributedDataParallel):
+            return module
+        module = getattr(module, "_forward_module", None) if getattr(module, "_fulmen_wrapper", False) else None
+    return None

@@ -1,0 +1,47 @@
+"""``strategy="dp"``: torch.nn.DataParallel, one process splitting each batch over the GPUs of a node."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fulmen.strategies.accelerators import Accelerator
+from fulmen.strategies.precision import Precision
+from fulmen.strategies.strategy import Strategy, warn_no_backward_sync_unsupported
+
+
+class DataParallelStrategy(Strategy):
+    def __init__(
+        self,
+        accelerator: Accelerator | None = None,
+        parallel_devices: list[torch.device] | None = None,
+        precision: Precision | None = None,
+    ) -> None:
+        super().__init__(accelerator=accelerator, precision=precision)
+        self.parallel_devices = parallel_devices or [torch.device("cuda", 0)]
+
+    @property
+    def root_device(self) -> torch.device:
+        return self.parallel_devices[0]
+
+    def setup_module(self, module: nn.Module) -> nn.Module:
+        return nn.DataParallel(module, device_ids=[d.index for d in self.parallel_devices])
+
+    def batch_to_device(self, batch: Any, device: torch.device | None = None) -> Any:
+        # DataParallel scatters from the first device itself.
+        return super().batch_to_device(batch, device)
+
+    def backward(self, tensor: Tensor, module: nn.Module | None = None, *args: Any, **kwargs: Any) -> None:
+        # Each replica returns its own loss; their mean is the loss of the whole batch.
+        if tensor.dim() > 0:
+            tensor = tensor.mean()
+        super().backward(tensor, module, *args, **kwargs)
+
+    @contextlib.contextmanager
+    def no_backward_sync(self, module: nn.Module, enabled: bool = True) -> Any:
+        if enabled:
+            warn_no_backward_sync_unsupported(self)
+        yield

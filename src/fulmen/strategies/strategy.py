@@ -1,0 +1,239 @@
+"""``Strategy``: the one object the Trainer and Lite ask every device, distributed and precision question.
+
+A strategy owns an accelerator (which devices), a precision (which numbers), a cluster
+environment (which rank am I) and a launcher (who starts the other processes). Its methods
+take plain torch objects (modules, optimizers, tensors, dataloaders), never a Trainer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from fulmen.strategies import collectives
+from fulmen.strategies.accelerators import Accelerator
+from fulmen.strategies.environments import ClusterEnvironment
+from fulmen.strategies.launchers import Launcher
+from fulmen.strategies.precision import Precision
+from fulmen.utilities.apply_func import move_data_to_device
+from fulmen.utilities.rank_zero import rank_zero_warn
+
+log = logging.getLogger("fulmen")
+
+
+class Strategy(ABC):
+    #: Whether ``no_backward_sync`` can really skip gradient synchronisation.
+    supports_no_backward_sync: bool = False
+
+    def __init__(
+        self,
+        accelerator: Accelerator | None = None,
+        precision: Precision | None = None,
+        cluster_environment: ClusterEnvironment | None = None,
+    ) -> None:
+        self.accelerator = accelerator
+        self.precision = precision if precision is not None else Precision()
+        self.cluster_environment = cluster_environment
+        self.launcher: Launcher | None = None
+
+    # ----------------------------------------------------------------------------------- where
+    @property
+    @abstractmethod
+    def root_device(self) -> torch.device:
+        """The device this process computes on."""
+
+    @property
+    def global_rank(self) -> int:
+        return self.cluster_environment.global_rank() if self.cluster_environment else 0
+
+    @property
+    def local_rank(self) -> int:
+        return self.cluster_environment.local_rank() if self.cluster_environment else 0
+
+    @property
+    def node_rank(self) -> int:
+        return self.cluster_environment.node_rank() if self.cluster_environment else 0
+
+    @property
+    def world_size(self) -> int:
+        return self.cluster_environment.world_size() if self.cluster_environment else 1
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.global_rank == 0
+
+    @property
+    def distributed_sampler_kwargs(self) -> dict[str, int] | None:
+        """``num_replicas``/``rank`` for a DistributedSampler, or None when one process sees all data."""
+        return None
+
+    # ----------------------------------------------------------------------------------- setup
+    def setup_environment(self) -> None:
+        """Prepare this process: select the device; distributed strategies join the process group."""
+        if self.accelerator is not None:
+            self.accelerator.setup_device(self.root_device)
+
+    def setup_module_and_optimizers(
+        self, module: nn.Module, optimizers: list[Optimizer]
+    ) -> tuple[nn.Module, list[Optimizer]]:
+        """Set up a model with its optimizers; engines that need both at once (DeepSpeed) override this."""
+        module = self.setup_module(module)
+        return module, [self.setup_optimizer(opt) for opt in optimizers]
+
+    def setup_module(self, module: nn.Module) -> nn.Module:
+        """Wrap the module for this strategy (DDP, ...). Conversion and placement happen before."""
+        return module
+
+    def module_to_device(self, module: nn.Module) -> None:
+        module.to(self.root_device)
+
+    def convert_module(self, module: nn.Module) -> nn.Module:
+        return self.precision.convert_module(module)
+
+    def setup_optimizer(self, optimizer: Optimizer) -> Optimizer:
+        return optimizer
+
+    def module_init_context(self) -> contextlib.AbstractContextManager:
+        """Where to instantiate a model: on the right device and in the right dtype."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.root_device)
+        stack.enter_context(self.precision.module_init_context())
+        return stack
+
+    def batch_to_device(self, batch: Any, device: torch.device | None = None) -> Any:
+        return move_data_to_device(batch, device or self.root_device)
+
+    # ----------------------------------------------------------------------------------- train
+    def forward_context(self) -> contextlib.AbstractContextManager:
+        return self.precision.forward_context()
+
+    def backward(self, tensor: Tensor, module: nn.Module | None = None, *args: Any, **kwargs: Any) -> None:
+        tensor = self.precision.pre_backward(tensor, module)
+        self.precision.backward(tensor, module, *args, **kwargs)
+        self.precision.post_backward(tensor, module)
+
+    def optimizer_step(self, optimizer: Optimizer, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
+        return self.precision.optimizer_step(_unwrap_optimizer(optimizer), closure=closure, **kwargs)
+
+    def clip_gradients_norm(
+        self,
+        module: nn.Module,
+        optimizer: Optimizer,
+        max_norm: float,
+        norm_type: float = 2.0,
+        error_if_nonfinite: bool = False,
+    ) -> Tensor:
+        self.precision.unscale_gradients(_unwrap_optimizer(optimizer))
+        parameters = _optimizer_parameters(optimizer)
+        return torch.nn.utils.clip_grad_norm_(
+            parameters, max_norm, norm_type=norm_type, error_if_nonfinite=error_if_nonfinite
+        )
+
+    def clip_gradients_value(self, module: nn.Module, optimizer: Optimizer, clip_val: float) -> None:
+        self.precision.unscale_gradients(_unwrap_optimizer(optimizer))
+        torch.nn.utils.clip_grad_value_(_optimizer_parameters(optimizer), clip_val)
+
+    @contextlib.contextmanager
+    def no_backward_sync(self, module: nn.Module, enabled: bool = True) -> Any:
+        """Skip gradient synchronisation inside the block (gradient accumulation).
+
+        One process has nothing to synchronise, so the base is a no-op.
+        """
+        yield
+
+    # ----------------------------------------------------------------------------- collectives
+    def all_gather(self, tensor: Tensor, group: Any = None, sync_grads: bool = False) -> Tensor | list[Tensor]:
+        return collectives.all_gather(tensor, group=group, sync_grads=sync_grads)
+
+    def all_reduce(self, tensor: Tensor | float, group: Any = None, reduce_op: str | Any = "mean") -> Tensor:
+        if not isinstance(tensor, Tensor):
+            tensor = torch.tensor(tensor, device=self.root_device)
+        return collectives.all_reduce(tensor, group=group, reduce_op=reduce_op)
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        return collectives.broadcast(obj, src=src)
+
+    def barrier(self, name: str | None = None) -> None:
+        collectives.barrier()
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        """Agree on a flag: ``all=True`` needs every rank to say yes, ``all=False`` any rank."""
+        if self.world_size == 1:
+            return decision
+        votes = self.all_reduce(torch.tensor(int(decision), device=self.root_device), reduce_op="sum")
+        return bool(votes == self.world_size) if all else bool(votes > 0)
+
+    # ------------------------------------------------------------------------------ checkpoint
+    def get_module_state_dict(self, module: nn.Module) -> dict[str, Any]:
+        return unwrap_module(module).state_dict()
+
+    def load_module_state_dict(self, module: nn.Module, state_dict: dict[str, Any], strict: bool = True) -> Any:
+        return unwrap_module(module).load_state_dict(state_dict, strict=strict)
+
+    def get_optimizer_state(self, optimizer: Optimizer) -> dict[str, Any]:
+        return _unwrap_optimizer(optimizer).state_dict()
+
+    def load_optimizer_state(self, optimizer: Optimizer, state: dict[str, Any]) -> None:
+        _unwrap_optimizer(optimizer).load_state_dict(state)
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: str, storage_options: dict | None = None) -> None:
+        """Rank zero writes ``checkpoint`` atomically; the other ranks return at once."""
+        if self.is_global_zero:
+            from fulmen.utilities.cloud_io import atomic_save
+
+            atomic_save(checkpoint, filepath, storage_options=storage_options)
+
+    def load_checkpoint(
+        self, filepath: str, map_location: Any = None, weights_only: bool = True, storage_options: dict | None = None
+    ) -> dict[str, Any]:
+        """Every rank reads the file itself, mapped onto the CPU unless told otherwise."""
+        from fulmen.utilities.cloud_io import safe_load
+
+        location = map_location if map_location is not None else torch.device("cpu")
+        return safe_load(filepath, map_location=location, weights_only=weights_only, storage_options=storage_options)
+
+    # -------------------------------------------------------------------------------- teardown
+    def teardown(self) -> None:
+        self.precision.teardown()
+        if self.accelerator is not None:
+            self.accelerator.teardown()
+        if self.cluster_environment is not None:
+            self.cluster_environment.teardown()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(accelerator={self.accelerator!r}, precision={self.precision!r})"
+
+
+def unwrap_module(module: nn.Module) -> nn.Module:
+    """The user's own module beneath fulmen's and torch's wrappers (DDP, DP, torch.compile)."""
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+    while True:
+        if isinstance(module, (DistributedDataParallel, DataParallel)) or getattr(module, "_fulmen_wrapper", False):
+            module = module.module
+        elif isinstance(getattr(module, "_orig_mod", None), nn.Module):  # torch.compile
+            module = module._orig_mod
+        else:
+            return module
+
+
+def _unwrap_optimizer(optimizer: Optimizer) -> Optimizer:
+    return getattr(optimizer, "optimizer", optimizer) if getattr(optimizer, "_fulmen_wrapper", False) else optimizer
+
+
+def _optimizer_parameters(optimizer: Optimizer) -> Iterable[Tensor]:
+    return [p for group in _unwrap_optimizer(optimizer).param_groups for p in group["params"]]
+
+
+def warn_no_backward_sync_unsupported(strategy: Strategy) -> None:
+    rank_zero_warn(
+        f"`no_backward_sync` has no effect with {type(strategy).__name__}: gradients are synchronised "
+        "on every backward. The block runs normally."
+    )
