@@ -7,6 +7,7 @@ killed and the main process is interrupted, so that no rank waits forever on a d
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import subprocess
@@ -51,6 +52,23 @@ class SubprocessScriptLauncher(Launcher):
         if failure is not None:
             raise DistributedError(failure)
         return result
+
+    def launch_in_background(self) -> None:
+        """Direct style (``lite.launch()`` with no function): start the other ranks and return.
+
+        The script goes on in this process as rank 0; at exit we wait for the children and
+        turn a failed child into a non-zero exit.
+        """
+        if self.cluster_environment.creates_processes_externally or os.environ.get(CHILD_FLAG) == "1":
+            return
+        self._start_children()
+        atexit.register(self._wait_at_exit)
+
+    def _wait_at_exit(self) -> None:
+        failure = self._wait_for_children()
+        if failure is not None:
+            print(f"fulmen: {failure}", file=sys.stderr)
+            os._exit(1)
 
     def _start_children(self) -> None:
         env = self.cluster_environment

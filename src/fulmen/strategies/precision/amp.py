@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import LBFGS, Optimizer
 
-from fulmen.strategies.precision.precision import Precision
+from fulmen.strategies.precision.precision import Precision, _cast_to_default
 from fulmen.utilities.exceptions import MisconfigurationException
 
 _DTYPES = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
@@ -71,3 +71,6 @@ class MixedPrecision(Precision):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if self.scaler is not None and state_dict:
             self.scaler.load_state_dict(state_dict)
+
+    def convert_output(self, data: Any) -> Any:
+        return _cast_to_default(data)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fulmen.strategies.precision.precision import Precision, _cast_inputs, _default_dtype
+from fulmen.strategies.precision.precision import Precision, _cast_inputs, _cast_to_default, _default_dtype
 
 
 class DoublePrecision(Precision):
@@ -27,3 +27,6 @@ class DoublePrecision(Precision):
 
     def convert_input(self, data: Any) -> Any:
         return _cast_inputs(data, torch.float64)
+
+    def convert_output(self, data: Any) -> Any:
+        return _cast_to_default(data)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fulmen.strategies.precision.precision import Precision, _cast_inputs, _default_dtype
+from fulmen.strategies.precision.precision import Precision, _cast_inputs, _cast_to_default, _default_dtype
 
 _DTYPES = {"16-true": torch.float16, "bf16-true": torch.bfloat16}
 
@@ -31,3 +31,6 @@ class HalfPrecision(Precision):
 
     def convert_input(self, data: Any) -> Any:
         return _cast_inputs(data, self.param_dtype)
+
+    def convert_output(self, data: Any) -> Any:
+        return _cast_to_default(data)

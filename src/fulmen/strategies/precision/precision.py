@@ -42,9 +42,8 @@ class Precision:
         return data
 
     def convert_output(self, data: Any) -> Any:
-        """Outputs leave the model in the default dtype, whatever ran inside."""
-        default = torch.get_default_dtype()
-        return apply_to_collection(data, Tensor, _cast_floating, default)
+        """Outputs leave the model in the default dtype; float32 already is (for the usual default)."""
+        return data
 
     def pre_backward(self, tensor: Tensor, module: nn.Module | None) -> Tensor:
         return tensor
@@ -76,6 +75,10 @@ class Precision:
 
 def _cast_floating(tensor: Tensor, dtype: torch.dtype) -> Tensor:
     return tensor.to(dtype) if torch.is_floating_point(tensor) and tensor.dtype != dtype else tensor
+
+
+def _cast_to_default(data: Any) -> Any:
+    return apply_to_collection(data, Tensor, _cast_floating, torch.get_default_dtype())
 
 
 def _cast_inputs(data: Any, dtype: torch.dtype) -> Any:

@@ -1,0 +1,108 @@
+"""What ``Lite.setup*`` hands back: the user's objects, routed through the strategy.
+
+- ``LiteModule``: forward runs under the precision's autocast; inputs are converted to the
+  precision's dtype and outputs come back in the default dtype.
+- ``LiteOptimizer``: ``step()`` goes through the strategy (loss scaling, skip on inf, engines).
+- ``LiteDataLoader``: batches arrive on the device; a distributed sampler gets its epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from torch import nn
+from torch.optim import Optimizer
+from torch.utils.data import DataLoader
+
+from fulmen.strategies.data import set_sampler_epoch
+from fulmen.strategies.strategy import Strategy
+
+
+class LiteModule(nn.Module):
+    _fulmen_wrapper = True
+
+    def __init__(self, forward_module: nn.Module, original_module: nn.Module, strategy: Strategy) -> None:
+        super().__init__()
+        self._forward_module = forward_module
+        # Kept out of nn.Module's registry so state_dict() keys match the user's module exactly.
+        self.__dict__["module"] = original_module
+        self.__dict__["_strategy"] = strategy
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        precision = self._strategy.precision
+        args, kwargs = precision.convert_input((args, kwargs))
+        with precision.forward_context():
+            output = self._forward_module(*args, **kwargs)
+        return precision.convert_output(output)
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        return self.module.load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.__dict__["module"], name)
+
+
+class LiteOptimizer:
+    """Looks like the user's optimizer (``isinstance`` holds; LR schedulers accept it)."""
+
+    _fulmen_wrapper = True
+
+    def __init__(self, optimizer: Optimizer, strategy: Strategy) -> None:
+        # Share the optimizer's attributes (param_groups, state, defaults are the same objects),
+        # and become a subclass of its class so that isinstance checks pass.
+        self.__dict__ = {k: v for k, v in optimizer.__dict__.items() if k not in ("step", "zero_grad")}
+        self.__class__ = type("Lite" + type(optimizer).__name__, (LiteOptimizer, type(optimizer)), {})
+        self.optimizer = optimizer
+        self._strategy = strategy
+
+    def step(self, closure: Any = None, **kwargs: Any) -> Any:
+        return self._strategy.optimizer_step(self.optimizer, closure=closure, **kwargs)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._strategy.get_optimizer_state(self.optimizer)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._strategy.load_optimizer_state(self.optimizer, state_dict)
+        # load_state_dict replaces these containers on the optimizer; share the new ones.
+        self.__dict__["state"] = self.optimizer.state
+        self.__dict__["param_groups"] = self.optimizer.param_groups
+
+    def __repr__(self) -> str:
+        return f"Lite({self.optimizer!r})"
+
+
+class LiteDataLoader:
+    def __init__(self, dataloader: DataLoader, strategy: Strategy, move_to_device: bool = True) -> None:
+        self.dataloader = dataloader
+        self._strategy = strategy
+        self._move_to_device = move_to_device
+        self._epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.dataloader)
+
+    def __iter__(self) -> Iterator[Any]:
+        set_sampler_epoch(self.dataloader, self._epoch)
+        self._epoch += 1
+        if not self._move_to_device:
+            yield from self.dataloader
+            return
+        for batch in self.dataloader:
+            yield self._strategy.batch_to_device(batch)
+
+    @property
+    def device(self) -> Any:
+        return self._strategy.root_device if self._move_to_device else None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["dataloader"], name)
