@@ -43,7 +43,7 @@ class SubprocessScriptLauncher(Launcher):
         try:
             result = function(*args, **kwargs)
         except BaseException as err:
-            failure = self._child_failure(grace=3.0)
+            failure = self._child_failure(grace=5.0)
             self._stop_children()
             if failure is not None and not isinstance(err, DistributedError):
                 raise DistributedError(failure) from err
@@ -88,11 +88,11 @@ class SubprocessScriptLauncher(Launcher):
         if self._watcher is None:
             return None
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and self._watcher.failure is None:
+        while time.monotonic() < deadline and _describe_failure(self.procs) is None:
             if all(p.poll() is not None for p in self.procs):
                 break
             time.sleep(0.05)
-        return self._watcher.failure
+        return self._watcher.failure or _describe_failure(self.procs)
 
     def _wait_for_children(self) -> str | None:
         if self._watcher is None:
@@ -100,7 +100,7 @@ class SubprocessScriptLauncher(Launcher):
         for proc in self.procs:
             proc.wait()
         self._watcher.stop()
-        return self._watcher.failure
+        return self._watcher.failure or _describe_failure(self.procs)
 
     def _stop_children(self) -> None:
         if self._watcher is not None:
@@ -127,15 +127,11 @@ class _ChildWatcher(threading.Thread):
 
     def run(self) -> None:
         while not self._stopped.wait(self.interval):
-            for local_rank, proc in enumerate(self.procs, start=1):
-                code = proc.poll()
-                if code is not None and code != 0:
-                    self.failure = (
-                        f"Local rank {local_rank} (pid {proc.pid}) exited with code {code}; "
-                        "its traceback is printed above. The other ranks were stopped."
-                    )
-                    self._fail()
-                    return
+            failure = _describe_failure(self.procs)
+            if failure is not None:
+                self.failure = failure
+                self._fail()
+                return
 
     def _fail(self) -> None:
         for proc in self.procs:
@@ -143,6 +139,17 @@ class _ChildWatcher(threading.Thread):
                 proc.kill()
         # A real signal (not a flag) so that sleeps and blocking waits in rank 0 wake up.
         os.kill(os.getpid(), signal.SIGINT)
+
+
+def _describe_failure(procs: list[subprocess.Popen]) -> str | None:
+    for local_rank, proc in enumerate(procs, start=1):
+        code = proc.poll()
+        if code is not None and code != 0:
+            return (
+                f"Local rank {local_rank} (pid {proc.pid}) exited with code {code}; "
+                "its traceback is printed above. The other ranks were stopped."
+            )
+    return None
 
 
 def _script_command() -> list[str]:
