@@ -157,7 +157,8 @@ def test_clip_gradients_by_norm_and_value():
 
 def test_single_process_collectives_and_properties(capsys):
     lite = Lite(accelerator="cpu")
-    assert (lite.world_size, lite.global_rank, lite.local_rank, lite.node_rank, lite.is_global_zero) == (1, 0, 0, 0, True)
+    ranks = (lite.world_size, lite.global_rank, lite.local_rank, lite.node_rank, lite.is_global_zero)
+    assert ranks == (1, 0, 0, 0, True)
     assert lite.device == torch.device("cpu")
     assert lite.all_gather(torch.tensor([1.0, 2.0])).shape == (1, 2)
     assert torch.equal(lite.all_reduce(torch.tensor(3.0), reduce_op="sum"), torch.tensor(3.0))
