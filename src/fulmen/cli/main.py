@@ -51,12 +51,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     script_args = [*unknown, *script_args]
     try:
         _validate(args)
+        processes = _processes_per_node(args)
     except MisconfigurationException as err:
         parser.error(str(err))
     if not os.path.isfile(args.script):
         parser.error(f"`script={args.script!r}` does not exist. Accepted: the path to a Python file.")
     _export_flags(args)
-    processes = _processes_per_node(args)
     if processes == 1 and args.num_nodes == 1:
         return _run_in_process(args.script, script_args)
     return _run_with_torchrun(args, processes, script_args)
@@ -64,7 +64,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _validate(args: argparse.Namespace) -> None:
     if args.precision is not None:
-        args.precision = normalize_precision(int(args.precision) if args.precision.isdigit() else args.precision)
+        try:
+            args.precision = normalize_precision(int(args.precision) if args.precision.isdigit() else args.precision)
+        except MisconfigurationException as err:
+            accepted = str(err).split("Accepted: ", 1)[-1]
+            raise MisconfigurationException(f"`--precision={args.precision!r}` is not valid. Accepted: {accepted}") from None
     if args.strategy is not None and args.strategy not in strategy_names():
         raise MisconfigurationException(
             f"`--strategy={args.strategy!r}` is not valid. Accepted: {', '.join(strategy_names())}."
