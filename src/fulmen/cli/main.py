@@ -68,7 +68,8 @@ def _validate(args: argparse.Namespace) -> None:
             args.precision = normalize_precision(int(args.precision) if args.precision.isdigit() else args.precision)
         except MisconfigurationException as err:
             accepted = str(err).split("Accepted: ", 1)[-1]
-            raise MisconfigurationException(f"`--precision={args.precision!r}` is not valid. Accepted: {accepted}") from None
+            message = f"`--precision={args.precision!r}` is not valid. Accepted: {accepted}"
+            raise MisconfigurationException(message) from None
     if args.strategy is not None and args.strategy not in strategy_names():
         raise MisconfigurationException(
             f"`--strategy={args.strategy!r}` is not valid. Accepted: {', '.join(strategy_names())}."

@@ -16,6 +16,7 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from fulmen.strategies.data import set_sampler_epoch
+from fulmen.strategies.precision import Precision
 from fulmen.strategies.strategy import Strategy
 
 
@@ -31,10 +32,16 @@ class LiteModule(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         precision = self._strategy.precision
+        if type(precision) is Precision:  # 32-true: nothing to convert, no context to enter
+            return self._forward_module(*args, **kwargs)
         args, kwargs = precision.convert_input((args, kwargs))
         with precision.forward_context():
             output = self._forward_module(*args, **kwargs)
         return precision.convert_output(output)
+
+    # Skip nn.Module's hook machinery for the wrapper itself: hooks live on the user's module,
+    # and the wrapper would otherwise pay for an extra module call on every step.
+    __call__ = forward
 
     def state_dict(self, *args: Any, **kwargs: Any) -> Any:
         return self.module.state_dict(*args, **kwargs)
@@ -94,7 +101,8 @@ class LiteDataLoader:
     def __iter__(self) -> Iterator[Any]:
         set_sampler_epoch(self.dataloader, self._epoch)
         self._epoch += 1
-        if not self._move_to_device:
+        # DataLoaders produce CPU tensors: on a CPU device there is nothing to move.
+        if not self._move_to_device or self._strategy.root_device.type == "cpu":
             yield from self.dataloader
             return
         for batch in self.dataloader:
