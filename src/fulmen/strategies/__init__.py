@@ -6,8 +6,18 @@ then talk only to the returned ``Strategy``.
 
 from fulmen.strategies.ddp import DDPStrategy
 from fulmen.strategies.dp import DataParallelStrategy
+from fulmen.strategies.fsdp import FSDPStrategy
 from fulmen.strategies.resolver import select_strategy
+from fulmen.strategies.sharded import DDPShardedStrategy
 from fulmen.strategies.single_device import SingleDeviceStrategy
 from fulmen.strategies.strategy import Strategy
 
-__all__ = ["DDPStrategy", "DataParallelStrategy", "SingleDeviceStrategy", "Strategy", "select_strategy"]
+__all__ = [
+    "DDPShardedStrategy",
+    "DDPStrategy",
+    "DataParallelStrategy",
+    "FSDPStrategy",
+    "SingleDeviceStrategy",
+    "Strategy",
+    "select_strategy",
+]

@@ -14,7 +14,21 @@ _FACTORIES: dict[str, Callable[[], Strategy]] = {
     "ddp_fork": lambda: DDPStrategy(start_method="fork"),
     "ddp_notebook": lambda: DDPStrategy(start_method="fork"),
     "dp": DataParallelStrategy,
+    "ddp_sharded": lambda: _sharded(),
+    "fsdp": lambda: _fsdp(),
 }
+
+
+def _sharded() -> Strategy:
+    from fulmen.strategies.sharded import DDPShardedStrategy
+
+    return DDPShardedStrategy(start_method="popen")
+
+
+def _fsdp() -> Strategy:
+    from fulmen.strategies.fsdp import FSDPStrategy
+
+    return FSDPStrategy()
 
 
 def strategy_names() -> tuple[str, ...]:

@@ -1,0 +1,40 @@
+"""Rebuild an optimizer over new parameter objects, for engines that replace a module's parameters.
+
+Sharding engines (FSDP) swap every parameter for a sharded one. An optimizer the user built
+beforehand would step the old tensors; we rebuild it with the same class, hyperparameters
+and groups over the new parameters, matched by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+from torch.optim import Optimizer
+
+
+def parameter_names(module: nn.Module) -> dict[int, str]:
+    return {id(p): name for name, p in module.named_parameters(remove_duplicate=False)}
+
+
+def rebuild_optimizer(optimizer: Optimizer, old_names: dict[int, str], module: nn.Module,
+                      factory: Callable[..., Optimizer] | None = None) -> Optimizer:
+    """A fresh optimizer of the same kind whose groups hold ``module``'s current parameters."""
+    if any(optimizer.state.values()):
+        raise ValueError(
+            "This optimizer already holds state (it has stepped). Set up the model and its optimizers "
+            "before the first step, so that the optimizer can follow the sharded parameters."
+        )
+    current = dict(module.named_parameters(remove_duplicate=False))
+    groups = []
+    for group in optimizer.param_groups:
+        try:
+            params = [current[old_names[id(p)]] for p in group["params"]]
+        except KeyError as err:
+            raise ValueError(
+                "The optimizer holds a parameter that is not in the model being set up; pass the model "
+                "whose parameters the optimizer was built from."
+            ) from err
+        groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": params})
+    build = factory or type(optimizer)
+    return build(groups, **optimizer.defaults)
