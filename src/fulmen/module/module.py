@@ -1,0 +1,594 @@
+"""``LightningModule``: an ``nn.Module`` that also says how it is trained, validated, tested and used.
+
+The Trainer calls its hooks; when exactly is written down once, as the loop in pseudocode, in
+:mod:`fulmen.trainer.hooks`. The module never touches devices, processes or precision itself:
+the methods that need them (``log`` with ``sync_dist``, ``all_gather``, ``manual_backward``,
+``clip_gradients``) ask the Trainer, which asks its ``Strategy``.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Generator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from fulmen.module.optimizer import LightningOptimizer
+from fulmen.utilities.apply_func import apply_to_collection, move_data_to_device
+from fulmen.utilities.exceptions import MisconfigurationException, invalid_argument
+from fulmen.utilities.hparams import HyperparametersMixin
+from fulmen.utilities.rank_zero import rank_zero_warn
+
+if TYPE_CHECKING:
+    from fulmen.trainer import Trainer
+
+
+class LightningModule(HyperparametersMixin, nn.Module):
+    """Subclass it: define ``training_step`` and ``configure_optimizers`` at least."""
+
+    #: Run ``prepare_data`` on local rank 0 of every node (True) or only on global rank 0 (False).
+    prepare_data_per_node: bool = True
+    allow_zero_length_dataloader_with_multiple_devices: bool = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        d = self.__dict__
+        d["_trainer"] = None
+        d["_example_input_array"] = None
+        d["_automatic_optimization"] = True
+        d["_strict_loading"] = None
+        d["_param_requires_grad_state"] = {}
+        d["_device"] = torch.device("cpu")
+        d["_dtype"] = torch.get_default_dtype()
+
+    # ------------------------------------------------------------------------------ properties
+    @property
+    def trainer(self) -> Trainer:
+        trainer = self.__dict__.get("_trainer")
+        if trainer is None:
+            raise RuntimeError(f"{type(self).__qualname__} is not attached to a `Trainer`.")
+        return trainer
+
+    @trainer.setter
+    def trainer(self, trainer: Trainer | None) -> None:
+        self.__dict__["_trainer"] = trainer
+
+    @property
+    def _attached(self) -> bool:
+        return self.__dict__.get("_trainer") is not None
+
+    @property
+    def device(self) -> torch.device:
+        """The device the module's parameters are on (updated by ``.to()``, ``.cuda()``, ...)."""
+        return self.__dict__.get("_device", torch.device("cpu"))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.__dict__.get("_dtype", torch.get_default_dtype())
+
+    def _apply(self, fn: Callable, *args: Any, **kwargs: Any) -> LightningModule:
+        result = super()._apply(fn, *args, **kwargs)
+        tensor = next(self.parameters(), None)
+        if tensor is None:
+            tensor = next(self.buffers(), None)
+        if tensor is not None:
+            self.__dict__["_device"] = tensor.device
+            if tensor.is_floating_point():
+                self.__dict__["_dtype"] = tensor.dtype
+        return result
+
+    @property
+    def automatic_optimization(self) -> bool:
+        """False: ``training_step`` calls the optimizers itself (manual optimization)."""
+        return self.__dict__.get("_automatic_optimization", True)
+
+    @automatic_optimization.setter
+    def automatic_optimization(self, value: bool) -> None:
+        self.__dict__["_automatic_optimization"] = value
+
+    @property
+    def strict_loading(self) -> bool:
+        strict = self.__dict__.get("_strict_loading")
+        return True if strict is None else strict
+
+    @strict_loading.setter
+    def strict_loading(self, value: bool) -> None:
+        self.__dict__["_strict_loading"] = value
+
+    @property
+    def example_input_array(self) -> Any:
+        """An example input (for graph logging and the model summary)."""
+        return self.__dict__.get("_example_input_array")
+
+    @example_input_array.setter
+    def example_input_array(self, example: Any) -> None:
+        self.__dict__["_example_input_array"] = example
+
+    @property
+    def current_epoch(self) -> int:
+        trainer = self.__dict__.get("_trainer")
+        return trainer.current_epoch if trainer is not None else 0
+
+    @property
+    def global_step(self) -> int:
+        trainer = self.__dict__.get("_trainer")
+        return trainer.global_step if trainer is not None else 0
+
+    @property
+    def global_rank(self) -> int:
+        trainer = self.__dict__.get("_trainer")
+        return trainer.global_rank if trainer is not None else 0
+
+    @property
+    def local_rank(self) -> int:
+        trainer = self.__dict__.get("_trainer")
+        return trainer.local_rank if trainer is not None else 0
+
+    @property
+    def logger(self) -> Any:
+        trainer = self.__dict__.get("_trainer")
+        return trainer.logger if trainer is not None else None
+
+    @property
+    def loggers(self) -> list[Any]:
+        trainer = self.__dict__.get("_trainer")
+        return trainer.loggers if trainer is not None else []
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """``print`` on global rank 0 only, without breaking the progress bar."""
+        trainer = self.__dict__.get("_trainer")
+        if trainer is not None and not trainer.is_global_zero:
+            return
+        bar = trainer.progress_bar_callback if trainer is not None else None
+        if bar is not None and getattr(bar, "is_enabled", False) and hasattr(bar, "print"):
+            bar.print(*args, **kwargs)
+        else:
+            print(*args, **kwargs)
+
+    # ---------------------------------------------------------------------------------- steps
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return super().forward(*args, **kwargs)
+
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        """Compute and return the training loss (a tensor, or a dict with ``"loss"``; None skips the batch)."""
+        raise MisconfigurationException(
+            f"`training_step` must be implemented in {type(self).__name__} to be used with `Trainer.fit`."
+        )
+
+    def validation_step(self, *args: Any, **kwargs: Any) -> Any:
+        """Evaluate one validation batch; log what you want to monitor."""
+
+    def test_step(self, *args: Any, **kwargs: Any) -> Any:
+        """Evaluate one test batch."""
+
+    def predict_step(self, *args: Any, **kwargs: Any) -> Any:
+        """Return the prediction for one batch; by default ``self(batch)``."""
+        batch = kwargs.get("batch", args[0] if args else None)
+        return self(batch)
+
+    def configure_optimizers(self) -> Any:
+        """Return the optimizers (and schedulers): see :mod:`fulmen.module.optimizer` for the forms."""
+        rank_zero_warn(
+            f"`configure_optimizers` is not implemented in {type(self).__name__}: training runs without an optimizer."
+        )
+        return None
+
+    def configure_callbacks(self) -> Any:
+        """Callbacks this model always wants; they replace Trainer callbacks of the same type."""
+        return []
+
+    def configure_model(self) -> None:
+        """Create layers here to have them built on the right device (called once per fit/validate/...)."""
+
+    def configure_sharded_model(self) -> None:
+        """The older name of ``configure_model``."""
+
+    # -------------------------------------------------------------------------------- logging
+    def log(
+        self,
+        name: str,
+        value: Any,
+        prog_bar: bool = False,
+        logger: bool | None = None,
+        on_step: bool | None = None,
+        on_epoch: bool | None = None,
+        reduce_fx: str | Callable = "mean",
+        enable_graph: bool = False,
+        sync_dist: bool = False,
+        sync_dist_group: Any | None = None,
+        add_dataloader_idx: bool = True,
+        batch_size: int | None = None,
+        metric_attribute: str | None = None,
+        rank_zero_only: bool = False,
+    ) -> None:
+        """Record a value for the loggers, the progress bar and ``trainer.callback_metrics``.
+
+        ``on_step``/``on_epoch`` default by hook: per step in ``training_step`` and the training
+        batch hooks, per epoch in validation/test steps and every epoch-level hook. Epoch values
+        reduce the step values with ``reduce_fx`` ("mean" weighted by ``batch_size``, "sum",
+        "max", "min" or a callable on the stacked values); ``sync_dist`` reduces across
+        processes too. A torchmetrics ``Metric`` is computed at epoch end and reset.
+        """
+        trainer = self.__dict__.get("_trainer")
+        if trainer is None:
+            rank_zero_warn(
+                f"`self.log({name!r}, ...)` was called, but the module is not attached to a Trainer; "
+                "the value is dropped. Log from the hooks the Trainer calls."
+            )
+            return
+        results = trainer._results
+        if results is None:
+            raise MisconfigurationException(
+                f"`self.log({name!r}, ...)` was called outside the Trainer's loops. "
+                "Log from the hooks the Trainer calls (training_step, on_train_epoch_end, ...)."
+            )
+        results.log(
+            name,
+            value,
+            prog_bar,
+            logger,
+            on_step,
+            on_epoch,
+            reduce_fx,
+            enable_graph,
+            sync_dist,
+            sync_dist_group,
+            add_dataloader_idx,
+            batch_size,
+            rank_zero_only,
+        )
+
+    def log_dict(
+        self,
+        dictionary: Mapping[str, Any],
+        prog_bar: bool = False,
+        logger: bool | None = None,
+        on_step: bool | None = None,
+        on_epoch: bool | None = None,
+        reduce_fx: str | Callable = "mean",
+        enable_graph: bool = False,
+        sync_dist: bool = False,
+        sync_dist_group: Any | None = None,
+        add_dataloader_idx: bool = True,
+        batch_size: int | None = None,
+        rank_zero_only: bool = False,
+    ) -> None:
+        """``log`` every entry of ``dictionary`` (a dict or a torchmetrics ``MetricCollection``)."""
+        if not hasattr(dictionary, "items"):
+            raise invalid_argument("dictionary", dictionary, "a dict of name -> value, or a MetricCollection")
+        for name, value in dictionary.items():
+            self.log(
+                name,
+                value,
+                prog_bar=prog_bar,
+                logger=logger,
+                on_step=on_step,
+                on_epoch=on_epoch,
+                reduce_fx=reduce_fx,
+                enable_graph=enable_graph,
+                sync_dist=sync_dist,
+                sync_dist_group=sync_dist_group,
+                add_dataloader_idx=add_dataloader_idx,
+                batch_size=batch_size,
+                rank_zero_only=rank_zero_only,
+            )
+
+    # ---------------------------------------------------------------------------- distributed
+    def all_gather(self, data: Any, group: Any | None = None, sync_grads: bool = False) -> Any:
+        """Gather tensors (or collections of them) from every process: each gains a leading dim of world size."""
+        strategy = self.trainer.strategy
+
+        def gather(tensor: Tensor) -> Any:
+            return strategy.all_gather(tensor, group=group, sync_grads=sync_grads)
+
+        data = apply_to_collection(data, (numbers.Number,), lambda x: torch.tensor(x, device=self.device))
+        return apply_to_collection(data, Tensor, gather)
+
+    # --------------------------------------------------------------------------- optimization
+    def optimizers(self, use_pl_optimizer: bool = True) -> Any:
+        """The optimizer (or list of them) from ``configure_optimizers``, as set up by the Trainer."""
+        trainer = self.trainer
+        optimizers = trainer._lightning_optimizers if use_pl_optimizer else trainer.optimizers
+        if len(optimizers) == 1:
+            return optimizers[0]
+        return list(optimizers)
+
+    def lr_schedulers(self) -> Any:
+        """The scheduler (or list of them) from ``configure_optimizers``, or None."""
+        configs = self.trainer.lr_scheduler_configs
+        if not configs:
+            return None
+        schedulers = [config.scheduler for config in configs]
+        return schedulers[0] if len(schedulers) == 1 else schedulers
+
+    def manual_backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        """Replaces ``loss.backward()`` in manual optimization (precision scaling, hooks, engines)."""
+        if self.automatic_optimization:
+            raise MisconfigurationException(
+                "`manual_backward` is for manual optimization; set `self.automatic_optimization = False` first."
+            )
+        self.trainer._backward_with_hooks(loss, *args, **kwargs)
+
+    def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        """Called to run backward on the loss; override for custom behaviour."""
+        loss.backward(*args, **kwargs)
+
+    def toggle_optimizer(self, optimizer: Optimizer | LightningOptimizer) -> None:
+        """Freeze every parameter that ``optimizer`` does not train (undo with ``untoggle_optimizer``)."""
+        state: dict[Tensor, bool] = {}
+        for opt in self.trainer.optimizers:
+            for group in opt.param_groups:
+                for param in group["params"]:
+                    if param not in state:
+                        state[param] = param.requires_grad
+                        param.requires_grad = False
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                param.requires_grad = state.get(param, True)
+        self.__dict__["_param_requires_grad_state"] = state
+
+    def untoggle_optimizer(self, optimizer: Optimizer | LightningOptimizer) -> None:
+        """Restore the ``requires_grad`` flags that ``toggle_optimizer`` changed."""
+        state = self.__dict__.get("_param_requires_grad_state", {})
+        raw = optimizer.optimizer if isinstance(optimizer, LightningOptimizer) else optimizer
+        for opt in self.trainer.optimizers:
+            if opt is raw:
+                continue
+            for group in opt.param_groups:
+                for param in group["params"]:
+                    if param in state:
+                        param.requires_grad = state[param]
+        self.__dict__["_param_requires_grad_state"] = {}
+
+    @contextmanager
+    def toggled_optimizer(self, optimizer: Optimizer | LightningOptimizer) -> Generator[None, None, None]:
+        """``toggle_optimizer`` for the duration of a ``with`` block."""
+        self.toggle_optimizer(optimizer)
+        try:
+            yield
+        finally:
+            self.untoggle_optimizer(optimizer)
+
+    def clip_gradients(
+        self,
+        optimizer: Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip the gradients of ``optimizer``'s parameters by norm (default) or by value."""
+        self.trainer._clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Called before every optimizer step with the Trainer's clipping flags; override to clip your way."""
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def optimizer_step(
+        self,
+        epoch: int,
+        batch_idx: int,
+        optimizer: Optimizer | LightningOptimizer,
+        optimizer_closure: Callable[[], Any] | None = None,
+    ) -> None:
+        """Step the optimizer. An override must call ``optimizer.step(closure=optimizer_closure)``."""
+        optimizer.step(closure=optimizer_closure)
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: Optimizer) -> None:
+        optimizer.zero_grad()
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any | None) -> None:
+        """Step one scheduler; ``metric`` is the monitored value for ReduceLROnPlateau."""
+        if metric is None:
+            scheduler.step()
+        else:
+            scheduler.step(metric)
+
+    def freeze(self) -> None:
+        """Make every parameter untrainable and switch to eval mode."""
+        for param in self.parameters():
+            param.requires_grad = False
+        self.eval()
+
+    def unfreeze(self) -> None:
+        """Make every parameter trainable and switch to train mode."""
+        for param in self.parameters():
+            param.requires_grad = True
+        self.train()
+
+    # ------------------------------------------------------------------------- model hooks
+    def on_fit_start(self) -> None:
+        """When fit begins."""
+
+    def on_fit_end(self) -> None:
+        """When fit ends."""
+
+    def on_train_start(self) -> None:
+        """When the training loop begins (after the sanity check)."""
+
+    def on_train_end(self) -> None:
+        """When the training loop ends."""
+
+    def on_validation_start(self) -> None:
+        """When a validation run begins."""
+
+    def on_validation_end(self) -> None:
+        """When a validation run ends."""
+
+    def on_test_start(self) -> None:
+        """When testing begins."""
+
+    def on_test_end(self) -> None:
+        """When testing ends."""
+
+    def on_predict_start(self) -> None:
+        """When prediction begins."""
+
+    def on_predict_end(self) -> None:
+        """When prediction ends."""
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
+        """Before ``training_step``; return -1 to skip the rest of this epoch."""
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """After the step (and the optimizer step)."""
+
+    def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Before ``validation_step``."""
+
+    def on_validation_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """After ``validation_step``."""
+
+    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Before ``test_step``."""
+
+    def on_test_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """After ``test_step``."""
+
+    def on_predict_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Before ``predict_step``."""
+
+    def on_predict_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """After ``predict_step``."""
+
+    def on_validation_model_zero_grad(self) -> None:
+        """Before validation during fit: free the gradients' memory."""
+        self.zero_grad(set_to_none=True)
+
+    def on_validation_model_eval(self) -> None:
+        """Before validation: eval mode."""
+        self.trainer.model.eval()
+
+    def on_validation_model_train(self) -> None:
+        """After validation during fit: back to train mode."""
+        self.trainer.model.train()
+
+    def on_test_model_eval(self) -> None:
+        self.trainer.model.eval()
+
+    def on_test_model_train(self) -> None:
+        self.trainer.model.train()
+
+    def on_predict_model_eval(self) -> None:
+        self.trainer.model.eval()
+
+    def on_train_epoch_start(self) -> None:
+        """When a training epoch begins."""
+
+    def on_train_epoch_end(self) -> None:
+        """When a training epoch ends (after the validation run at the end of it, if any)."""
+
+    def on_validation_epoch_start(self) -> None:
+        """When a validation epoch begins."""
+
+    def on_validation_epoch_end(self) -> None:
+        """When a validation epoch ends."""
+
+    def on_test_epoch_start(self) -> None:
+        """When a test epoch begins."""
+
+    def on_test_epoch_end(self) -> None:
+        """When a test epoch ends."""
+
+    def on_predict_epoch_start(self) -> None:
+        """When a prediction epoch begins."""
+
+    def on_predict_epoch_end(self) -> None:
+        """When a prediction epoch ends."""
+
+    def on_before_zero_grad(self, optimizer: Optimizer) -> None:
+        """Before ``optimizer.zero_grad()``."""
+
+    def on_before_backward(self, loss: Tensor) -> None:
+        """Before ``loss.backward()``."""
+
+    def on_after_backward(self) -> None:
+        """After ``loss.backward()``; gradients are available."""
+
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
+        """Before the optimizer step and gradient clipping."""
+
+    def on_exception(self, exception: BaseException) -> None:
+        """When fit, validate, test or predict raises; the exception is re-raised afterwards."""
+
+    # -------------------------------------------------------------------------- data hooks
+    def prepare_data(self) -> None:
+        """Download or write data once per node (see ``prepare_data_per_node``); no state here."""
+
+    def setup(self, stage: str) -> None:
+        """Per process, before the loops: ``stage`` is "fit", "validate", "test" or "predict"."""
+
+    def teardown(self, stage: str) -> None:
+        """Per process, after the loops."""
+
+    def train_dataloader(self) -> Any:
+        raise MisconfigurationException(
+            "No training data: pass `train_dataloaders` or a datamodule to `Trainer.fit`, "
+            f"or implement `train_dataloader` in {type(self).__name__}."
+        )
+
+    def val_dataloader(self) -> Any:
+        raise MisconfigurationException(f"`val_dataloader` is not implemented in {type(self).__name__}.")
+
+    def test_dataloader(self) -> Any:
+        raise MisconfigurationException(
+            "No test data: pass `dataloaders` or a datamodule to `Trainer.test`, "
+            f"or implement `test_dataloader` in {type(self).__name__}."
+        )
+
+    def predict_dataloader(self) -> Any:
+        raise MisconfigurationException(
+            "No prediction data: pass `dataloaders` or a datamodule to `Trainer.predict`, "
+            f"or implement `predict_dataloader` in {type(self).__name__}."
+        )
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Move ``batch`` to ``device``; override for custom batch types."""
+        return move_data_to_device(batch, device)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Change the batch before it moves to the device; return it."""
+        return batch
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Change the batch after it moved to the device; return it."""
+        return batch
+
+    # --------------------------------------------------------------------- checkpoint hooks
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Add to or change the checkpoint dict before it is written."""
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Read what ``on_save_checkpoint`` added."""
+
+    # -------------------------------------------------------------------------------- pickling
+    def __getstate__(self) -> dict[str, Any]:
+        # The Trainer holds processes, files and loggers; a copied or pickled module leaves it behind.
+        state = self.__dict__.copy()
+        state["_trainer"] = None
+        return state
+
+
+#: Hooks the Trainer calls on the module. Those not overridden are skipped, or (where the default
+#: does work, like ``optimizer_step``) done by the Trainer directly.
+MODULE_HOOKS: tuple[str, ...] = tuple(
+    name
+    for name, value in vars(LightningModule).items()
+    if callable(value)
+    and (
+        name.startswith("on_")
+        or name
+        in (
+            "setup", "teardown", "prepare_data", "configure_model", "configure_sharded_model", "optimizer_step",
+            "optimizer_zero_grad",
+            "configure_gradient_clipping", "backward", "lr_scheduler_step", "transfer_batch_to_device",
+        )
+    )
+)  # fmt: skip

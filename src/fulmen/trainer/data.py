@@ -1,0 +1,158 @@
+"""Dataloaders for the loops: where they come from, how many batches each gives, how to iterate.
+
+Plain functions: the Trainer asks for loaders at the documented points (train after the sanity
+check, val at the first validation run, ...) and keeps what they return.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+from torch.utils.data import DataLoader, SequentialSampler
+
+from fulmen.strategies.data import has_len, prepare_dataloader, rebuild_dataloader, set_sampler_epoch
+from fulmen.utilities.exceptions import MisconfigurationException, invalid_argument
+from fulmen.utilities.rank_zero import rank_zero_warn
+
+
+def as_loader_list(loaders: Any, name: str) -> list[Any]:
+    """A loader, a list/tuple of loaders or a dict of them, as a list (dict order)."""
+    if loaders is None:
+        return []
+    if isinstance(loaders, Mapping):
+        loaders = list(loaders.values())
+    elif isinstance(loaders, (list, tuple)):
+        loaders = list(loaders)
+    else:
+        loaders = [loaders]
+    for loader in loaders:
+        if not isinstance(loader, Iterable):
+            raise invalid_argument(name, loader, "a DataLoader (or any iterable of batches), or a list of them")
+    return loaders
+
+
+def prepare(loader: Any, sampler_kwargs: dict[str, int] | None, use_distributed_sampler: bool) -> Any:
+    """Shard a torch DataLoader between processes (and seed its workers); other iterables pass as they are."""
+    if isinstance(loader, DataLoader):
+        return prepare_dataloader(loader, sampler_kwargs, use_distributed_sampler)
+    if isinstance(loader, CombinedLoader):
+        return CombinedLoader(
+            {k: prepare(v, sampler_kwargs, use_distributed_sampler) for k, v in loader.loaders.items()},
+            as_list=loader.as_list,
+        )
+    return loader
+
+
+def without_shuffle(loader: Any) -> Any:
+    """``overfit_batches``: the same first batches every epoch."""
+    if (
+        isinstance(loader, DataLoader)
+        and not isinstance(loader.sampler, SequentialSampler)
+        and (loader.batch_sampler is None or type(loader.batch_sampler).__name__ == "BatchSampler")
+    ):
+        rank_zero_warn("`overfit_batches` turns off the shuffling of the training dataloader.")
+        return rebuild_dataloader(loader, sampler=SequentialSampler(loader.dataset))
+    return loader
+
+
+def count_batches(loader: Any, limit: int | float, flag: str) -> int | float:
+    """How many batches the loop takes from ``loader`` under ``limit`` (``inf`` when unknown)."""
+    length = len(loader) if has_len(loader) else math.inf
+    if isinstance(limit, int):
+        return min(length, limit)
+    if length == math.inf:
+        if limit not in (0.0, 1.0):
+            raise MisconfigurationException(
+                f"`{flag}={limit}` is a fraction, but the dataloader has no length to take it of. "
+                f"Pass an int (a number of batches) or 1.0."
+            )
+        return 0 if limit == 0.0 else math.inf
+    batches = int(length * limit)
+    if limit > 0 and batches == 0 and length > 0:
+        minimum = 1.0 / length
+        raise MisconfigurationException(
+            f"`{flag}={limit}` of {length} batches is less than one batch. Pass at least `{flag}={minimum:.4g}` "
+            "or an int."
+        )
+    return batches
+
+
+def iterate(loader: Any, limit: int | float, epoch: int = 0) -> Iterator[tuple[int, Any, bool]]:
+    """``(batch_idx, batch, is_last)`` for up to ``limit`` batches.
+
+    With a known length the last batch is known from its index; otherwise one batch is read
+    ahead to find out (only then, so that data and model randomness interleave as in a plain loop).
+    """
+    set_sampler_epoch(loader, epoch)
+    if limit == 0:
+        return
+    if limit != math.inf:
+        last = int(limit) - 1
+        for batch_idx, batch in enumerate(itertools.islice(loader, int(limit))):
+            yield batch_idx, batch, batch_idx == last
+        return
+    iterator = iter(loader)
+    try:
+        upcoming = next(iterator)
+    except StopIteration:
+        return
+    for batch_idx in itertools.count():
+        batch = upcoming
+        try:
+            upcoming = next(iterator)
+        except StopIteration:
+            yield batch_idx, batch, True
+            return
+        yield batch_idx, batch, False
+
+
+class CombinedLoader:
+    """Several training loaders stepped together ("max_size_cycle"): each batch is a list/dict of
+    one batch per loader, and shorter loaders start over until the longest is exhausted."""
+
+    def __init__(self, loaders: Mapping[Any, Any] | Sequence[Any], as_list: bool | None = None) -> None:
+        if isinstance(loaders, Mapping):
+            self.loaders = dict(loaders)
+            self.as_list = bool(as_list)
+        else:
+            self.loaders = dict(enumerate(loaders))
+            self.as_list = True if as_list is None else as_list
+
+    def __len__(self) -> int:
+        lengths = [len(loader) for loader in self.loaders.values()]
+        return max(lengths) if lengths else 0
+
+    def __iter__(self) -> Iterator[Any]:
+        longest = len(self)
+        iterators = {key: iter(loader) for key, loader in self.loaders.items()}
+        for _ in range(longest):
+            batch = {}
+            for key, loader in self.loaders.items():
+                try:
+                    batch[key] = next(iterators[key])
+                except StopIteration:
+                    iterators[key] = iter(loader)
+                    batch[key] = next(iterators[key])
+            yield list(batch.values()) if self.as_list else batch
+
+    @property
+    def sampler(self) -> Any:
+        return None
+
+    def set_epoch(self, epoch: int) -> None:
+        for loader in self.loaders.values():
+            set_sampler_epoch(loader, epoch)
+
+
+def train_loader_from(value: Any) -> Any:
+    """One training loader from what ``train_dataloader`` returned (several become a ``CombinedLoader``)."""
+    if isinstance(value, Mapping):
+        return CombinedLoader(value)
+    if isinstance(value, (list, tuple)):
+        return CombinedLoader(list(value))
+    if value is None or not isinstance(value, Iterable):
+        raise invalid_argument("train_dataloaders", value, "a DataLoader, a list or a dict of DataLoaders")
+    return value

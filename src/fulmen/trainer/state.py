@@ -1,0 +1,95 @@
+"""The Trainer's whole mutable progress, in one dataclass a checkpoint can list field by field.
+
+``fn``/``status``/``stage`` say what the Trainer is doing; the counters say how far it got.
+``state_dict()`` holds only the counters, as plain ints, so that resuming mid-epoch can
+continue exactly where the run stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from enum import Enum
+from typing import Any
+
+
+class TrainerFn(str, Enum):
+    """The entry point that is running."""
+
+    FITTING = "fit"
+    VALIDATING = "validate"
+    TESTING = "test"
+    PREDICTING = "predict"
+
+
+class TrainerStatus(str, Enum):
+    INITIALIZING = "initializing"
+    RUNNING = "running"
+    FINISHED = "finished"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def stopped(self) -> bool:
+        return self in (TrainerStatus.FINISHED, TrainerStatus.INTERRUPTED)
+
+
+class RunningStage(str, Enum):
+    """The loop that is running (within ``fit``: training, the sanity check or validation)."""
+
+    TRAINING = "train"
+    SANITY_CHECKING = "sanity_check"
+    VALIDATING = "validate"
+    TESTING = "test"
+    PREDICTING = "predict"
+
+    @property
+    def evaluating(self) -> bool:
+        return self in (RunningStage.VALIDATING, RunningStage.TESTING, RunningStage.SANITY_CHECKING)
+
+
+#: The counters that ``state_dict`` saves (the schema of a checkpoint's "loops" entry, version 1).
+PROGRESS_FIELDS = (
+    "current_epoch",
+    "global_step",
+    "batches_that_stepped",
+    "batch_idx",
+    "total_batch_idx",
+    "last_val_total_batch",
+)
+STATE_VERSION = 1
+
+
+@dataclasses.dataclass
+class TrainerState:
+    fn: TrainerFn | None = None
+    status: TrainerStatus = TrainerStatus.INITIALIZING
+    stage: RunningStage | None = None
+
+    #: Completed training epochs (``trainer.current_epoch``).
+    current_epoch: int = 0
+    #: Optimizer steps taken (every optimizer's ``step`` counts, as in Lightning).
+    global_step: int = 0
+    #: Training batches after which an optimizer stepped: the x-axis of step-level logs.
+    batches_that_stepped: int = 0
+    #: Training batches completed in the current epoch (the next batch to run, when resuming).
+    batch_idx: int = 0
+    #: Training batches completed over the whole fit.
+    total_batch_idx: int = 0
+    #: ``total_batch_idx`` when validation last ran during fit (-1: never), so a resumed run
+    #: does not validate the same point twice.
+    last_val_total_batch: int = -1
+
+    @property
+    def finished(self) -> bool:
+        return self.status == TrainerStatus.FINISHED
+
+    @property
+    def stopped(self) -> bool:
+        return self.status.stopped
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": STATE_VERSION, **{name: getattr(self, name) for name in PROGRESS_FIELDS}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name in PROGRESS_FIELDS:
+            if name in state:
+                setattr(self, name, int(state[name]))
