@@ -1,0 +1,648 @@
+"""``ModelCheckpoint``: save checkpoints while training, keep the best ``k`` by a monitored value.
+
+Why it is shaped the way it is:
+
+- **When** it saves follows Lightning 2.x: every ``every_n_train_steps`` optimizer steps or every
+  ``train_time_interval`` (checked at ``on_train_batch_end``), every ``every_n_epochs`` epochs
+  (checked at ``on_train_epoch_end`` when the epoch's validation, if any, has already run there,
+  otherwise at ``on_validation_end``). Never during the sanity check, ``fast_dev_run``, or twice
+  for one global step.
+- **Which files stay** is decided from the monitored value in ``trainer.callback_metrics``. The
+  bookkeeping (``best_k_models``, ``kth_best_model_path``, ...) is updated *before* the file is
+  written, so every checkpoint carries the callback state that names itself; a run resumed from
+  it continues pruning exactly where the first run stopped.
+- **Durability**: a file is removed only on global rank zero, only after every new file of that
+  step (top-k and ``last``) has been written, and never when it is the file just written, a file
+  still listed in the state, the checkpoint the run resumed from (or what that links to), or
+  outside this callback's folder (local paths). ``last`` therefore always exists once written.
+- **Distributed**: every rank takes the same decisions (the file name is chosen on rank zero and
+  broadcast; top-k decisions are agreed with ``reduce_boolean_decision``); the Trainer's
+  ``save_checkpoint`` makes rank zero write, atomically.
+- ``dirpath`` may be any fsspec URL; all file access goes through :mod:`fulmen.utilities.cloud_io`.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+import time
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from fsspec.core import url_to_fs
+from torch import Tensor
+
+from fulmen.callbacks.checkpoint import Checkpoint, _join, _normalize_dirpath
+from fulmen.utilities import cloud_io
+from fulmen.utilities.exceptions import MisconfigurationException, invalid_argument
+from fulmen.utilities.rank_zero import rank_zero_info, rank_zero_warn
+
+if TYPE_CHECKING:
+    from fulmen.module import LightningModule
+    from fulmen.trainer import Trainer
+
+_MODES = ("min", "max")
+_SAVE_LAST = (None, True, False, "link")
+# Keys of a template: "{name" followed by ":" (a format spec) or "}".
+_TEMPLATE_KEY = re.compile(r"(\{.*?)[:}]")
+
+
+class ModelCheckpoint(Checkpoint):
+    r"""Save the model periodically, keeping the best ``save_top_k`` checkpoints by ``monitor``.
+
+    Args:
+        dirpath: folder (local path or fsspec URL such as ``s3://bucket/run``) for the files.
+            By default ``<save_dir>/<name>/<version>/checkpoints`` of the first logger, or
+            ``<default_root_dir>/checkpoints`` without a logger; decided at ``setup``.
+        filename: file name template without extension; ``{name}`` or ``{name:fmt}`` is replaced
+            by the value of ``name`` in the logged metrics, ``epoch`` or ``step``. Default:
+            ``"{epoch}-{step}"``, which gives ``epoch=0-step=10.ckpt``.
+        monitor: the ``trainer.callback_metrics`` key that ranks checkpoints; ``None`` keeps
+            the latest ones.
+        verbose: report each decision at INFO level.
+        save_last: also save ``last.ckpt`` (``CHECKPOINT_NAME_LAST``) every time the callback
+            checks, so a run can always resume from its newest state; ``"link"`` makes it a link
+            to the top-k file written at the same step (a copy on filesystems without links).
+        save_top_k: how many checkpoints to keep: ``-1`` all, ``0`` none (only ``last``), ``k``
+            the best ``k`` by ``monitor`` (with ``monitor=None``, ``1`` keeps the latest).
+        save_weights_only: save only the model's weights (no optimizer, scheduler or loop state).
+        mode: ``"min"`` or ``"max"``: whether a lower or higher ``monitor`` value is better.
+        auto_insert_metric_name: ``{val_loss:.2f}`` becomes ``val_loss=0.12``; turn off for metric
+            names with ``/``, which would otherwise become sub-folders.
+        every_n_train_steps: check every this many optimizer steps (``None``/``0``: never).
+        train_time_interval: check when at least this much wall time passed since the last check.
+        every_n_epochs: check every this many epochs (the default, ``1``, when none of
+            ``every_n_train_steps``, ``train_time_interval`` and ``every_n_epochs`` is given).
+        save_on_train_epoch_end: check at the end of the training epoch (``True``) or at the end of
+            validation (``False``); ``None`` decides from how validation is scheduled.
+        enable_version_counter: when a file name is taken, append ``-v1``, ``-v2``, ... instead of
+            overwriting.
+    """
+
+    CHECKPOINT_JOIN_CHAR = "-"
+    CHECKPOINT_EQUALS_CHAR = "="
+    CHECKPOINT_NAME_LAST = "last"
+    FILE_EXTENSION = ".ckpt"
+    STARTING_VERSION = 1
+
+    def __init__(
+        self,
+        dirpath: str | os.PathLike | None = None,
+        filename: str | None = None,
+        monitor: str | None = None,
+        verbose: bool = False,
+        save_last: bool | Literal["link"] | None = None,
+        save_top_k: int = 1,
+        save_weights_only: bool = False,
+        mode: str = "min",
+        auto_insert_metric_name: bool = True,
+        every_n_train_steps: int | None = None,
+        train_time_interval: timedelta | None = None,
+        every_n_epochs: int | None = None,
+        save_on_train_epoch_end: bool | None = None,
+        enable_version_counter: bool = True,
+    ) -> None:
+        super().__init__()
+        if monitor is not None and (not isinstance(monitor, str) or not monitor):
+            raise invalid_argument("monitor", monitor, "None or the name of a logged metric")
+        if filename is not None and not isinstance(filename, str):
+            raise invalid_argument("filename", filename, "None or a template string such as '{epoch}-{val_loss:.2f}'")
+        if save_last not in _SAVE_LAST or (save_last is not None and not isinstance(save_last, (bool, str))):
+            raise invalid_argument("save_last", save_last, _SAVE_LAST)
+        if isinstance(save_top_k, bool) or not isinstance(save_top_k, int) or save_top_k < -1:
+            raise invalid_argument(
+                "save_top_k", save_top_k, "-1 (keep every checkpoint), 0 (keep none) or a positive int"
+            )
+        if mode not in _MODES:
+            raise invalid_argument("mode", mode, _MODES)
+        if save_on_train_epoch_end not in (None, True, False):
+            raise invalid_argument("save_on_train_epoch_end", save_on_train_epoch_end, (None, True, False))
+        every_n_train_steps = _check_every_n("every_n_train_steps", every_n_train_steps)
+        every_n_epochs = _check_every_n("every_n_epochs", every_n_epochs)
+        if train_time_interval is not None and (
+            not isinstance(train_time_interval, timedelta) or train_time_interval.total_seconds() <= 0
+        ):
+            raise invalid_argument("train_time_interval", train_time_interval, "None or a positive datetime.timedelta")
+        if monitor is None and save_top_k not in (-1, 0, 1):
+            raise MisconfigurationException(
+                f"`ModelCheckpoint(save_top_k={save_top_k}, monitor=None)` is not valid: without a `monitor` there"
+                " is nothing to rank checkpoints by. Accepted: set `monitor` to a logged metric, or use"
+                " save_top_k=1 (keep the latest), -1 (keep all) or 0 (keep none)."
+            )
+        triggers = {
+            "every_n_train_steps": every_n_train_steps,
+            "every_n_epochs": every_n_epochs,
+            "train_time_interval": train_time_interval,
+        }
+        if sum(bool(v) for v in triggers.values()) > 1:
+            given = ", ".join(f"{k}={v!r}" for k, v in triggers.items() if v)
+            raise MisconfigurationException(
+                f"`ModelCheckpoint({given})`: these triggers are mutually exclusive. Accepted: at most one of"
+                " `every_n_train_steps`, `every_n_epochs` and `train_time_interval`; use a second"
+                " ModelCheckpoint for a second schedule."
+            )
+
+        self.monitor = monitor
+        self.verbose = verbose
+        self.save_last = save_last
+        self.save_top_k = save_top_k
+        self.save_weights_only = save_weights_only
+        self.mode = mode
+        self.auto_insert_metric_name = auto_insert_metric_name
+        self._save_on_train_epoch_end = save_on_train_epoch_end
+        self._enable_version_counter = enable_version_counter
+        if every_n_train_steps is None and every_n_epochs is None and train_time_interval is None:
+            every_n_epochs = 1  # Lightning's default schedule: once per epoch
+        self._every_n_train_steps = every_n_train_steps or 0
+        self._every_n_epochs = every_n_epochs or 0
+        self._train_time_interval = train_time_interval
+
+        self.dirpath: str | None = _normalize_dirpath(dirpath) if dirpath is not None else None
+        self.filename = filename
+
+        self.current_score: Tensor | None = None
+        self.best_k_models: dict[str, Tensor] = {}
+        self.kth_best_model_path = ""
+        self.best_model_score: Tensor | None = None
+        self.best_model_path = ""
+        self.last_model_path = ""
+        self.kth_value: Tensor = torch.tensor(float("inf") if mode == "min" else float("-inf"))
+
+        # No checkpoint at global step 0: nothing has been trained yet.
+        self._last_global_step_saved = 0
+        self._last_checkpoint_saved = ""
+        self._last_time_checked: float | None = None
+        self._validation_has_run = False
+        self._pending_state: dict[str, Any] | None = None
+        self._warned: set[str] = set()
+
+    # ------------------------------------------------------------------------------- identity
+    @property
+    def state_key(self) -> str:
+        # Two ModelCheckpoints with different schedules keep separate state in one checkpoint.
+        return self._generate_state_key(
+            monitor=self.monitor,
+            mode=self.mode,
+            every_n_train_steps=self._every_n_train_steps,
+            every_n_epochs=self._every_n_epochs,
+            train_time_interval=self._train_time_interval,
+        )
+
+    @property
+    def every_n_train_steps(self) -> int:
+        return self._every_n_train_steps
+
+    @property
+    def every_n_epochs(self) -> int:
+        return self._every_n_epochs
+
+    @property
+    def train_time_interval(self) -> timedelta | None:
+        return self._train_time_interval
+
+    @property
+    def save_on_train_epoch_end(self) -> bool | None:
+        return self._save_on_train_epoch_end
+
+    # ---------------------------------------------------------------------------------- hooks
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        dirpath = self.dirpath if self.dirpath is not None else self._default_dirpath(trainer)
+        # Loggers number versions per process; rank zero's folder is the one that gets the files.
+        self.dirpath = trainer.strategy.broadcast(dirpath)
+        if self._pending_state is not None:
+            state, self._pending_state = self._pending_state, None
+            self.load_state_dict(state)
+        if stage == "fit":
+            self._validation_has_run = False
+            if trainer.is_global_zero:
+                self._warn_if_dir_not_empty(self.dirpath)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._last_time_checked = time.monotonic()
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._should_skip_saving_checkpoint(trainer):
+            return
+        n = self._every_n_train_steps
+        skip_batch = n < 1 or trainer.global_step % n != 0
+
+        skip_time = True
+        now = time.monotonic()
+        if self._train_time_interval is not None:
+            previous = self._last_time_checked
+            skip_time = previous is None or (now - previous) < self._train_time_interval.total_seconds()
+            # Clocks differ between processes: rank zero decides, so that every rank saves or none.
+            skip_time = trainer.strategy.broadcast(skip_time)
+        if skip_batch and skip_time:
+            return
+        if not skip_time:
+            self._last_time_checked = now
+        self._save_checkpoints(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self._should_skip_saving_checkpoint(trainer) and self._should_save_on_train_epoch_end(trainer):
+            self._save_at_epoch_end(trainer)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if _sanity_checking(trainer) or not _fitting(trainer):
+            return
+        self._validation_has_run = True
+        if not self._should_skip_saving_checkpoint(trainer) and not self._should_save_on_train_epoch_end(trainer):
+            self._save_at_epoch_end(trainer)
+
+    # ---------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "monitor": self.monitor,
+            "best_model_score": self.best_model_score,
+            "best_model_path": self.best_model_path,
+            "current_score": self.current_score,
+            "dirpath": self.dirpath,
+            "best_k_models": dict(self.best_k_models),
+            "kth_best_model_path": self.kth_best_model_path,
+            "kth_value": self.kth_value,
+            "last_model_path": self.last_model_path,
+            # Not in Lightning's state: a resumed run must not save the step it resumed at again.
+            "last_global_step_saved": self._last_global_step_saved,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.dirpath is None:
+            # Restored before `setup` resolved the default folder: compare folders once it has.
+            self._pending_state = dict(state_dict)
+            return
+        dirpath_from_ckpt = state_dict.get("dirpath", self.dirpath)
+        if dirpath_from_ckpt == self.dirpath:
+            self.best_model_score = state_dict.get("best_model_score", self.best_model_score)
+            self.current_score = state_dict.get("current_score", self.current_score)
+            self.kth_best_model_path = state_dict.get("kth_best_model_path", self.kth_best_model_path)
+            self.kth_value = state_dict.get("kth_value", self.kth_value)
+            self.best_k_models = dict(state_dict.get("best_k_models", self.best_k_models))
+            self.last_model_path = state_dict.get("last_model_path", self.last_model_path)
+        else:
+            # The files listed belong to another folder: managing (deleting) them from here would be wrong.
+            rank_zero_warn(
+                f"ModelCheckpoint's folder changed from {dirpath_from_ckpt!r} to {self.dirpath!r}: `best_model_score`,"
+                " `kth_best_model_path`, `kth_value`, `last_model_path` and `best_k_models` are not restored."
+                " Only `best_model_path` is."
+            )
+        self.best_model_path = state_dict.get("best_model_path", self.best_model_path)
+        self._last_global_step_saved = int(state_dict.get("last_global_step_saved", self._last_global_step_saved))
+
+    # ------------------------------------------------------------------------------ file names
+    def format_checkpoint_name(
+        self, metrics: Mapping[str, Any], filename: str | None = None, ver: int | None = None
+    ) -> str:
+        """The path a checkpoint with these ``metrics`` gets (``ver``: the ``-vN`` suffix).
+
+        >>> ckpt = ModelCheckpoint(dirpath=None, filename="{epoch}")
+        >>> ckpt.format_checkpoint_name({"epoch": 0})
+        'epoch=0.ckpt'
+        >>> ckpt.format_checkpoint_name({"epoch": 3}, filename="{epoch:03d}")
+        'epoch=003.ckpt'
+        >>> ckpt.format_checkpoint_name({"epoch": 3}, ver=2)
+        'epoch=3-v2.ckpt'
+        """
+        name = self._format_checkpoint_name(
+            filename or self.filename, dict(metrics), auto_insert_metric_name=self.auto_insert_metric_name
+        )
+        if ver is not None:
+            name = self.CHECKPOINT_JOIN_CHAR.join((name, f"v{ver}"))
+        name = f"{name}{self.FILE_EXTENSION}"
+        return _join(self.dirpath, name) if self.dirpath else name
+
+    @classmethod
+    def _format_checkpoint_name(
+        cls, filename: str | None, metrics: dict[str, Any], auto_insert_metric_name: bool = True
+    ) -> str:
+        if not filename:
+            filename = "{epoch}" + cls.CHECKPOINT_JOIN_CHAR + "{step}"
+        # Longest key first, so that "{epoch}" is not replaced inside "{epoch_loss}".
+        keys = sorted(set(_TEMPLATE_KEY.findall(filename)), key=len, reverse=True)
+        for key in keys:
+            name = key[1:]
+            if auto_insert_metric_name:
+                filename = filename.replace(key, name + cls.CHECKPOINT_EQUALS_CHAR + "{" + name)
+            # "{0[name]}" looks the key up as a string, so names with "." or "/" work too.
+            filename = filename.replace("{" + name, "{0[" + name + "]")
+            if name not in metrics:
+                metrics[name] = torch.tensor(0)
+        return filename.format(metrics)
+
+    def file_exists(self, filepath: str | os.PathLike, trainer: Trainer) -> bool:
+        """Whether ``filepath`` exists, as rank zero sees it (every rank gets the same answer)."""
+        exists = cloud_io.file_exists(filepath) if trainer.is_global_zero else False
+        return trainer.strategy.broadcast(exists)
+
+    def to_yaml(self, filepath: str | os.PathLike | None = None) -> None:
+        """Write ``best_k_models`` (path: score) as YAML, by default to ``<dirpath>/best_k_models.yaml``."""
+        import yaml
+
+        best_k = {path: float(score) for path, score in self.best_k_models.items()}
+        if filepath is None:
+            if self.dirpath is None:
+                raise MisconfigurationException(
+                    "`ModelCheckpoint.to_yaml()` needs a `filepath` or a `dirpath` (known once the Trainer has set up)."
+                )
+            filepath = _join(self.dirpath, "best_k_models.yaml")
+        fs, rpath = url_to_fs(os.fsdecode(os.fspath(filepath)))
+        parent = posixpath.dirname(rpath) if "/" in rpath else ""
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        with fs.open(rpath, "w") as f:
+            yaml.safe_dump(best_k, f)
+
+    def _find_last_checkpoints(self, trainer: Trainer) -> set[str]:
+        """The ``last`` checkpoints (``last.ckpt``, ``last-v1.ckpt``, ...) in this callback's folder."""
+        dirpath = self.dirpath if self.dirpath is not None else self._default_dirpath(trainer)
+        if not cloud_io.file_exists(dirpath):
+            return set()
+        pattern = re.compile(
+            rf"^{re.escape(self.CHECKPOINT_NAME_LAST)}({re.escape(self.CHECKPOINT_JOIN_CHAR)}v\d+)?"
+            rf"{re.escape(self.FILE_EXTENSION)}$"
+        )
+        fs = cloud_io.get_filesystem(dirpath)
+        found = set()
+        for entry in fs.ls(dirpath, detail=False):
+            base = entry.rstrip("/").rsplit("/", 1)[-1]
+            if pattern.match(base):
+                found.add(_join(dirpath, base))
+        return found
+
+    # ------------------------------------------------------------------------------- decisions
+    def _should_skip_saving_checkpoint(self, trainer: Trainer) -> bool:
+        return (
+            bool(getattr(trainer, "fast_dev_run", False))
+            or not _fitting(trainer)
+            or _sanity_checking(trainer)
+            or self._last_global_step_saved == trainer.global_step
+        )
+
+    def _should_save_on_train_epoch_end(self, trainer: Trainer) -> bool:
+        if self._save_on_train_epoch_end is not None:
+            return self._save_on_train_epoch_end
+        # Validation every few epochs (or by steps only): it decides when checks happen.
+        if getattr(trainer, "check_val_every_n_epoch", 1) != 1:
+            return False
+        num_val_batches = getattr(trainer, "num_val_batches", 0)
+        if isinstance(num_val_batches, (list, tuple)):
+            num_val_batches = sum(num_val_batches)
+        if not num_val_batches:
+            return True
+        # Validation at the end of each epoch has run before on_train_epoch_end, and the module's
+        # own on_train_epoch_end logs are there too; validation within the epoch checks itself.
+        return getattr(trainer, "val_check_interval", 1.0) == 1.0
+
+    def _monitor_candidates(self, trainer: Trainer) -> dict[str, Any]:
+        candidates = dict(trainer.callback_metrics)
+        epoch = candidates.get("epoch")
+        candidates["epoch"] = epoch.int() if isinstance(epoch, Tensor) else torch.tensor(trainer.current_epoch)
+        step = candidates.get("step")
+        candidates["step"] = step.int() if isinstance(step, Tensor) else torch.tensor(trainer.global_step)
+        return candidates
+
+    def check_monitor_top_k(self, trainer: Trainer, current: Tensor | None = None) -> bool:
+        """Whether a checkpoint with monitored value ``current`` belongs in the top ``save_top_k``."""
+        if current is None:
+            return False
+        if self.save_top_k == -1:
+            return True
+        if len(self.best_k_models) < self.save_top_k:
+            return True
+        kth = self.best_k_models[self.kth_best_model_path]
+        better = torch.lt(current, kth) if self.mode == "min" else torch.gt(current, kth)
+        # Every rank must take the same decision, or only some of them would enter save_checkpoint.
+        return trainer.strategy.reduce_boolean_decision(bool(better))
+
+    # ---------------------------------------------------------------------------------- saving
+    def _save_at_epoch_end(self, trainer: Trainer) -> None:
+        candidates = self._monitor_candidates(trainer)
+        if self._every_n_epochs >= 1 and (trainer.current_epoch + 1) % self._every_n_epochs == 0:
+            self._save_checkpoints(trainer, candidates)
+        else:
+            self._save_checkpoints(trainer, candidates, top_k=False)
+
+    def _save_checkpoints(self, trainer: Trainer, candidates: dict[str, Any], top_k: bool = True) -> None:
+        # Files that become stale are collected and removed only once every new file of this step
+        # exists, so a crash in between leaves one file too many, never one too few.
+        stale: list[str] = []
+        written_top_k = ""
+        if top_k:
+            written_top_k, stale_top_k = self._save_topk_checkpoint(trainer, candidates)
+            stale += stale_top_k
+        stale += self._save_last_checkpoint(trainer, candidates, written_top_k)
+        for path in stale:
+            if self._should_remove_checkpoint(trainer, path):
+                self._remove_checkpoint(trainer, path)
+
+    def _save_topk_checkpoint(self, trainer: Trainer, candidates: dict[str, Any]) -> tuple[str, list[str]]:
+        """Save a top-k checkpoint if due; returns (the file written or "", the files now stale)."""
+        if self.save_top_k == 0:
+            return "", []
+        if self.monitor is None:
+            return self._save_none_monitor_checkpoint(trainer, candidates)
+        if self.monitor not in candidates:
+            message = (
+                f"`ModelCheckpoint(monitor={self.monitor!r})` could not find {self.monitor!r} in the logged metrics:"
+                f" {sorted(candidates)}. Log it with `self.log({self.monitor!r}, value)` in the LightningModule,"
+                " or set `monitor` to one of these keys."
+            )
+            # Before the first validation a validation metric cannot exist yet: only warn then.
+            if self._validation_has_run:
+                raise MisconfigurationException(message)
+            if message not in self._warned:
+                self._warned.add(message)
+                rank_zero_warn(message)
+            return "", []
+        current = _as_tensor(candidates[self.monitor])
+        if self.check_monitor_top_k(trainer, current):
+            return self._update_best_and_save(current, trainer, candidates)
+        if self.verbose:
+            rank_zero_info(
+                f"Epoch {int(candidates['epoch'])}, global step {int(candidates['step'])}:"
+                f" {self.monitor!r} was not in top {self.save_top_k}"
+            )
+        return "", []
+
+    def _save_none_monitor_checkpoint(self, trainer: Trainer, candidates: dict[str, Any]) -> tuple[str, list[str]]:
+        filepath = self._get_metric_interpolated_filepath_name(candidates, trainer, reusable=self.best_model_path)
+        # Part of the state written into the file, so set before saving.
+        previous, self.best_model_path = self.best_model_path, filepath
+        self._save_checkpoint(trainer, filepath)
+        if self.verbose:
+            rank_zero_info(
+                f"Epoch {int(candidates['epoch'])}, global step {int(candidates['step'])}:"
+                f" saving checkpoint to {filepath!r}"
+            )
+        stale = [previous] if self.save_top_k == 1 and previous and previous != filepath else []
+        return filepath, stale
+
+    def _update_best_and_save(
+        self, current: Tensor, trainer: Trainer, candidates: dict[str, Any]
+    ) -> tuple[str, list[str]]:
+        k = len(self.best_k_models) + 1 if self.save_top_k == -1 else self.save_top_k
+        dropped = ""
+        if len(self.best_k_models) == k and k > 0:
+            dropped = self.kth_best_model_path
+            self.best_k_models.pop(dropped)
+
+        # A NaN would compare false against everything and never leave the top k: rank it worst.
+        if torch.isnan(current):
+            current = torch.tensor(float("inf") if self.mode == "min" else float("-inf"))
+
+        filepath = self._get_metric_interpolated_filepath_name(candidates, trainer, reusable=dropped)
+        self.current_score = current
+        self.best_k_models[filepath] = current
+        if len(self.best_k_models) == k:
+            worst = max if self.mode == "min" else min
+            self.kth_best_model_path = worst(self.best_k_models, key=self.best_k_models.__getitem__)
+            self.kth_value = self.best_k_models[self.kth_best_model_path]
+        best = min if self.mode == "min" else max
+        self.best_model_path = best(self.best_k_models, key=self.best_k_models.__getitem__)
+        self.best_model_score = self.best_k_models[self.best_model_path]
+
+        if self.verbose:
+            rank_zero_info(
+                f"Epoch {int(candidates['epoch'])}, global step {int(candidates['step'])}: {self.monitor!r} reached"
+                f" {float(current):0.5f} (best {float(self.best_model_score):0.5f}), saving model to {filepath!r}"
+                f" as top {k}"
+            )
+        self._save_checkpoint(trainer, filepath)
+        return filepath, [dropped] if dropped and dropped != filepath else []
+
+    def _save_last_checkpoint(self, trainer: Trainer, candidates: dict[str, Any], written_top_k: str) -> list[str]:
+        if not self.save_last:
+            return []
+        filepath = self._get_metric_interpolated_filepath_name(
+            candidates, trainer, filename=self.CHECKPOINT_NAME_LAST, reusable=self.last_model_path
+        )
+        previous, self.last_model_path = self.last_model_path, filepath
+        # A link only to a file of this very step: `last` always holds the newest state.
+        if self.save_last == "link" and written_top_k:
+            self._link_checkpoint(trainer, written_top_k, filepath)
+        else:
+            self._save_checkpoint(trainer, filepath)
+        return [previous] if previous and previous != filepath else []
+
+    def _get_metric_interpolated_filepath_name(
+        self, candidates: dict[str, Any], trainer: Trainer, filename: str | None = None, reusable: str = ""
+    ) -> str:
+        """The file name for this save: formatted from the metrics, with ``-vN`` if the name is taken.
+
+        ``reusable`` is a file this save replaces (the one dropped from the top k, the previous
+        ``last``): writing over it needs no new version.
+        """
+        # Formatting runs on every rank, so a bad template fails everywhere instead of hanging the others.
+        filepath = self.format_checkpoint_name(candidates, filename)
+        if trainer.is_global_zero and self._enable_version_counter:
+            version = self.STARTING_VERSION
+            while filepath != reusable and cloud_io.file_exists(filepath):
+                filepath = self.format_checkpoint_name(candidates, filename, ver=version)
+                version += 1
+        # Rank zero sees the folder and its metrics decide the name: every rank uses that one.
+        return trainer.strategy.broadcast(filepath)
+
+    def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
+        # Set before writing, so that the file records that its own step is saved.
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        trainer.save_checkpoint(filepath, self.save_weights_only)
+        if trainer.is_global_zero:
+            for logger in getattr(trainer, "loggers", ()):
+                logger.after_save_checkpoint(self)
+
+    def _link_checkpoint(self, trainer: Trainer, target: str, link: str) -> None:
+        if trainer.is_global_zero:
+            cloud_io.save_link(target, link)
+
+    def _should_remove_checkpoint(self, trainer: Trainer, previous: str) -> bool:
+        """Whether the stale file ``previous`` may be deleted now; see the module docstring."""
+        if not previous:
+            return False
+        if previous in self.best_k_models or previous in (self.last_model_path, self.best_model_path):
+            return False
+        resume = getattr(trainer, "ckpt_path", None)
+        if self.dirpath is None:
+            return False
+        if not cloud_io.is_local(previous):
+            if resume is not None and os.fspath(resume) == previous:
+                return False
+            return previous.startswith(self.dirpath.rstrip("/") + "/")
+        target = os.path.realpath(previous)
+        if resume is not None and cloud_io.is_local(resume):
+            resume = os.path.abspath(os.fspath(resume))
+            if target in (resume, os.path.realpath(resume)) or os.path.abspath(previous) == resume:
+                return False
+        # `last` may be a link to this file.
+        if (
+            self.last_model_path
+            and cloud_io.is_local(self.last_model_path)
+            and (os.path.realpath(self.last_model_path) == target)
+        ):
+            return False
+        if not cloud_io.is_local(self.dirpath):
+            return False
+        return os.path.abspath(previous).startswith(os.path.join(os.path.realpath(self.dirpath), ""))
+
+    def _remove_checkpoint(self, trainer: Trainer, filepath: str) -> None:
+        if trainer.is_global_zero:
+            cloud_io.remove_file(filepath)
+
+    # ----------------------------------------------------------------------------------- paths
+    def _default_dirpath(self, trainer: Trainer) -> str:
+        loggers = getattr(trainer, "loggers", None) or []
+        if loggers:
+            logger = loggers[0]
+            save_dir = logger.save_dir if logger.save_dir is not None else trainer.default_root_dir
+            version = logger.version
+            version = version if isinstance(version, str) else f"version_{version}"
+            base = _normalize_dirpath(save_dir, "save_dir")
+            for part in (str(logger.name or ""), version):
+                if part:
+                    base = _join(base, part)
+            return _join(base, "checkpoints")
+        return _join(_normalize_dirpath(trainer.default_root_dir, "default_root_dir"), "checkpoints")
+
+    def _warn_if_dir_not_empty(self, dirpath: str) -> None:
+        if self.save_top_k == 0:
+            return
+        fs = cloud_io.get_filesystem(dirpath)
+        if fs.isdir(dirpath) and fs.ls(dirpath):
+            rank_zero_warn(f"Checkpoint directory {dirpath} exists and is not empty.")
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(dirpath={self.dirpath!r}, filename={self.filename!r}, monitor={self.monitor!r},"
+            f" mode={self.mode!r}, save_top_k={self.save_top_k}, save_last={self.save_last!r})"
+        )
+
+
+def _check_every_n(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise invalid_argument(name, value, "None, 0 (never) or a positive int")
+    return value
+
+
+def _as_tensor(value: Any) -> Tensor:
+    # Kept on the CPU and detached: scores live in checkpoints and must load on any machine.
+    if isinstance(value, Tensor):
+        return value.detach().cpu()
+    return torch.tensor(value)
+
+
+def _fitting(trainer: Trainer) -> bool:
+    state = getattr(trainer, "state", None)
+    fn = getattr(state, "fn", None)
+    # TrainerFn is a str enum: compare by value, the callbacks do not import the trainer package.
+    return fn is None or fn == "fit"
+
+
+def _sanity_checking(trainer: Trainer) -> bool:
+    return bool(getattr(trainer, "sanity_checking", False))
