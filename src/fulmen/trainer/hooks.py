@@ -29,6 +29,8 @@ hooks belong to the datamodule instead when it overrides them.
         callbacks.on_train_start()
         module.on_train_start()
         for epoch in epochs:              # until max_epochs, max_steps, max_time or should_stop
+            if reload due:                # reload_dataloaders_every_n_epochs
+                datamodule.train_dataloader()
             callbacks.on_train_epoch_start()
             module.on_train_epoch_start()
             for batch in train batches:
@@ -40,8 +42,9 @@ hooks belong to the datamodule instead when it overrides them.
                 if automatic optimization:
                     if accumulating:      # inside an accumulation window: no optimizer step
                         closure()
-                    else:
-                        module.optimizer_step(epoch, batch_idx, optimizer, closure)   # runs closure()
+                    else:         # the hook calls optimizer.step(closure), which runs closure():
+                        module.optimizer_step(epoch, batch_idx, optimizer, closure)
+                        closure()
                 else:
                     module.training_step(batch, batch_idx)        # calls manual_backward, opt.step()
                 if scheduler due:         # "step" schedulers every `frequency` steps, "epoch" ones
@@ -53,7 +56,8 @@ hooks belong to the datamodule instead when it overrides them.
                     validation_run()
             callbacks.on_train_epoch_end()        # every callback but checkpointing / early stopping
             module.on_train_epoch_end()
-            callbacks.on_train_epoch_end()        # checkpointing and early stopping callbacks
+            if checkpointing or early stopping callbacks:
+                callbacks.on_train_epoch_end()    # those, after the module: they monitor what it logs
             if plateau scheduler due:
                 module.lr_scheduler_step(scheduler, monitored_value)
         callbacks.on_train_end()
@@ -81,7 +85,8 @@ hooks belong to the datamodule instead when it overrides them.
             module.configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def validation_run():                 # grad disabled (inference_mode) throughout
-        datamodule.val_dataloader()       # on the first run, and on reloads
+        if first run or reload due:
+            datamodule.val_dataloader()
         module.on_validation_model_eval() # model.eval()
         callbacks.on_validation_start()
         module.on_validation_start()
