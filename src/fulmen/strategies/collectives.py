@@ -87,6 +87,15 @@ def broadcast(obj: Any, src: int = 0, group: Any = None) -> Any:
     return holder[0]
 
 
+def all_gather_object(obj: Any, group: Any = None) -> list[Any]:
+    """Every rank's picklable ``obj``, indexed by rank."""
+    if not is_initialized():
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(gathered, obj, group=group)
+    return gathered
+
+
 def barrier(group: Any = None) -> None:
     if is_initialized():
         dist.barrier(group=group)

@@ -160,6 +160,10 @@ class Strategy(ABC):
     def broadcast(self, obj: Any, src: int = 0) -> Any:
         return collectives.broadcast(obj, src=src)
 
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's picklable ``obj`` (a list indexed by global rank) on every rank."""
+        return collectives.all_gather_object(obj)
+
     def barrier(self, name: str | None = None) -> None:
         collectives.barrier()
 
