@@ -177,6 +177,7 @@ class ModelCheckpoint(Checkpoint):
         self._last_time_checked: float | None = None
         self._validation_has_run = False
         self._pending_state: dict[str, Any] | None = None
+        self._resume_paths: set[str] = set()
         self._warned: set[str] = set()
 
     # ------------------------------------------------------------------------------- identity
@@ -222,6 +223,9 @@ class ModelCheckpoint(Checkpoint):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._last_time_checked = time.monotonic()
+        # Resolved now, before any save: `last` may be a link that this run will point elsewhere,
+        # and the file it pointed to when the run resumed must survive the run.
+        self._resume_paths = _resume_paths(getattr(trainer, "ckpt_path", None))
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -396,7 +400,9 @@ class ModelCheckpoint(Checkpoint):
             return True
         # Validation at the end of each epoch has run before on_train_epoch_end, and the module's
         # own on_train_epoch_end logs are there too; validation within the epoch checks itself.
-        return getattr(trainer, "val_check_interval", 1.0) == 1.0
+        # (An int val_check_interval counts batches: 1 means every batch, not every epoch.)
+        interval = getattr(trainer, "val_check_interval", 1.0)
+        return isinstance(interval, float) and interval == 1.0
 
     def _monitor_candidates(self, trainer: Trainer) -> dict[str, Any]:
         candidates = dict(trainer.callback_metrics)
@@ -566,18 +572,14 @@ class ModelCheckpoint(Checkpoint):
             return False
         if previous in self.best_k_models or previous in (self.last_model_path, self.best_model_path):
             return False
-        resume = getattr(trainer, "ckpt_path", None)
         if self.dirpath is None:
             return False
+        resume = self._resume_paths | _resume_paths(getattr(trainer, "ckpt_path", None))
         if not cloud_io.is_local(previous):
-            if resume is not None and os.fspath(resume) == previous:
-                return False
-            return previous.startswith(self.dirpath.rstrip("/") + "/")
+            return previous not in resume and previous.startswith(self.dirpath.rstrip("/") + "/")
         target = os.path.realpath(previous)
-        if resume is not None and cloud_io.is_local(resume):
-            resume = os.path.abspath(os.fspath(resume))
-            if target in (resume, os.path.realpath(resume)) or os.path.abspath(previous) == resume:
-                return False
+        if target in resume or os.path.abspath(previous) in resume:
+            return False
         # `last` may be a link to this file.
         if (
             self.last_model_path
@@ -635,6 +637,18 @@ def _as_tensor(value: Any) -> Tensor:
     if isinstance(value, Tensor):
         return value.detach().cpu()
     return torch.tensor(value)
+
+
+def _resume_paths(ckpt_path: Any) -> set[str]:
+    """The checkpoint a run resumed from, as written, made absolute and (for a link) resolved."""
+    if not isinstance(ckpt_path, (str, os.PathLike)):
+        return set()
+    path = os.fsdecode(os.fspath(ckpt_path))
+    if not cloud_io.is_local(path):
+        return {path}
+    if "://" in path:
+        path = path.split("://", 1)[1]
+    return {path, os.path.abspath(path), os.path.realpath(path)}
 
 
 def _fitting(trainer: Trainer) -> bool:
