@@ -622,10 +622,22 @@ def test_state_restored_before_the_default_folder_is_known(tmp_path):
     state = first.state_dict()
     second = ModelCheckpoint(monitor="val_loss", save_top_k=2)
     second.load_state_dict(state)
-    assert second.best_k_models == {}  # not applied yet
+    assert second.dirpath == first.dirpath  # taken from the state until setup chooses
     # Worse scores than the restored top 2: nothing new is saved, the restored files stay best.
     fit(tmp_path, [second], ScriptedModel([0.9, 0.9]), max_epochs=2)
     folder = tmp_path / "checkpoints"
     assert names(folder) == ["epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt"]
     assert second.best_k_models == first.best_k_models
     assert second.best_model_path == str(folder / "epoch=1-step=8.ckpt")
+
+
+def test_state_restored_before_setup_is_dropped_when_the_folder_differs(tmp_path):
+    first = ModelCheckpoint(monitor="val_loss", save_top_k=2)
+    fit(tmp_path / "one", [first], ScriptedModel(SCRIPT[:2]), max_epochs=2)
+    second = ModelCheckpoint(monitor="val_loss", save_top_k=2)
+    second.load_state_dict(first.state_dict())
+    with pytest.warns(UserWarning, match="folder changed"):
+        fit(tmp_path / "two", [second], ScriptedModel([0.9, 0.9]), max_epochs=2)
+    assert second.dirpath == str(tmp_path / "two" / "checkpoints")
+    assert names(tmp_path / "two" / "checkpoints") == ["epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt"]
+    assert names(tmp_path / "one" / "checkpoints") == ["epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt"]

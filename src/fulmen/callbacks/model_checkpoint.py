@@ -176,7 +176,7 @@ class ModelCheckpoint(Checkpoint):
         self._last_checkpoint_saved = ""
         self._last_time_checked: float | None = None
         self._validation_has_run = False
-        self._pending_state: dict[str, Any] | None = None
+        self._dirpath_from_state = False
         self._resume_paths: set[str] = set()
         self._warned: set[str] = set()
 
@@ -210,12 +210,15 @@ class ModelCheckpoint(Checkpoint):
 
     # ---------------------------------------------------------------------------------- hooks
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        dirpath = self.dirpath if self.dirpath is not None else self._default_dirpath(trainer)
+        from_state = self._dirpath_from_state
+        self._dirpath_from_state = False
+        dirpath = self.dirpath if self.dirpath is not None and not from_state else self._default_dirpath(trainer)
         # Loggers number versions per process; rank zero's folder is the one that gets the files.
-        self.dirpath = trainer.strategy.broadcast(dirpath)
-        if self._pending_state is not None:
-            state, self._pending_state = self._pending_state, None
-            self.load_state_dict(state)
+        dirpath = trainer.strategy.broadcast(dirpath)
+        if from_state and dirpath != self.dirpath:
+            self._warn_folder_changed(self.dirpath, dirpath)
+            self._reset_tracking()
+        self.dirpath = dirpath
         if stage == "fit":
             self._validation_has_run = False
             if trainer.is_global_zero:
@@ -276,10 +279,12 @@ class ModelCheckpoint(Checkpoint):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if self.dirpath is None:
-            # Restored before `setup` resolved the default folder: compare folders once it has.
-            self._pending_state = dict(state_dict)
-            return
+        if self.dirpath is None and state_dict.get("dirpath") is not None:
+            # No folder chosen yet: restored before `setup`, or in the main process after
+            # `ddp_spawn` (setup ran in the children). Take the state's folder; `setup` compares it
+            # with the folder it chooses and drops what belongs elsewhere.
+            self.dirpath = state_dict["dirpath"]
+            self._dirpath_from_state = True
         dirpath_from_ckpt = state_dict.get("dirpath", self.dirpath)
         if dirpath_from_ckpt == self.dirpath:
             self.best_model_score = state_dict.get("best_model_score", self.best_model_score)
@@ -290,13 +295,24 @@ class ModelCheckpoint(Checkpoint):
             self.last_model_path = state_dict.get("last_model_path", self.last_model_path)
         else:
             # The files listed belong to another folder: managing (deleting) them from here would be wrong.
-            rank_zero_warn(
-                f"ModelCheckpoint's folder changed from {dirpath_from_ckpt!r} to {self.dirpath!r}: `best_model_score`,"
-                " `kth_best_model_path`, `kth_value`, `last_model_path` and `best_k_models` are not restored."
-                " Only `best_model_path` is."
-            )
+            self._warn_folder_changed(dirpath_from_ckpt, self.dirpath)
         self.best_model_path = state_dict.get("best_model_path", self.best_model_path)
         self._last_global_step_saved = int(state_dict.get("last_global_step_saved", self._last_global_step_saved))
+
+    def _warn_folder_changed(self, old: Any, new: Any) -> None:
+        rank_zero_warn(
+            f"ModelCheckpoint's folder changed from {old!r} to {new!r}: `best_model_score`, `kth_best_model_path`,"
+            " `kth_value`, `last_model_path` and `best_k_models` are not restored. Only `best_model_path` is."
+        )
+
+    def _reset_tracking(self) -> None:
+        """Forget the files of another folder (``best_model_path`` stays, as in Lightning)."""
+        self.current_score = None
+        self.best_k_models = {}
+        self.kth_best_model_path = ""
+        self.best_model_score = None
+        self.last_model_path = ""
+        self.kth_value = torch.tensor(float("inf") if self.mode == "min" else float("-inf"))
 
     # ------------------------------------------------------------------------------ file names
     def format_checkpoint_name(
