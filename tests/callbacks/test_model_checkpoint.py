@@ -297,6 +297,14 @@ def test_top_k_keeps_the_best_by_score(tmp_path, mode, kept, best, kth):
     assert ckpt.best_model_path in state["best_k_models"]
 
 
+def test_verbose_reports_each_decision(tmp_path, caplog):
+    ckpt = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", verbose=True)
+    with caplog.at_level("INFO", logger="fulmen"):
+        fit(tmp_path, [ckpt], ScriptedModel([0.2, 0.5]), max_epochs=2)
+    text = caplog.text
+    assert "'val_loss' reached 0.20000" in text and "'val_loss' was not in top 1" in text
+
+
 def test_save_top_k_minus_one_keeps_all(tmp_path):
     with_monitor = ModelCheckpoint(dirpath=tmp_path / "a", monitor="val_loss", save_top_k=-1)
     without = ModelCheckpoint(dirpath=tmp_path / "b", save_top_k=-1)
@@ -622,7 +630,9 @@ def test_state_restored_before_the_default_folder_is_known(tmp_path):
     state = first.state_dict()
     second = ModelCheckpoint(monitor="val_loss", save_top_k=2)
     second.load_state_dict(state)
-    assert second.dirpath == first.dirpath  # taken from the state until setup chooses
+    # Taken from the state until setup chooses (what the main process of ddp_spawn keeps).
+    assert second.dirpath == first.dirpath
+    assert second.best_model_path == first.best_model_path and second.best_k_models == first.best_k_models
     # Worse scores than the restored top 2: nothing new is saved, the restored files stay best.
     fit(tmp_path, [second], ScriptedModel([0.9, 0.9]), max_epochs=2)
     folder = tmp_path / "checkpoints"

@@ -65,7 +65,8 @@ class ModelCheckpoint(Checkpoint):
         verbose: report each decision at INFO level.
         save_last: also save ``last.ckpt`` (``CHECKPOINT_NAME_LAST``) every time the callback
             checks, so a run can always resume from its newest state; ``"link"`` makes it a link
-            to the top-k file written at the same step (a copy on filesystems without links).
+            to the top-k file written at the same step (a copy on filesystems without links), and
+            a full file when no top-k file was written at that step.
         save_top_k: how many checkpoints to keep: ``-1`` all, ``0`` none (only ``last``), ``k``
             the best ``k`` by ``monitor`` (with ``monitor=None``, ``1`` keeps the latest).
         save_weights_only: save only the model's weights (no optimizer, scheduler or loop state).
