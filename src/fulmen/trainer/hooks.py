@@ -256,9 +256,15 @@ class Hooks:
                 getattr(module, name) if overrides(module, LightningModule, name) else None
             )
 
+        #: Whether calling each hook would run anything (read on the per-batch path).
+        self.active: dict[str, bool] = {
+            name: bool(self.callbacks.get(name)) or self.module.get(name) is not None
+            for name in {*self.callbacks, *self.module}
+        }
+
     def any(self, name: str) -> bool:
         """Whether a call of ``name`` would run anything."""
-        return bool(self.callbacks.get(name)) or self.module.get(name) is not None
+        return self.active.get(name, False)
 
     def call(self, name: str, *args: Any) -> Any:
         """``callbacks.name(trainer, module, *args)`` then ``module.name(*args)``; returns the module's result."""

@@ -19,6 +19,8 @@ import torch
 from torch import Tensor
 
 from fulmen.module.optimizer import LightningOptimizer
+from fulmen.strategies.precision import Precision
+from fulmen.strategies.strategy import Strategy
 from fulmen.trainer import data
 from fulmen.trainer.results import to_scalars
 from fulmen.trainer.state import RunningStage, TrainerFn
@@ -249,6 +251,7 @@ def _step_schedulers(trainer: Trainer, configs: list[Any], index: int, plateau: 
 def automatic_step(trainer: Trainer, batch: Any, batch_idx: int, stepping: bool) -> dict[str, Any]:
     """``training_step``, zero_grad, backward and (when ``stepping``) the optimizer step, for one batch."""
     hooks = trainer._hooks
+    active = hooks.active
     strategy = trainer.strategy
     state = trainer.state
     accumulate = trainer.accumulate_grad_batches
@@ -276,7 +279,7 @@ def automatic_step(trainer: Trainer, batch: Any, batch_idx: int, stepping: bool)
                 "a tensor, a dict with 'loss', or None (to skip the batch)."
             )
         if first_in_window:
-            if hooks.any("on_before_zero_grad"):
+            if active["on_before_zero_grad"]:
                 hooks.call("on_before_zero_grad", trainer._lightning_optimizers[0])
             if hooks.module["optimizer_zero_grad"] is None:
                 optimizer.zero_grad()
@@ -291,7 +294,7 @@ def automatic_step(trainer: Trainer, batch: Any, batch_idx: int, stepping: bool)
             loss = loss.detach()
         result[0] = (output, loss)
         if stepping:
-            if hooks.any("on_before_optimizer_step"):
+            if active["on_before_optimizer_step"]:
                 hooks.call("on_before_optimizer_step", trainer._lightning_optimizers[0])
             if hooks.module["configure_gradient_clipping"] is not None:
                 hooks.call_module(
@@ -496,6 +499,13 @@ def batch_mover(trainer: Trainer) -> Callable[[Any, int], Any]:
     results = trainer
 
     if before is None and move is None and after is None:
+        if (
+            strategy.root_device.type == "cpu"
+            and type(strategy).batch_to_device is Strategy.batch_to_device
+            and type(strategy.precision).convert_input is Precision.convert_input
+        ):
+            return _unchanged  # batches from a CPU dataloader are where they need to be
+
 
         def simple(batch: Any, dataloader_idx: int) -> Any:
             return convert_input(strategy.batch_to_device(batch))
@@ -523,6 +533,10 @@ def batch_mover(trainer: Trainer) -> Callable[[Any, int], Any]:
         return batch
 
     return with_hooks
+
+
+def _unchanged(batch: Any, dataloader_idx: int) -> Any:
+    return batch
 
 
 def _training_modes(module: torch.nn.Module) -> dict[torch.nn.Module, bool]:

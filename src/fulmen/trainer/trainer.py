@@ -37,6 +37,7 @@ from fulmen.module.optimizer import (
 )
 from fulmen.strategies import select_strategy
 from fulmen.strategies.launchers.multiprocessing import MultiprocessingLauncher
+from fulmen.strategies.precision import Precision
 from fulmen.strategies.strategy import Strategy
 from fulmen.trainer import data, loops
 from fulmen.trainer.hooks import Hooks
@@ -253,6 +254,7 @@ class Trainer:
         self._logged_metrics: dict[str, Tensor] = {}
         self._progress_bar_metrics: dict[str, Any] = {}
         self._step_with_closure = False
+        self._plain_forward = False
         self._eval_log_step = -1
         self._fit_start_time = 0.0
         self._warned_min_limits = False
@@ -574,6 +576,7 @@ class Trainer:
         strategy.module_to_device(module)
         self._model, self._router = module, None
         self._optimizers, self._lightning_optimizers, self.lr_scheduler_configs = [], [], []
+        self._plain_forward = False
         if fn != TrainerFn.FITTING:
             return
         optimizers, self.lr_scheduler_configs = self._configure_optimizers()
@@ -582,6 +585,10 @@ class Trainer:
         if wrapped is not router:
             self._model, self._router = wrapped, router
         self._lightning_optimizers = loops.setup_lightning_optimizers(self)
+        # The 32-bit default opens no autocast: skip entering an empty context on every step.
+        self._plain_forward = type(strategy).forward_context is Strategy.forward_context and (
+            type(strategy.precision).forward_context is Precision.forward_context
+        )
         self._step_with_closure = self._hooks.module["optimizer_step"] is not None or (
             module.automatic_optimization and needs_closure(self._optimizers[0])
         )
@@ -734,16 +741,18 @@ class Trainer:
     def _step(self, name: str, *args: Any) -> Any:
         """Run ``training_step`` / ``validation_step`` / ... under the strategy's forward context."""
         self._results.fx = name
+        step = self._model if self._router is not None and name == "training_step" else getattr(
+            self.lightning_module, name
+        )
+        if self._plain_forward:
+            return step(*args)
         with self._strategy.forward_context():
-            router = self._router
-            if router is None or name != "training_step":
-                return getattr(self.lightning_module, name)(*args)
-            return self._model(*args)
+            return step(*args)
 
     def _backward_with_hooks(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
         """``on_before_backward``, backward through the strategy, ``on_after_backward``."""
         hooks = self._hooks
-        if hooks.any("on_before_backward"):
+        if hooks.active["on_before_backward"]:
             hooks.call("on_before_backward", loss)
         if hooks.module["backward"] is not None:
             precision = self._strategy.precision
@@ -757,7 +766,7 @@ class Trainer:
             precision.post_backward(scaled, self._model)
         else:
             self._strategy.backward(loss, self._model, *args, **kwargs)
-        if hooks.any("on_after_backward"):
+        if hooks.active["on_after_backward"]:
             hooks.call("on_after_backward")
 
     def _clip_gradients(self, optimizer: Any, value: float | None, algorithm: str | None) -> None:
