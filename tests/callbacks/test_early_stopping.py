@@ -117,6 +117,21 @@ def test_checks_after_each_validation_when_it_runs_mid_epoch(tmp_path):
     assert [w for _, w in seen] == [0, 1, 2, 3]
 
 
+def test_validation_turned_off_checks_at_train_epoch_end(tmp_path):
+    es = EarlyStopping("train_metric", patience=1)
+    t = trainer(tmp_path, [es], val_check_interval=0.5, limit_val_batches=0)
+    t.fit(Scripted([3.0, 2.0, 2.5, 1.0], name="train_metric", in_validation=False), loader(8), loader())
+    assert es.stopped_epoch == 2
+
+
+def test_forced_check_point(tmp_path):
+    es = EarlyStopping("val_loss", patience=1, check_on_train_epoch_end=False)
+    t = trainer(tmp_path, [es])
+    t.fit(Scripted([1.0, 2.0, 0.5]), loader(), loader())
+    assert es.stopped_epoch == 1
+    assert es._check_on_train_epoch_end is False
+
+
 def test_strict_missing_monitor_names_key_and_available_metrics(tmp_path):
     es = EarlyStopping("val_acc")
     t = trainer(tmp_path, [es], max_epochs=2)

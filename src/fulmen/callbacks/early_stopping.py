@@ -4,12 +4,13 @@ It exists so that ``max_epochs`` can be an upper bound rather than a guess: the 
 ``monitor`` has not improved by ``min_delta`` for ``patience`` checks, reaches
 ``stopping_threshold``, crosses ``divergence_threshold`` or becomes NaN/inf.
 
-When it checks: after validation. With validation once per epoch at the epoch's end (the
-defaults ``val_check_interval=1.0``, ``check_val_every_n_epoch=1``) and without validation at
-all, that is the end of the training epoch (the Trainer runs this callback after the module's
-``on_train_epoch_end``, so values logged there count too); when validation runs several times
-per epoch or only every few epochs, it is the end of each validation run. ``check_on_train_epoch_end``
-forces one or the other.
+When it checks: after each validation run, or at the end of each training epoch when there is
+no validation. With validation once per epoch at the epoch's end (the defaults
+``val_check_interval=1.0``, ``check_val_every_n_epoch=1``) the two coincide, and the check runs at
+the end of the training epoch, right after that validation: the Trainer runs this callback after
+the module's ``on_train_epoch_end``, so values logged there count too. When validation runs
+several times per epoch or only every few epochs, the check runs at the end of each validation
+run. ``check_on_train_epoch_end`` forces one or the other.
 
 In distributed runs each process evaluates its own copy of the value and the run stops when any
 process says so (``trainer.strategy.reduce_boolean_decision``), so no rank is left waiting in a
@@ -95,6 +96,7 @@ class EarlyStopping(Callback):
         self.stopping_threshold = stopping_threshold
         self.divergence_threshold = divergence_threshold
         self.log_rank_zero_only = log_rank_zero_only
+        self._user_check_on_train_epoch_end = check_on_train_epoch_end
         self._check_on_train_epoch_end = check_on_train_epoch_end
         # Stored with the sign that makes "current - min_delta is better than best" the test in both modes.
         self.min_delta = abs(min_delta) if mode == "max" else -abs(min_delta)
@@ -127,12 +129,16 @@ class EarlyStopping(Callback):
 
     # ------------------------------------------------------------------------------ hooks
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        if self._check_on_train_epoch_end is None:
-            # Validation once per epoch, at its end (or never): checking at the training epoch's
-            # end sees both the validation values and those logged in on_train_epoch_end.
-            self._check_on_train_epoch_end = getattr(trainer, "val_check_interval", 1.0) == 1.0 and getattr(
-                trainer, "check_val_every_n_epoch", 1
-            ) in (1, None)
+        if self._user_check_on_train_epoch_end is not None:
+            self._check_on_train_epoch_end = self._user_check_on_train_epoch_end
+            return
+        # Validation once per epoch at its end, or none at all: checking at the training epoch's
+        # end then sees both the validation values and those logged in on_train_epoch_end.
+        interval = getattr(trainer, "val_check_interval", 1.0)
+        once_per_epoch = (
+            isinstance(interval, float) and interval == 1.0 and getattr(trainer, "check_val_every_n_epoch", 1) == 1
+        )
+        self._check_on_train_epoch_end = once_per_epoch or not getattr(trainer, "enable_validation", True)
 
     def _should_skip_check(self, trainer: Any) -> bool:
         return _stage_value(getattr(trainer.state, "fn", None)) != "fit" or bool(trainer.sanity_checking)
