@@ -189,6 +189,9 @@ class LightningOptimizer:
         self._strategy: Any = None
         self._on_before_step: Callable[[], None] = _do_nothing
         self._on_after_step: Callable[[], None] = _do_nothing
+        #: Runs after the closure, before the update (the Trainer's on_before_optimizer_step and
+        #: clipping hooks in manual optimization).
+        self._after_closure: Callable[[], None] = _do_nothing
         self.__class__ = _wrapper_type(type(optimizer))
 
     @property
@@ -200,6 +203,15 @@ class LightningOptimizer:
         if closure is not None and not callable(closure):
             raise MisconfigurationException(f"`optimizer.step(closure={closure!r})`: the closure must be callable.")
         self._on_before_step()
+        after_closure = self._after_closure
+        if after_closure is not _do_nothing:
+            user_closure = closure
+
+            def closure() -> Any:
+                output = user_closure() if user_closure is not None else None
+                after_closure()
+                return output
+
         if self._strategy is None:
             output = self._optimizer.step(closure=closure, **kwargs) if closure else self._optimizer.step(**kwargs)
         else:
