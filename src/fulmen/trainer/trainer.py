@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
+import io
 import logging
 import math
 import os
@@ -403,28 +404,40 @@ class Trainer:
         finally:
             self._teardown()
 
-    def _run_spawned(self, fn: TrainerFn, ckpt_path: str | None) -> dict[str, Any] | None:
-        """In each spawned process: run, then send back what the main process needs (rank 0 only)."""
+    def _run_spawned(self, fn: TrainerFn, ckpt_path: str | None) -> bytes | None:
+        """In each spawned process: run, then send back what the main process needs (rank 0 only).
+
+        The payload travels as bytes: tensors sent through a queue as shared memory would need
+        this process alive until the main process has read them.
+        """
+        # Spawning pickles tensors into shared memory: without a copy every rank would update
+        # the same CPU parameters.
+        self.lightning_module._apply(torch.clone)
         result = self._run_guarded(fn, ckpt_path)
         if not self._strategy.is_global_zero:
             return None
         cpu = torch.device("cpu")
-        return {
+        payload = {
             "result": result,
             "state_dict": self.lightning_module.state_dict() if fn == TrainerFn.FITTING else None,
             "state": {
                 **self.state.state_dict(),
                 "status": self.state.status,
             },
-            "callback_metrics": _to_cpu(self._callback_metrics, cpu),
-            "logged_metrics": _to_cpu(self._logged_metrics, cpu),
+            "callback_metrics": self._callback_metrics,
+            "logged_metrics": self._logged_metrics,
             "progress_bar_metrics": dict(self._progress_bar_metrics),
             "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks},
         }
+        buffer = io.BytesIO()
+        torch.save(apply_to_collection(payload, Tensor, lambda t: t.detach().to(cpu)), buffer)
+        return buffer.getvalue()
 
-    def _receive(self, payload: dict[str, Any] | None) -> Any:
-        if payload is None:
+    def _receive(self, data: bytes | None) -> Any:
+        if data is None:
             return None
+        # Our own child process wrote these bytes a moment ago: trusted, so a full unpickle.
+        payload = torch.load(io.BytesIO(data), weights_only=False)
         if payload["state_dict"] is not None:
             self.lightning_module.load_state_dict(payload["state_dict"])
         state = dict(payload["state"])
@@ -456,6 +469,9 @@ class Trainer:
     def _run(self, fn: TrainerFn, ckpt_path: str | None) -> Any:
         strategy = self._strategy
         module = self.lightning_module
+        module.trainer = self  # a spawned process unpickles the module without its trainer
+        if self.datamodule is not None:
+            self.datamodule.trainer = self
         strategy.setup_environment()
         _set_torch_flags(self._deterministic, self._benchmark)
         self.should_stop = False
@@ -1471,10 +1487,6 @@ def _single_or_list(loaders: list[Any] | None) -> Any:
     if loaders is None:
         return None
     return loaders[0] if len(loaders) == 1 else loaders
-
-
-def _to_cpu(metrics: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return apply_to_collection(metrics, Tensor, lambda t: t.detach().to(device))
 
 
 def _was_handled(exception: BaseException) -> bool:
