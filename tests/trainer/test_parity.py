@@ -122,9 +122,7 @@ def test_two_processes_match_a_raw_loop_with_averaged_gradients(monkeypatch):
     model = Regression()
     reference = copy.deepcopy(model.net)
     recorder = LossRecorder()
-    trainer = Trainer(
-        **quiet(callbacks=[recorder], max_epochs=2, strategy="ddp_spawn", devices=2, accelerator="cpu")
-    )
+    trainer = Trainer(**quiet(callbacks=[recorder], max_epochs=2, strategy="ddp_spawn", devices=2, accelerator="cpu"))
     trainer.fit(model, DataLoader(dataset(), batch_size=8))
     assert trainer.global_step == 8  # 32 samples per rank: 4 steps per epoch
 
