@@ -538,9 +538,6 @@ class Trainer:
         self._results = None
         self._train_results = None
         self._strategy.teardown()
-        module = self.lightning_module
-        if module is not None and self._strategy.root_device.type != "cpu":
-            module.cpu()
 
     def _check_loop_configuration(self, fn: TrainerFn) -> None:
         module = self.lightning_module
