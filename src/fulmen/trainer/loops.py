@@ -94,8 +94,6 @@ def train_epoch(trainer: Trainer) -> None:
     hooks = trainer._hooks
     module = trainer.lightning_module
     store = trainer._train_results
-    trainer._flush_metrics(store)
-    store.reset()
     trainer._results = store
     if trainer._reload_due("train"):
         trainer._load_train_dataloader()
@@ -179,6 +177,7 @@ def train_epoch(trainer: Trainer) -> None:
     epoch_logs = store.views()[1]
     if epoch_logs:
         trainer._log_to_loggers(epoch_logs, step=max(state.batches_that_stepped - 1, 0))
+    store.reset()  # torchmetrics objects start the next epoch empty
     state.current_epoch += 1
     state.batch_idx = 0
     if max_time is not None and _out_of_time(trainer, max_time):

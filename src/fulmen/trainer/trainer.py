@@ -41,7 +41,7 @@ from fulmen.strategies.launchers.multiprocessing import MultiprocessingLauncher
 from fulmen.strategies.precision import Precision
 from fulmen.strategies.strategy import Strategy
 from fulmen.trainer import data, loops
-from fulmen.trainer.hooks import Hooks
+from fulmen.trainer.hooks import Hooks, overrides
 from fulmen.trainer.results import ResultStore, to_scalars
 from fulmen.trainer.state import RunningStage, TrainerFn, TrainerState, TrainerStatus
 from fulmen.utilities.apply_func import apply_to_collection
@@ -216,7 +216,7 @@ class Trainer:
 
         self.loggers = _configure_loggers(logger, self._default_root_dir)
         if self.fast_dev_run and self.loggers:
-            self.loggers = [_NoOpLogger()]
+            self.loggers = [_no_op_logger()]
         self.callbacks: list[Callback] = _configure_callbacks(
             callbacks,
             enable_checkpointing=enable_checkpointing is not False and not self.fast_dev_run,
@@ -1159,7 +1159,7 @@ class Trainer:
 
     @property
     def checkpoint_callbacks(self) -> list[Callback]:
-        types = tuple(t for t in (_builtin_callback("Checkpoint"), _builtin_callback("ModelCheckpoint")) if t)
+        types = _checkpoint_types()
         return [cb for cb in self.callbacks if types and isinstance(cb, types)]
 
     @property
@@ -1331,7 +1331,7 @@ def _configure_loggers(logger: Any, root_dir: str) -> list[Any]:
     return loggers
 
 
-def _NoOpLogger() -> Any:  # noqa: N802 - a factory standing in for a class
+def _no_op_logger() -> Any:
     """What ``fast_dev_run`` logs to: accepts everything, writes nothing."""
     from fulmen.loggers import Logger
 
@@ -1362,6 +1362,10 @@ def _builtin_callback(name: str) -> type | None:
     return getattr(module, name, None)
 
 
+def _checkpoint_types() -> tuple[type, ...]:
+    return tuple(t for t in (_builtin_callback("Checkpoint"), _builtin_callback("ModelCheckpoint")) if t)
+
+
 def _monitor_types() -> tuple[type, ...]:
     return tuple(t for t in (_builtin_callback(n) for n in ("Checkpoint", "ModelCheckpoint", "EarlyStopping")) if t)
 
@@ -1386,7 +1390,7 @@ def _configure_callbacks(
         if not isinstance(callback, Callback):
             raise invalid_argument("callbacks", callback, "fulmen.Callback instances")
 
-    checkpoint_types = tuple(t for t in (_builtin_callback("Checkpoint"), _builtin_callback("ModelCheckpoint")) if t)
+    checkpoint_types = _checkpoint_types()
     has_checkpoint = bool(checkpoint_types) and any(isinstance(cb, checkpoint_types) for cb in callbacks)
     if checkpointing_flag is False and has_checkpoint:
         raise MisconfigurationException(
@@ -1438,8 +1442,7 @@ def _merge_model_callbacks(callbacks: list[Callback], model_callbacks: Any) -> l
             f"`configure_callbacks` replaces these Trainer callbacks: {sorted(t.__name__ for t in replaced)}."
         )
     merged = [cb for cb in callbacks if type(cb) not in replaced] + model_callbacks
-    checkpoint_types = tuple(t for t in (_builtin_callback("Checkpoint"), _builtin_callback("ModelCheckpoint")) if t)
-    return _checkpoints_last(merged, checkpoint_types)
+    return _checkpoints_last(merged, _checkpoint_types())
 
 
 def _check_module(model: Any, entry: str) -> LightningModule:
@@ -1458,8 +1461,6 @@ def _overrides_module(module: LightningModule, name: str) -> bool:
 
 
 def _implements(obj: Any, base: type, name: str) -> bool:
-    from fulmen.trainer.hooks import overrides
-
     return overrides(obj, base, name)
 
 
