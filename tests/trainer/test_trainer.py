@@ -281,3 +281,10 @@ def test_trainer_is_keyword_only():
 
 def test_datamodule_class_name_in_module_namespace():
     assert issubclass(BoringDataModule, LightningDataModule)
+
+
+def test_argument_errors_also_run_on_exception():
+    watcher = Watcher()
+    with pytest.raises(MisconfigurationException, match="not both"):
+        Trainer(**quiet(callbacks=[watcher])).fit(BoringModel(), loader(8), datamodule=BoringDataModule())
+    assert len(watcher.seen) == 1

@@ -17,7 +17,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -271,16 +271,17 @@ class Trainer:
         ckpt_path: str | None = None,
     ) -> None:
         """Train ``model`` on a datamodule or on dataloaders (``trainer.fit(model, datamodule)`` works too)."""
-        model = _check_module(model, "fit")
-        if isinstance(train_dataloaders, LightningDataModule):
-            datamodule, train_dataloaders = train_dataloaders, None
-        if datamodule is not None and (train_dataloaders is not None or val_dataloaders is not None):
-            raise MisconfigurationException(
-                "`Trainer.fit` got a datamodule and dataloaders; pass the dataloaders or the datamodule, not both."
-            )
-        _check_datamodule(datamodule)
-        self._attach(model, datamodule, train=train_dataloaders, val=val_dataloaders)
-        self._launch(TrainerFn.FITTING, ckpt_path)
+        with self._entry_point():
+            model = _check_module(model, "fit")
+            if isinstance(train_dataloaders, LightningDataModule):
+                datamodule, train_dataloaders = train_dataloaders, None
+            if datamodule is not None and (train_dataloaders is not None or val_dataloaders is not None):
+                raise MisconfigurationException(
+                    "`Trainer.fit` got a datamodule and dataloaders; pass the dataloaders or the datamodule, not both."
+                )
+            _check_datamodule(datamodule)
+            self._attach(model, datamodule, train=train_dataloaders, val=val_dataloaders)
+            self._launch(TrainerFn.FITTING, ckpt_path)
 
     def validate(
         self,
@@ -313,10 +314,11 @@ class Trainer:
         ckpt_path: str | None = None,
     ) -> Any:
         """Run ``predict_step`` over the data; returns the predictions (a list per dataloader when several)."""
-        model, datamodule, dataloaders = self._entry_arguments("predict", model, dataloaders, datamodule)
-        self._attach(model, datamodule, predict=dataloaders)
-        self._return_predictions = True if return_predictions is None else bool(return_predictions)
-        return self._launch(TrainerFn.PREDICTING, ckpt_path)
+        with self._entry_point():
+            model, datamodule, dataloaders = self._entry_arguments("predict", model, dataloaders, datamodule)
+            self._attach(model, datamodule, predict=dataloaders)
+            self._return_predictions = True if return_predictions is None else bool(return_predictions)
+            return self._launch(TrainerFn.PREDICTING, ckpt_path)
 
     def _evaluate(
         self,
@@ -327,10 +329,11 @@ class Trainer:
         verbose: bool,
         datamodule: LightningDataModule | None,
     ) -> list[dict[str, float]]:
-        model, datamodule, dataloaders = self._entry_arguments(fn.value, model, dataloaders, datamodule)
-        key = "val" if fn == TrainerFn.VALIDATING else "test"
-        self._attach(model, datamodule, **{key: dataloaders})
-        results = self._launch(fn, ckpt_path)
+        with self._entry_point():
+            model, datamodule, dataloaders = self._entry_arguments(fn.value, model, dataloaders, datamodule)
+            key = "val" if fn == TrainerFn.VALIDATING else "test"
+            self._attach(model, datamodule, **{key: dataloaders})
+            results = self._launch(fn, ckpt_path)
         if verbose and self.is_global_zero and results:
             _print_results(results, "Validate" if fn == TrainerFn.VALIDATING else "Test")
         return results
@@ -373,26 +376,32 @@ class Trainer:
         self.num_sanity_val_batches = []
 
     # ============================================================================== launching
+    @contextlib.contextmanager
+    def _entry_point(self) -> Generator[None, None, None]:
+        """Any error in fit/validate/test/predict runs ``on_exception`` (once per process) and re-raises."""
+        try:
+            yield
+        except BaseException as exception:
+            if not _was_handled(exception):
+                self._handle_exception(exception)
+                _mark_handled(exception)
+            raise
+
     def _launch(self, fn: TrainerFn, ckpt_path: str | None) -> Any:
-        """Run ``fn`` in every process the strategy needs; errors run ``on_exception`` and re-raise."""
+        """Run ``fn`` in every process the strategy needs."""
         self.state.fn = fn
         self.state.status = TrainerStatus.RUNNING
         self.state.stage = _STAGE_OF[fn]
         self.ckpt_path = ckpt_path
         launcher = self._strategy.launcher
-        try:
-            if launcher is None:
-                return self._run_guarded(fn, ckpt_path)
-            if isinstance(launcher, MultiprocessingLauncher):
-                for logger in self.loggers:  # fix versions now, so the main process knows the folders
-                    _ = logger.version
-                payload = launcher.launch(self._run_spawned, fn, ckpt_path)
-                return self._receive(payload)
-            return launcher.launch(self._run_guarded, fn, ckpt_path)
-        except BaseException as exception:
-            if not _was_handled(exception):
-                self._handle_exception(exception)
-            raise
+        if launcher is None:
+            return self._run_guarded(fn, ckpt_path)
+        if isinstance(launcher, MultiprocessingLauncher):
+            for logger in self.loggers:  # fix versions now, so the main process knows the folders
+                _ = logger.version
+            payload = launcher.launch(self._run_spawned, fn, ckpt_path)
+            return self._receive(payload)
+        return launcher.launch(self._run_guarded, fn, ckpt_path)
 
     def _run_guarded(self, fn: TrainerFn, ckpt_path: str | None) -> Any:
         try:
@@ -754,8 +763,10 @@ class Trainer:
     def _step(self, name: str, *args: Any) -> Any:
         """Run ``training_step`` / ``validation_step`` / ... under the strategy's forward context."""
         self._results.fx = name
-        step = self._model if self._router is not None and name == "training_step" else getattr(
-            self.lightning_module, name
+        step = (
+            self._model
+            if self._router is not None and name == "training_step"
+            else getattr(self.lightning_module, name)
         )
         if self._plain_forward:
             return step(*args)
