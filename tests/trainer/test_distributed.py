@@ -118,3 +118,19 @@ def test_logging_metrics_and_data_hooks_on_two_processes(tmp_path, monkeypatch):
     with torch.no_grad():
         expected = (model.net(val.tensors[0]).argmax(dim=1) == val.tensors[1]).float().mean()
     assert metrics["val_acc"] == pytest.approx(expected.item())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_ddp_reruns_the_script_and_every_rank_fits_then_validates():
+    from tests.conftest import run_python
+
+    script = Path(__file__).parent / "scripts" / "ddp_fit_validate.py"
+    result = run_python(str(script), timeout=170, env={"FULMEN_DIST_TIMEOUT": "30"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = sorted(line for line in result.stdout.splitlines() if line.startswith("rank="))
+    assert len(lines) == 2
+    ranks = [dict(part.split("=") for part in line.split()) for line in lines]
+    assert [r["rank"] for r in ranks] == ["0", "1"] and all(r["world"] == "2" for r in ranks)
+    assert all(r["steps"] == "8" for r in ranks)  # 32 samples per rank, batches of 8, 2 epochs
+    assert ranks[0]["weight"] == ranks[1]["weight"]  # gradients were averaged

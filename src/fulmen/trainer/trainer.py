@@ -255,6 +255,7 @@ class Trainer:
         self._logged_metrics: dict[str, Tensor] = {}
         self._progress_bar_metrics: dict[str, Any] = {}
         self._step_with_closure = False
+        self._launched = False
         self._plain_forward = False
         self._eval_log_step = -1
         self._fit_start_time = 0.0
@@ -401,7 +402,15 @@ class Trainer:
                 _ = logger.version
             payload = launcher.launch(self._run_spawned, fn, ckpt_path)
             return self._receive(payload)
-        return launcher.launch(self._run_guarded, fn, ckpt_path)
+        in_background = getattr(launcher, "launch_in_background", None)
+        if in_background is None:
+            return launcher.launch(self._run_guarded, fn, ckpt_path)
+        # Script re-running launchers (strategy="ddp"): the other ranks run the whole script
+        # themselves, fit and whatever follows it, so they are started once and not waited for.
+        if not self._launched:
+            in_background()
+            self._launched = True
+        return self._run_guarded(fn, ckpt_path)
 
     def _run_guarded(self, fn: TrainerFn, ckpt_path: str | None) -> Any:
         try:
