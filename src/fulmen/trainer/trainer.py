@@ -54,7 +54,24 @@ _DEFAULT_MAX_EPOCHS = 1000
 
 
 class Trainer:
-    """Train, evaluate and predict with a ``LightningModule``; Lightning 2.x's flags and defaults."""
+    """Train, evaluate and predict with a ``LightningModule``; Lightning 2.x's flags and defaults.
+
+    Hardware (shared with Lite, resolved by ``select_strategy``): ``accelerator``, ``devices``,
+    ``strategy``, ``precision``, ``num_nodes``, ``plugins``.
+    How long: ``max_epochs`` (1000 when no other limit is set; -1 for none), ``min_epochs``,
+    ``max_steps`` (optimizer steps; -1 for none), ``min_steps``, ``max_time`` ("DD:HH:MM:SS",
+    timedelta or dict). How much: ``limit_{train,val,test,predict}_batches`` (a float is a
+    fraction, an int a number of batches), ``overfit_batches``, ``fast_dev_run``.
+    Validation: ``val_check_interval`` (fraction of an epoch, or every N batches),
+    ``check_val_every_n_epoch`` (None: count batches across epochs), ``num_sanity_val_steps``.
+    Optimization: ``accumulate_grad_batches``, ``gradient_clip_val``, ``gradient_clip_algorithm``
+    ("norm" or "value"). Data: ``reload_dataloaders_every_n_epochs``, ``use_distributed_sampler``.
+    Output: ``logger`` (True: TensorBoard under ``default_root_dir``), ``callbacks``,
+    ``log_every_n_steps``, ``enable_progress_bar``, ``enable_model_summary``,
+    ``enable_checkpointing``. PyTorch switches: ``deterministic``, ``benchmark``,
+    ``detect_anomaly``, ``inference_mode``, ``sync_batchnorm``. ``barebones=True`` turns off
+    everything that costs speed (logging, progress bar, summary, checkpoints, sanity check).
+    """
 
     def __init__(
         self,
