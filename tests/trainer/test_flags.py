@@ -340,6 +340,7 @@ def test_log_every_n_steps():
     fit(max_epochs=1, logger=logger, log_every_n_steps=3)
     assert [step for _, step in logger.values("train_loss")] == [2, 5, 8]
     assert all(m["epoch"] == 0 for m, _ in logger.metrics)
+    assert logger.saves == 2  # after the hyperparameters and at the epoch's end, not after every step
 
 
 def test_default_logger_is_tensorboard_under_default_root_dir(tmp_path):

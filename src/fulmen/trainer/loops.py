@@ -150,7 +150,7 @@ def train_epoch(trainer: Trainer) -> None:
             and store.has_step_logs
             and ((state.batches_that_stepped + 1) % log_every == 0 or trainer.should_stop)
         ):
-            trainer._log_to_loggers(store.step_log_view(), step=state.batches_that_stepped)
+            trainer._log_to_loggers(store.step_log_view(), step=state.batches_that_stepped, save=trainer.should_stop)
         if val_check is not None and val_check(batch_idx, is_last):
             if stepping:
                 hooks.call_module("on_validation_model_zero_grad", always=True)
@@ -177,6 +177,8 @@ def train_epoch(trainer: Trainer) -> None:
     epoch_logs = store.views()[1]
     if epoch_logs:
         trainer._log_to_loggers(epoch_logs, step=max(state.batches_that_stepped - 1, 0))
+    for logger in trainer.loggers:  # flushed once per epoch; loggers buffer step values in between
+        logger.save()
     store.reset()  # torchmetrics objects start the next epoch empty
     state.current_epoch += 1
     state.batch_idx = 0
@@ -440,7 +442,7 @@ def evaluation_run(
             outputs = [to_scalars(logs) for logs in store.epoch_logs_per_dataloader(len(loaders))]
             logs = store.views()[1]
             if logs:
-                trainer._log_to_loggers(logs, step=state.batches_that_stepped)
+                trainer._log_to_loggers(logs, step=state.batches_that_stepped, save=True)
         hooks.call(f"on_{prefix}_end")
         if fitting or stage == RunningStage.SANITY_CHECKING:
             hooks.call_module(f"on_{prefix}_model_train", always=True)
@@ -504,7 +506,6 @@ def batch_mover(trainer: Trainer) -> Callable[[Any, int], Any]:
             and type(strategy.precision).convert_input is Precision.convert_input
         ):
             return _unchanged  # batches from a CPU dataloader are where they need to be
-
 
         def simple(batch: Any, dataloader_idx: int) -> Any:
             return convert_input(strategy.batch_to_device(batch))

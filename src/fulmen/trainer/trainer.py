@@ -587,6 +587,8 @@ class Trainer:
             )
         if fn != TrainerFn.FITTING:
             return
+        if "val" in self._sources and not _overrides_module(module, "validation_step"):
+            rank_zero_warn("`val_dataloaders` were given, but the module has no `validation_step`: no validation.")
         if not _overrides_module(module, "configure_optimizers"):
             raise MisconfigurationException(
                 f"`Trainer.fit` needs `configure_optimizers` in {type(module).__name__}; it is not implemented."
@@ -882,14 +884,16 @@ class Trainer:
         self._logged_metrics = {}
         self._progress_bar_metrics = {}
 
-    def _log_to_loggers(self, metrics: dict[str, Any], step: int) -> None:
+    def _log_to_loggers(self, metrics: dict[str, Any], step: int, save: bool = False) -> None:
+        """Send values to every logger; ``save`` (flush) only at epoch ends: loggers buffer in between."""
         if not self.loggers or not metrics:
             return
         scalars = to_scalars(metrics)
         scalars.setdefault("epoch", self.state.current_epoch)
         for logger in self.loggers:
             logger.log_metrics(scalars, step=step)
-            logger.save()
+            if save:
+                logger.save()
 
     @property
     def callback_metrics(self) -> dict[str, Tensor]:
