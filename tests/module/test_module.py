@@ -444,8 +444,6 @@ def test_freeze_and_unfreeze():
 
 
 def test_print_only_on_rank_zero(capsys):
-    from fulmen.utilities.rank_zero import rank_zero_only
-
     model = BoringModel()
     model.print("hello")
     assert capsys.readouterr().out == "hello\n"
@@ -456,7 +454,6 @@ def test_print_only_on_rank_zero(capsys):
     model.trainer = Rank1()  # type: ignore[assignment]
     model.print("hidden")
     assert capsys.readouterr().out == ""
-    del rank_zero_only
 
 
 def test_pickling_and_copying_leave_the_trainer_behind():

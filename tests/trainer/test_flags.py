@@ -153,7 +153,6 @@ def test_limit_val_batches():
 
 def test_limit_test_and_predict_batches():
     trainer = Trainer(**quiet(limit_test_batches=2, limit_predict_batches=0.5))
-    counter = Counter()
     model = BoringModel()
     steps = []
     model.test_step = lambda batch, batch_idx: steps.append(batch_idx)  # type: ignore[method-assign]
@@ -161,7 +160,6 @@ def test_limit_test_and_predict_batches():
     assert steps == [0, 1]
     predictions = trainer.predict(model, loader(40))
     assert len(predictions) == 2
-    del counter
 
 
 # ------------------------------------------------------------------------------ validation

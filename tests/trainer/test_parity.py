@@ -59,18 +59,18 @@ def raw_loop(net: nn.Module, batches_per_step: list[list[tuple]], accumulate: in
     """The loop a user writes: per optimizer step, one batch per process, gradients averaged."""
     optimizer = make_optimizer(net)
     losses = []
-    for index, rank_batches in enumerate(batches_per_step):
+    for rank_batches in batches_per_step:
         grads = []
         for x, y in rank_batches:
             net.zero_grad(set_to_none=True)
             loss = nn.functional.mse_loss(net(x), y) / accumulate
             loss.backward()
             grads.append([p.grad.clone() for p in net.parameters()])
-            losses.append(loss.detach()) if len(grads) == 1 else None
+            if len(grads) == 1:  # rank 0's loss, as the Trainer's rank 0 reports it
+                losses.append(loss.detach())
         for p, *rank_grads in zip(net.parameters(), *grads):
             p.grad = rank_grads[0] if len(rank_grads) == 1 else sum(rank_grads) / len(rank_grads)
         optimizer.step()
-        del index
     return losses
 
 

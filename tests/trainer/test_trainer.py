@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fulmen import Callback, LightningDataModule, Trainer
+from fulmen import Callback, Trainer
 from fulmen.trainer import RunningStage, TrainerFn, TrainerStatus
 from fulmen.utilities.exceptions import MisconfigurationException
 from tests.trainer.helpers import BoringDataModule, BoringModel, RecordingLogger, loader, quiet
@@ -277,10 +277,6 @@ def test_ckpt_path_restores_weights_for_evaluation_and_progress_for_fit(tmp_path
 def test_trainer_is_keyword_only():
     with pytest.raises(TypeError):
         Trainer("cpu")  # type: ignore[misc]
-
-
-def test_datamodule_class_name_in_module_namespace():
-    assert issubclass(BoringDataModule, LightningDataModule)
 
 
 def test_argument_errors_also_run_on_exception():
