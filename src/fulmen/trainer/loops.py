@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import signal
 import time
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
@@ -19,10 +20,13 @@ import torch
 from torch import Tensor
 
 from fulmen.module.optimizer import LightningOptimizer
+from fulmen.strategies.environments import SLURMEnvironment
 from fulmen.strategies.precision import Precision
 from fulmen.strategies.strategy import Strategy
 from fulmen.trainer import data
 from fulmen.trainer.results import to_scalars
+from fulmen.trainer.rng import capture_rng, restore_rng
+from fulmen.trainer.signals import hpc_checkpoint_path, requeue_slurm_job
 from fulmen.trainer.state import RunningStage, TrainerFn
 from fulmen.utilities.apply_func import move_data_to_device
 from fulmen.utilities.exceptions import MisconfigurationException
@@ -51,6 +55,8 @@ def fit_loop(trainer: Trainer) -> None:
 
 def _fit_done(trainer: Trainer) -> bool:
     state = trainer.state
+    if trainer._stop_now:
+        return True
     if trainer.num_training_batches == 0:
         rank_zero_info("`Trainer.fit` stopped: no training batches.")
         return True
@@ -89,101 +95,201 @@ def run_sanity_check(trainer: Trainer) -> None:
 
 
 def train_epoch(trainer: Trainer) -> None:
-    """One training epoch: the batch loop, validation when due, the epoch-end hooks and logs."""
+    """One training epoch: the batch loop, validation when due, the epoch-end hooks and logs.
+
+    Resuming: ``state.batch_idx`` batches of this epoch are done and ``state.phase`` says where
+    inside the last one the checkpoint was taken. The epoch redraws its data order from the
+    generators it had at its start, discards the finished batches (so dataloader workers and
+    datasets draw exactly as before), then takes the generators of the moment of saving and
+    finishes what that moment still had pending.
+    """
     state = trainer.state
     hooks = trainer._hooks
-    module = trainer.lightning_module
     store = trainer._train_results
+    trainer._flush_metrics(store)
+    store.reset()
     trainer._results = store
     if trainer._reload_due("train"):
         trainer._load_train_dataloader()
     loader, limit = trainer._train_dataloader, trainer.num_training_batches
+    skip, phase = state.batch_idx, state.phase
+    if skip == 0 and phase is None:
+        _restore_resume_rng(trainer)  # a checkpoint taken between epochs
 
-    hooks.call("on_train_epoch_start")
+    if phase != PHASE_EPOCH_END:
+        hooks.call("on_train_epoch_start")
 
-    automatic = module.automatic_optimization
-    accumulate = trainer.accumulate_grad_batches
-    max_steps = trainer.max_steps
-    log_every = trainer.log_every_n_steps
-    to_device = batch_mover(trainer)
-    batch_start = hooks.any("on_train_batch_start")
-    batch_end = hooks.any("on_train_batch_end")
-    val_check = _val_check_fn(trainer)
-    step_schedulers = [c for c in trainer.lr_scheduler_configs if c.interval == "step"] if automatic else []
-    epoch_schedulers = [c for c in trainer.lr_scheduler_configs if c.interval == "epoch"] if automatic else []
-    max_time = trainer._max_time_seconds
-    batch_step = automatic_step if automatic else manual_step
-    skip = state.batch_idx  # > 0 only when resuming mid-epoch: those batches are done
-    batches = data.iterate(loader, limit, state.current_epoch)
+    plan = _EpochPlan(trainer)
+    if skip > 0 and trainer._resume_epoch_start_rng is not None:
+        restore_rng(trainer._resume_epoch_start_rng)
+    trainer._resume_epoch_start_rng = None
+    trainer._epoch_start_rng = capture_rng()
     epoch_complete = False
+    batches = data.iterate(loader, limit, state.current_epoch)
+    if phase == PHASE_EPOCH_END:
+        batches = iter(())  # the checkpoint was taken in on_train_epoch_end: only the epoch's tail is left
+        epoch_complete = skip >= limit
+        _restore_resume_rng(trainer)
+    elif skip > 0:
+        for _ in range(skip):  # replay the finished batches' data draws, without training on them
+            if next(batches, None) is None:
+                break
+        _restore_resume_rng(trainer)
+        if phase is not None:
+            last = skip - 1
+            is_last = limit != math.inf and last == int(limit) - 1
+            _finish_batch(trainer, plan, store, last, is_last, plan.is_stepping(last, is_last), resumed=True)
+            epoch_complete = is_last
 
-    while True:
-        if (0 <= max_steps <= state.global_step) or (trainer.should_stop and _epoch_can_stop(trainer)):
+    while not epoch_complete:
+        if (0 <= plan.max_steps <= state.global_step) or (trainer.should_stop and _epoch_can_stop(trainer)):
             break
         item = next(batches, None)
         if item is None:
             epoch_complete = True
             break
         batch_idx, batch, is_last = item
-        if batch_idx < skip:
-            continue
-        batch = to_device(batch, 0)
+        batch = plan.to_device(batch, 0)
         store.batch = batch
         store.batch_size = None
-        if batch_start and hooks.call("on_train_batch_start", batch, batch_idx) == -1:
+        if plan.batch_start and hooks.call("on_train_batch_start", batch, batch_idx) == -1:
             break
-        stepping = not automatic or is_last or (batch_idx + 1) % accumulate == 0
-        outputs = batch_step(trainer, batch, batch_idx, stepping)
+        stepping = plan.is_stepping(batch_idx, is_last)
+        outputs = plan.batch_step(trainer, batch, batch_idx, stepping)
 
-        if stepping and step_schedulers:
-            _step_schedulers(trainer, step_schedulers, state.batches_that_stepped, plateau=False)
-        if is_last and epoch_schedulers:
-            _step_schedulers(trainer, epoch_schedulers, state.current_epoch, plateau=False)
-        if batch_end:
-            hooks.call("on_train_batch_end", outputs, batch, batch_idx)
+        if stepping and plan.step_schedulers:
+            _step_schedulers(trainer, plan.step_schedulers, state.batches_that_stepped, plateau=False)
+        if is_last and plan.epoch_schedulers:
+            _step_schedulers(trainer, plan.epoch_schedulers, state.current_epoch, plateau=False)
+        # Counters first: a checkpoint taken in on_train_batch_end records this batch as done.
         state.batch_idx = batch_idx + 1
         state.total_batch_idx += 1
-
-        if (
-            stepping
-            and log_every
-            and store.has_step_logs
-            and ((state.batches_that_stepped + 1) % log_every == 0 or trainer.should_stop)
-        ):
-            trainer._log_to_loggers(store.step_log_view(), step=state.batches_that_stepped, save=trainer.should_stop)
-        if val_check is not None and val_check(batch_idx, is_last):
-            if stepping:
-                hooks.call_module("on_validation_model_zero_grad", always=True)
-            run_validation(trainer)
-            state.last_val_total_batch = state.total_batch_idx
-            trainer._results = store
-        if stepping and step_schedulers:
-            _step_schedulers(trainer, step_schedulers, state.batches_that_stepped, plateau=True)
-        if stepping:
-            state.batches_that_stepped += 1
-        if max_time is not None and _out_of_time(trainer, max_time):
-            trainer.should_stop = True
+        state.phase = PHASE_BATCH_END
+        if plan.batch_end:
+            hooks.call("on_train_batch_end", outputs, batch, batch_idx)
+        _finish_batch(trainer, plan, store, batch_idx, is_last, stepping, resumed=False)
+        if trainer._signals is not None and _signal_received(trainer):
+            _save_and_stop_on_signal(trainer)
+            break
 
     # ------------------------------------------------------------------------------ epoch end
     trainer._flush_metrics(store)
     store.batch = None
     store.epoch_end_reached = True
-    store.compute_epoch()
-    hooks.train_epoch_end()
-    store.compute_epoch()
-    trainer._flush_metrics(store)
-    if epoch_complete and epoch_schedulers:
-        _step_schedulers(trainer, epoch_schedulers, state.current_epoch, plateau=True)
+    if phase != PHASE_EPOCH_END:
+        store.compute_epoch()
+        state.phase = PHASE_EPOCH_END
+        hooks.train_epoch_end()
+        store.compute_epoch()
+        trainer._flush_metrics(store)
+    if epoch_complete and plan.epoch_schedulers:
+        _step_schedulers(trainer, plan.epoch_schedulers, state.current_epoch, plateau=True)
     epoch_logs = store.views()[1]
-    if epoch_logs:
+    if epoch_logs and phase != PHASE_EPOCH_END:
         trainer._log_to_loggers(epoch_logs, step=max(state.batches_that_stepped - 1, 0))
     for logger in trainer.loggers:  # flushed once per epoch; loggers buffer step values in between
         logger.save()
     store.reset()  # torchmetrics objects start the next epoch empty
     state.current_epoch += 1
     state.batch_idx = 0
-    if max_time is not None and _out_of_time(trainer, max_time):
+    state.phase = None
+    if plan.max_time is not None and _out_of_time(trainer, plan.max_time):
         trainer.should_stop = True
+
+
+#: Where inside an epoch a checkpoint was taken (``state.phase``); None: between batches.
+PHASE_BATCH_END = "train_batch_end"
+PHASE_VALIDATION = "validation"
+PHASE_EPOCH_END = "train_epoch_end"
+
+
+class _EpochPlan:
+    """What stays fixed for one epoch, looked up once instead of per batch."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        hooks = trainer._hooks
+        automatic = trainer.lightning_module.automatic_optimization
+        configs = trainer.lr_scheduler_configs if automatic else []
+        self.automatic = automatic
+        self.accumulate = trainer.accumulate_grad_batches
+        self.max_steps = trainer.max_steps
+        self.log_every = trainer.log_every_n_steps
+        self.to_device = batch_mover(trainer)
+        self.batch_start = hooks.any("on_train_batch_start")
+        self.batch_end = hooks.any("on_train_batch_end")
+        self.val_check = _val_check_fn(trainer)
+        self.step_schedulers = [c for c in configs if c.interval == "step"]
+        self.epoch_schedulers = [c for c in configs if c.interval == "epoch"]
+        self.max_time = trainer._max_time_seconds
+        self.batch_step = automatic_step if automatic else manual_step
+
+    def is_stepping(self, batch_idx: int, is_last: bool) -> bool:
+        return not self.automatic or is_last or (batch_idx + 1) % self.accumulate == 0
+
+
+def _finish_batch(
+    trainer: Trainer, plan: _EpochPlan, store: Any, batch_idx: int, is_last: bool, stepping: bool, resumed: bool
+) -> None:
+    """After ``on_train_batch_end``: step logs, validation when due, plateau schedulers, counters."""
+    state = trainer.state
+    if (
+        not resumed
+        and stepping
+        and plan.log_every
+        and store.has_step_logs
+        and ((state.batches_that_stepped + 1) % plan.log_every == 0 or trainer.should_stop)
+    ):
+        trainer._log_to_loggers(store.step_log_view(), step=state.batches_that_stepped, save=trainer.should_stop)
+    due = plan.val_check is not None and plan.val_check(batch_idx, is_last)
+    if due and state.last_val_total_batch != state.total_batch_idx:
+        if stepping:
+            trainer._hooks.call_module("on_validation_model_zero_grad", always=True)
+        # Marked before it runs: a checkpoint saved at on_validation_end must not validate again.
+        state.last_val_total_batch = state.total_batch_idx
+        state.phase = PHASE_VALIDATION
+        run_validation(trainer)
+        trainer._results = store
+    if stepping and plan.step_schedulers:
+        _step_schedulers(trainer, plan.step_schedulers, state.batches_that_stepped, plateau=True)
+    if stepping:
+        state.batches_that_stepped += 1
+    state.phase = None
+    if plan.max_time is not None and _out_of_time(trainer, plan.max_time):
+        trainer.should_stop = True
+
+
+def _restore_resume_rng(trainer: Trainer) -> None:
+    """Take the generators of the moment the checkpoint was saved (once, after catching up)."""
+    if trainer._resume_rng is not None:
+        restore_rng(trainer._resume_rng)
+        trainer._resume_rng = None
+
+
+def _signal_received(trainer: Trainer) -> bool:
+    received = trainer._signals.received is not None
+    if trainer.strategy.world_size > 1:  # every rank stops at the same batch
+        received = trainer.strategy.reduce_boolean_decision(received, all=False)
+    return received
+
+
+def _save_and_stop_on_signal(trainer: Trainer) -> None:
+    """Checkpoint at this batch boundary, requeue the SLURM job when asked, and end fit on every rank."""
+    signum = trainer._signals.received
+    signum = trainer.strategy.broadcast(signum)
+    trainer._received_signal = signum
+    path = trainer.strategy.broadcast(hpc_checkpoint_path(trainer.default_root_dir))
+    trainer.save_checkpoint(path)
+    rank_zero_info(f"Signal {signal.Signals(signum).name} received: saved {path} and stopping.")
+    environment = trainer.strategy.cluster_environment
+    if (
+        trainer.is_global_zero
+        and isinstance(environment, SLURMEnvironment)
+        and environment.auto_requeue
+        and signum == environment.requeue_signal
+    ):
+        requeue_slurm_job(environment.job_id())
+    trainer.should_stop = True
+    trainer._stop_now = True
 
 
 def _epoch_can_stop(trainer: Trainer) -> bool:

@@ -1,7 +1,8 @@
 """Snapshots of every random generator a run draws from, to resume bit for bit.
 
 A snapshot holds python's, numpy's, torch's CPU and (when present) every CUDA generator's
-state, as plain tensors, tuples and ints, so that it loads under ``weights_only=True``.
+state as plain tensors, tuples, ints and floats: a checkpoint holding it still loads with a
+bare ``torch.load(path)`` (``weights_only=True``), no numpy types needed.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ def capture_rng() -> dict[str, Any]:
     try:
         import numpy as np
 
-        state["numpy"] = np.random.get_state()
+        name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+        state["numpy"] = (name, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss),
+                          float(cached_gaussian))
     except ImportError:
         pass
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -31,7 +34,8 @@ def restore_rng(state: dict[str, Any]) -> None:
     if "numpy" in state:
         import numpy as np
 
-        np.random.set_state(state["numpy"])
+        name, keys, position, has_gauss, cached_gaussian = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 

@@ -55,7 +55,7 @@ PROGRESS_FIELDS = (
     "total_batch_idx",
     "last_val_total_batch",
 )
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 @dataclasses.dataclass
@@ -77,6 +77,9 @@ class TrainerState:
     #: ``total_batch_idx`` when validation last ran during fit (-1: never), so a resumed run
     #: does not validate the same point twice.
     last_val_total_batch: int = -1
+    #: Where inside the epoch the run stands while hooks run (see ``loops.PHASE_*``); a
+    #: checkpoint records it so that a resumed run finishes exactly what was pending.
+    phase: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -87,9 +90,11 @@ class TrainerState:
         return self.status.stopped
 
     def state_dict(self) -> dict[str, Any]:
-        return {"version": STATE_VERSION, **{name: getattr(self, name) for name in PROGRESS_FIELDS}}
+        counters = {name: getattr(self, name) for name in PROGRESS_FIELDS}
+        return {"version": STATE_VERSION, **counters, "phase": self.phase}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name in PROGRESS_FIELDS:
             if name in state:
                 setattr(self, name, int(state[name]))
+        self.phase = state.get("phase")

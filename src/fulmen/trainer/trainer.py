@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import re
+import signal
 from collections.abc import Generator, Iterable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -40,9 +41,11 @@ from fulmen.strategies import select_strategy
 from fulmen.strategies.launchers.multiprocessing import MultiprocessingLauncher
 from fulmen.strategies.precision import Precision
 from fulmen.strategies.strategy import Strategy
+from fulmen.trainer import checkpoint as checkpoint_io
 from fulmen.trainer import data, loops
 from fulmen.trainer.hooks import Hooks, overrides
 from fulmen.trainer.results import ResultStore, to_scalars
+from fulmen.trainer.signals import SignalWatch
 from fulmen.trainer.state import RunningStage, TrainerFn, TrainerState, TrainerStatus
 from fulmen.utilities.apply_func import apply_to_collection
 from fulmen.utilities.exceptions import MisconfigurationException, invalid_argument
@@ -273,6 +276,14 @@ class Trainer:
         self._progress_bar_metrics: dict[str, Any] = {}
         self._step_with_closure = False
         self._launched = False
+        # Exact resume: generator states when the epoch drew its data order, and those to
+        # restore once a resumed epoch has caught up (see loops.train_epoch).
+        self._epoch_start_rng: dict[str, Any] | None = None
+        self._resume_rng: dict[str, Any] | None = None
+        self._resume_epoch_start_rng: dict[str, Any] | None = None
+        self._signals: SignalWatch | None = None
+        self._received_signal: int | None = None
+        self._stop_now = False
         self._plain_forward = False
         self._eval_log_step = -1
         self._fit_start_time = 0.0
@@ -510,6 +521,7 @@ class Trainer:
         strategy.setup_environment()
         _set_torch_flags(self._deterministic, self._benchmark)
         self.should_stop = False
+        self._stop_now = False  # a signal asked to stop: min_epochs/min_steps do not hold it back
         self._warned_min_limits = False
         self._results = self._new_store(training=False)
         stage = fn.value
@@ -536,6 +548,9 @@ class Trainer:
                 hooks.call_module("configure_sharded_model")
 
         self._setup_model(fn)
+        # Rank zero decides which file "last"/"best" means, so that every rank loads the same one.
+        ckpt_path = strategy.broadcast(checkpoint_io.resolve_checkpoint_path(self, ckpt_path, fn))
+        self.ckpt_path = ckpt_path
         if ckpt_path is not None:
             self._restore_checkpoint(ckpt_path, fn)
 
@@ -545,7 +560,8 @@ class Trainer:
             self._results = self._train_results
             self.state.stage = RunningStage.TRAINING
             self._model.train()
-            with torch.autograd.set_detect_anomaly(self.detect_anomaly):
+            with torch.autograd.set_detect_anomaly(self.detect_anomaly), self._signal_watch() as watch:
+                self._signals = watch
                 loops.fit_loop(self)
             result = None
         elif fn in (TrainerFn.VALIDATING, TrainerFn.TESTING):
@@ -937,80 +953,15 @@ class Trainer:
         self._strategy.barrier("Trainer.save_checkpoint")
 
     def _dump_checkpoint(self, weights_only: bool = False) -> dict[str, Any]:
-        from fulmen import __version__
-
-        module, strategy = self.lightning_module, self._strategy
-        checkpoint: dict[str, Any] = {
-            "epoch": self.state.current_epoch,
-            "global_step": self.state.global_step,
-            "fulmen_version": __version__,
-            "state_dict": strategy.get_module_state_dict(self._model or module),
-            "loops": self.state.state_dict(),
-        }
-        if not weights_only:
-            checkpoint["callbacks"] = {}
-            for callback in self.callbacks:
-                state = callback.state_dict()
-                if state:
-                    checkpoint["callbacks"][callback.state_key] = state
-            checkpoint["optimizer_states"] = [
-                strategy.get_optimizer_state(opt) for opt in self._optimizers if not isinstance(opt, MockOptimizer)
-            ]
-            checkpoint["lr_schedulers"] = [config.scheduler.state_dict() for config in self.lr_scheduler_configs]
-            precision_state = strategy.precision.state_dict()
-            if precision_state:
-                checkpoint[type(strategy.precision).__qualname__] = precision_state
-        if module.__dict__.get("_hparams_name") is not None or module.hparams:
-            checkpoint["hparams_name"] = module.__dict__.get("_hparams_name")
-            checkpoint["hyper_parameters"] = (
-                dict(module.hparams) if isinstance(module.hparams, dict) else module.hparams
-            )
-        dm = self.datamodule
-        if dm is not None:
-            if dm.hparams:
-                checkpoint["datamodule_hparams_name"] = dm.__dict__.get("_hparams_name")
-                checkpoint["datamodule_hyper_parameters"] = dict(dm.hparams)
-            dm_state = dm.state_dict()
-            if dm_state:
-                checkpoint[type(dm).__qualname__] = dm_state
-        if not weights_only:
-            for callback in self.callbacks:
-                callback.on_save_checkpoint(self, module, checkpoint)
-            module.on_save_checkpoint(checkpoint)
-        return checkpoint
+        return checkpoint_io.dump_checkpoint(self, weights_only)
 
     def _restore_checkpoint(self, ckpt_path: str, fn: TrainerFn) -> None:
-        """Load weights (and, for fit, optimizers, schedulers, progress and callback states).
+        loaded = checkpoint_io.load_checkpoint_file(self, ckpt_path)
+        checkpoint_io.restore_checkpoint(self, loaded, fn)
 
-        A first version: resuming mid-epoch continues from the saved batch index, with the data
-        order the dataloader gives again (restoring sampler and RNG state comes with checkpointing).
-        """
-        strategy, module = self._strategy, self.lightning_module
-        checkpoint = strategy.load_checkpoint(ckpt_path)
-        for callback in self.callbacks:
-            callback.on_load_checkpoint(self, module, checkpoint)
-        module.on_load_checkpoint(checkpoint)
-        strategy.load_module_state_dict(self._model, checkpoint["state_dict"], strict=module.strict_loading)
-        if self.datamodule is not None and type(self.datamodule).__qualname__ in checkpoint:
-            self.datamodule.load_state_dict(checkpoint[type(self.datamodule).__qualname__])
-        if fn != TrainerFn.FITTING:
-            return
-        for optimizer, state in zip(self._optimizers, checkpoint.get("optimizer_states", [])):
-            strategy.load_optimizer_state(optimizer, state)
-        for config, state in zip(self.lr_scheduler_configs, checkpoint.get("lr_schedulers", [])):
-            config.scheduler.load_state_dict(state)
-        states = checkpoint.get("callbacks", {})
-        for callback in self.callbacks:
-            if callback.state_key in states:
-                callback.load_state_dict(states[callback.state_key])
-        precision_state = checkpoint.get(type(strategy.precision).__qualname__)
-        if precision_state:
-            strategy.precision.load_state_dict(precision_state)
-        self.state.load_state_dict(
-            checkpoint.get(
-                "loops", {"current_epoch": checkpoint.get("epoch", 0), "global_step": checkpoint.get("global_step", 0)}
-            )
-        )
+    def _real_optimizers(self) -> list[Optimizer]:
+        """The optimizers that hold state (not the stand-in used when none is configured)."""
+        return [opt for opt in self._optimizers if not isinstance(opt, MockOptimizer)]
 
     # ============================================================================ properties
     @property
@@ -1111,7 +1062,14 @@ class Trainer:
 
     @property
     def received_sigterm(self) -> bool:
-        return False
+        return self._received_signal == signal.SIGTERM
+
+    def _signal_watch(self) -> SignalWatch:
+        """SIGTERM, and the cluster's requeue signal (SLURM: SIGUSR1), end fit with a checkpoint."""
+        signals = [signal.SIGTERM]
+        requeue = getattr(self._strategy.cluster_environment, "requeue_signal", None)
+        signals.append(requeue if requeue is not None else signal.SIGUSR1)
+        return SignalWatch(tuple(signals))
 
     @property
     def training(self) -> bool:

@@ -1,0 +1,263 @@
+"""The checkpoint schema, and the functions that write and restore it.
+
+A fulmen checkpoint is one dict (``torch.save``d, loaded with ``weights_only=True``)::
+
+    {
+        "schema_version": 2,                 # this layout; older files are migrated on load
+        "fulmen_version": "0.1.0",
+        "epoch": int, "global_step": int,    # also in "loops"; kept at the top as Lightning has them
+        "state_dict": {...},                 # the LightningModule's weights (no wrapper prefixes)
+        "loops": {                           # trainer.state.state_dict(): where the run stands
+            "version", "current_epoch", "global_step", "batches_that_stepped",
+            "batch_idx",                     # training batches done in the current epoch
+            "total_batch_idx", "last_val_total_batch",
+            "phase",                         # where inside the epoch it was taken (see loops.py)
+        },
+        "rng": {                             # every rank's generators, indexed by global rank
+            "ranks": [{"python", "numpy", "torch", "cuda"?}, ...],   # at the moment of saving
+            "epoch_start": [...] | None,     # when the current epoch drew its data order
+        },
+        "optimizer_states": [...], "lr_schedulers": [...],
+        "precision": {...},                  # the GradScaler's state under 16-mixed
+        "callbacks": {state_key: state},
+        "datamodule": {...},                 # LightningDataModule.state_dict()
+        "hparams_name", "hyper_parameters",
+        "datamodule_hparams_name", "datamodule_hyper_parameters",
+    }
+
+``save_weights_only`` files hold the version keys, ``state_dict``, ``loops`` and the hyperparameters.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from fulmen.trainer.rng import capture_rng
+from fulmen.trainer.signals import latest_hpc_checkpoint
+from fulmen.trainer.state import TrainerFn
+from fulmen.utilities import cloud_io
+from fulmen.utilities.exceptions import CheckpointError, MisconfigurationException
+from fulmen.utilities.rank_zero import rank_zero_warn
+
+if TYPE_CHECKING:
+    from fulmen.trainer.trainer import Trainer
+
+SCHEMA_VERSION = 2
+
+
+def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, Any]:
+    """The checkpoint dict of the run as it stands. Every rank must call it (it gathers RNG states)."""
+    from fulmen import __version__
+
+    module, strategy = trainer.lightning_module, trainer.strategy
+    loops = trainer.state.state_dict()
+    checkpoint: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "fulmen_version": __version__,
+        "epoch": trainer.state.current_epoch,
+        "global_step": trainer.state.global_step,
+        "state_dict": strategy.get_module_state_dict(trainer.model or module),
+        "loops": loops,
+    }
+    if not weights_only:
+        checkpoint["rng"] = {
+            "ranks": strategy.all_gather_object(capture_rng()),
+            "epoch_start": strategy.all_gather_object(trainer._epoch_start_rng)
+            if trainer._epoch_start_rng is not None
+            else None,
+        }
+        checkpoint["callbacks"] = {}
+        for callback in trainer.callbacks:
+            state = callback.state_dict()
+            if state:
+                checkpoint["callbacks"][callback.state_key] = state
+        checkpoint["optimizer_states"] = [strategy.get_optimizer_state(opt) for opt in trainer._real_optimizers()]
+        checkpoint["lr_schedulers"] = [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs]
+        precision_state = strategy.precision.state_dict()
+        if precision_state:
+            checkpoint["precision"] = precision_state
+    if module.__dict__.get("_hparams_name") is not None or module.hparams:
+        checkpoint["hparams_name"] = module.__dict__.get("_hparams_name")
+        checkpoint["hyper_parameters"] = dict(module.hparams)
+    datamodule = trainer.datamodule
+    if datamodule is not None:
+        if datamodule.hparams:
+            checkpoint["datamodule_hparams_name"] = datamodule.__dict__.get("_hparams_name")
+            checkpoint["datamodule_hyper_parameters"] = dict(datamodule.hparams)
+        state = datamodule.state_dict()
+        if state:
+            checkpoint["datamodule"] = state
+    if not weights_only:
+        for callback in trainer.callbacks:
+            callback.on_save_checkpoint(trainer, module, checkpoint)
+        module.on_save_checkpoint(checkpoint)
+    return checkpoint
+
+
+def load_checkpoint_file(trainer: Trainer, path: str, weights_only: bool = True) -> dict[str, Any]:
+    """Read ``path`` on this rank and bring it to the current schema."""
+    checkpoint = trainer.strategy.load_checkpoint(path, weights_only=weights_only)
+    return migrate(checkpoint, path)
+
+
+def migrate(checkpoint: Any, path: str) -> dict[str, Any]:
+    """Upgrade a checkpoint written by an older fulmen to the current schema."""
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise CheckpointError(
+            f"{path!s} is not a fulmen checkpoint: it has no 'state_dict' entry (found {found}). "
+            "A file written with `torch.save(model.state_dict())` loads with `model.load_state_dict(torch.load(...))`."
+        )
+    version = checkpoint.get("schema_version", 1)
+    if version > SCHEMA_VERSION:
+        raise CheckpointError(
+            f"{path!s} was written by a newer fulmen (schema {version}; this one reads up to {SCHEMA_VERSION}). "
+            "Upgrade fulmen to load it."
+        )
+    if version == 1:
+        # Schema 1 (fulmen's first Trainer) keyed precision and datamodule state by class name.
+        for key in list(checkpoint):
+            if key.endswith("Precision") and isinstance(checkpoint[key], dict):
+                checkpoint["precision"] = checkpoint.pop(key)
+        checkpoint.setdefault("loops", {"current_epoch": checkpoint.get("epoch", 0),
+                                        "global_step": checkpoint.get("global_step", 0)})
+        checkpoint["loops"].setdefault("phase", None)
+        checkpoint["schema_version"] = SCHEMA_VERSION
+    checkpoint["state_dict"] = strip_compile_prefix(checkpoint["state_dict"])
+    return checkpoint
+
+
+def strip_compile_prefix(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """``torch.compile`` prefixes keys with ``_orig_mod.``; a plain module has none."""
+    if not any(key.startswith("_orig_mod.") or "._orig_mod." in key for key in state_dict):
+        return state_dict
+    return type(state_dict)((key.replace("_orig_mod.", ""), value) for key, value in state_dict.items())
+
+
+def restore_checkpoint(trainer: Trainer, checkpoint: dict[str, Any], fn: TrainerFn) -> None:
+    """Load weights and, for fit, everything a resumed run needs to continue as if never stopped."""
+    strategy, module = trainer.strategy, trainer.lightning_module
+    for callback in trainer.callbacks:
+        callback.on_load_checkpoint(trainer, module, checkpoint)
+    module.on_load_checkpoint(checkpoint)
+    strategy.load_module_state_dict(trainer.model, checkpoint["state_dict"], strict=module.strict_loading)
+    if trainer.datamodule is not None and "datamodule" in checkpoint:
+        trainer.datamodule.load_state_dict(checkpoint["datamodule"])
+    if fn != TrainerFn.FITTING:
+        return
+    if "optimizer_states" not in checkpoint:
+        raise CheckpointError(
+            "This checkpoint holds weights only (saved with `save_weights_only=True`), so training cannot resume "
+            "from it. Load the weights with `Model.load_from_checkpoint(path)` and call `fit` without `ckpt_path`."
+        )
+    optimizers = trainer._real_optimizers()
+    saved = checkpoint["optimizer_states"]
+    if len(saved) != len(optimizers):
+        raise CheckpointError(
+            f"The checkpoint holds {len(saved)} optimizer state(s), but `configure_optimizers` returned "
+            f"{len(optimizers)}. Resume with the same optimizers the checkpoint was written with."
+        )
+    for optimizer, state in zip(optimizers, saved):
+        strategy.load_optimizer_state(optimizer, state)
+    for config, state in zip(trainer.lr_scheduler_configs, checkpoint.get("lr_schedulers", [])):
+        config.scheduler.load_state_dict(state)
+    states = checkpoint.get("callbacks", {})
+    for callback in trainer.callbacks:
+        if callback.state_key in states:
+            callback.load_state_dict(states[callback.state_key])
+    if checkpoint.get("precision"):
+        strategy.precision.load_state_dict(checkpoint["precision"])
+    trainer.state.load_state_dict(checkpoint["loops"])
+    rng = checkpoint.get("rng")
+    if rng:
+        rank = strategy.global_rank
+        ranks = rng["ranks"]
+        if len(ranks) != strategy.world_size:
+            rank_zero_warn(
+                f"The checkpoint was written by {len(ranks)} process(es) and is resumed on {strategy.world_size}: "
+                "random streams restart from rank 0's, so the run is not bit-identical to an uninterrupted one."
+            )
+        trainer._resume_rng = ranks[rank] if rank < len(ranks) else ranks[0]
+        epoch_start = rng.get("epoch_start")
+        trainer._resume_epoch_start_rng = (
+            epoch_start[rank] if epoch_start and rank < len(epoch_start) else None
+        )
+
+
+def resolve_checkpoint_path(trainer: Trainer, ckpt_path: str | os.PathLike | None, fn: TrainerFn) -> str | None:
+    """``"last"``, ``"best"``, ``"hpc"`` or a path, to the file to load (``None``: start fresh)."""
+    if ckpt_path is None:
+        # A requeued SLURM job resumes from the checkpoint its predecessor saved on the signal.
+        if fn == TrainerFn.FITTING and _under_slurm_requeue(trainer):
+            return latest_hpc_checkpoint(trainer.default_root_dir)
+        return None
+    if not isinstance(ckpt_path, (str, os.PathLike)):
+        raise MisconfigurationException(
+            f"`ckpt_path={ckpt_path!r}` is not valid. Accepted: a path, 'last', 'best', 'hpc' or None."
+        )
+    ckpt_path = os.fspath(ckpt_path)
+    if ckpt_path == "best":
+        return _best_path(trainer, fn)
+    if ckpt_path == "last":
+        return _last_path(trainer)
+    if ckpt_path == "hpc":
+        path = latest_hpc_checkpoint(trainer.default_root_dir)
+        if path is None:
+            raise MisconfigurationException(
+                f"`ckpt_path='hpc'`: no hpc_ckpt_N.ckpt in {trainer.default_root_dir!r}."
+            )
+        return path
+    if not cloud_io.file_exists(ckpt_path):
+        raise cloud_io.CheckpointNotFoundError(
+            f"`ckpt_path={ckpt_path!r}` does not exist. Accepted: an existing checkpoint file, 'last', 'best', "
+            "'hpc' or None."
+        )
+    return ckpt_path
+
+
+def _best_path(trainer: Trainer, fn: TrainerFn) -> str:
+    if fn == TrainerFn.FITTING:
+        raise MisconfigurationException("`ckpt_path='best'` is for validate/test/predict; fit resumes with 'last'.")
+    callback = trainer.checkpoint_callback
+    best = getattr(callback, "best_model_path", "") if callback is not None else ""
+    if not best:
+        raise MisconfigurationException(
+            "`ckpt_path='best'` needs a ModelCheckpoint that saved a best model during fit; none did. "
+            "Pass a path, or fit with a ModelCheckpoint first."
+        )
+    return best
+
+
+def _last_path(trainer: Trainer) -> str | None:
+    candidates: set[str] = set()
+    for callback in trainer.checkpoint_callbacks:
+        finder = getattr(callback, "_find_last_checkpoints", None)
+        if finder is not None:
+            candidates |= finder(trainer)
+        last = getattr(callback, "last_model_path", "")
+        if last and cloud_io.file_exists(last):
+            candidates.add(last)
+    hpc = latest_hpc_checkpoint(trainer.default_root_dir)
+    if hpc is not None:
+        candidates.add(hpc)
+    if not candidates:
+        rank_zero_warn("`ckpt_path='last'` found no checkpoint: training starts from the beginning.")
+        return None
+    return max(candidates, key=_modified_time)
+
+
+def _modified_time(path: str) -> float:
+    fs = cloud_io.get_filesystem(path)
+    try:
+        modified = fs.modified(path)
+        return modified.timestamp()
+    except (NotImplementedError, OSError, AttributeError):
+        return 0.0
+
+
+def _under_slurm_requeue(trainer: Trainer) -> bool:
+    from fulmen.strategies.environments import SLURMEnvironment
+
+    environment = trainer.strategy.cluster_environment
+    return isinstance(environment, SLURMEnvironment) and environment.auto_requeue
