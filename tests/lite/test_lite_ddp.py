@@ -58,3 +58,11 @@ def test_a_failing_rank_ends_every_rank_with_the_real_error(strategy, mode, tmp_
             assert "DistributedError: Local rank 1" in proc.stderr
     else:
         assert "Timed out" in proc.stderr or "timed out" in proc.stderr.lower()
+
+
+@pytest.mark.timeout(90)
+def test_spawned_ranks_do_not_share_a_model_passed_from_the_main_process():
+    proc = run_python(str(Path(__file__).parent / "scripts" / "spawn_model_arg.py"), timeout=80)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # One step of 1 - mean(1, 2): with shared parameters both ranks would subtract 1.5 (-2.0).
+    assert "WEIGHT -0.5000" in proc.stdout

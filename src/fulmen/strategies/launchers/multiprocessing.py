@@ -7,11 +7,14 @@ failing process's own traceback.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable
 from typing import Any
 
+import torch
 import torch.multiprocessing as mp
+from torch import nn
 
 from fulmen.strategies.environments.cluster_environment import ClusterEnvironment
 from fulmen.strategies.launchers.launcher import Launcher
@@ -65,12 +68,14 @@ class MultiprocessingLauncher(Launcher):
                 if process_context.join(timeout=0.1):
                     break
         except mp.ProcessExitedException as err:
+            how = f"signal {err.signal_name}" if getattr(err, "signal_name", None) else f"code {err.exit_code}"
             raise DistributedError(
-                f"Rank {err.error_index} (pid {err.pid}) exited with code {err.exit_code} before finishing."
+                f"Rank {err.error_index} exited with {how} before finishing; the other ranks were stopped."
             ) from err
         if not received and not results.empty():
             result = results.get()
-        return result
+        # Our own child wrote these bytes a moment ago: trusted, so a full unpickle.
+        return torch.load(io.BytesIO(result), weights_only=False) if result is not None else None
 
 
 def _run_rank(
@@ -82,6 +87,28 @@ def _run_rank(
     results: Any,
 ) -> None:
     setup_rank(process_index)
+    _unshare_tensors((args, kwargs))
     result = function(*args, **kwargs)
     if process_index == 0:
-        results.put(result)
+        # As bytes: tensors sent through the queue as shared memory would need this process
+        # to stay alive until the main process has read them.
+        buffer = io.BytesIO()
+        torch.save(result, buffer)
+        results.put(buffer.getvalue())
+
+
+def _unshare_tensors(obj: Any) -> None:
+    """Spawning moves CPU tensors into shared memory; each rank needs its own copy of a model.
+
+    Without it every rank would update the same parameters of a module passed as an argument.
+    """
+    if isinstance(obj, nn.Module):
+        for tensor in [*obj.parameters(), *obj.buffers()]:
+            if tensor.is_shared():
+                tensor.data = tensor.data.clone()
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            _unshare_tensors(item)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            _unshare_tensors(item)
