@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from fulmen.utilities.apply_func import move_data_to_device
 from fulmen.utilities.exceptions import MisconfigurationException
 from fulmen.utilities.hparams import HyperparametersMixin
+from fulmen.utilities.load_from_checkpoint import instantiate, read_checkpoint, restricted_classmethod
 
 if TYPE_CHECKING:
     from fulmen.trainer import Trainer
@@ -79,6 +80,17 @@ class LightningDataModule(HyperparametersMixin):
         """Restore what ``state_dict`` returned."""
 
     # --------------------------------------------------------------------------- constructors
+    @restricted_classmethod
+    def load_from_checkpoint(
+        cls, checkpoint_path: str | Any, hparams_file: str | Any = None, weights_only: bool = True, **kwargs: Any
+    ) -> LightningDataModule:
+        """Rebuild the datamodule from a Trainer checkpoint: saved hyperparameters, then ``kwargs``, then its state."""
+        checkpoint = read_checkpoint(checkpoint_path, None, weights_only)
+        datamodule = instantiate(cls, checkpoint.get("datamodule_hyper_parameters"), hparams_file, kwargs)
+        if checkpoint.get("datamodule"):
+            datamodule.load_state_dict(checkpoint["datamodule"])
+        return datamodule
+
     @classmethod
     def from_datasets(
         cls,

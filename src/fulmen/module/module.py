@@ -19,8 +19,10 @@ from torch.optim import Optimizer
 
 from fulmen.module.optimizer import LightningOptimizer
 from fulmen.utilities.apply_func import apply_to_collection, move_data_to_device
+from fulmen.utilities.checkpoint_migration import match_module_keys
 from fulmen.utilities.exceptions import MisconfigurationException, invalid_argument
 from fulmen.utilities.hparams import HyperparametersMixin
+from fulmen.utilities.load_from_checkpoint import instantiate, read_checkpoint, restricted_classmethod
 from fulmen.utilities.rank_zero import rank_zero_warn
 
 if TYPE_CHECKING:
@@ -567,6 +569,31 @@ class LightningModule(HyperparametersMixin, nn.Module):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Read what ``on_save_checkpoint`` added."""
+
+    @restricted_classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: str | Any,
+        map_location: Any = None,
+        hparams_file: str | Any = None,
+        strict: bool | None = None,
+        weights_only: bool = True,
+        **kwargs: Any,
+    ) -> LightningModule:
+        """Rebuild the module from a checkpoint: ``cls(**saved hyperparameters, **kwargs)`` plus its weights.
+
+        ``map_location`` places the tensors (and the module) like ``torch.load``'s argument;
+        ``strict`` defaults to ``strict_loading``; ``weights_only=False`` lets a trusted file hold
+        types beyond fulmen's allowlist. Works for files saved from a ``torch.compile``d module.
+        """
+        checkpoint = read_checkpoint(checkpoint_path, map_location, weights_only)
+        model = instantiate(cls, checkpoint.get("hyper_parameters"), hparams_file, kwargs)
+        model.on_load_checkpoint(checkpoint)
+        state_dict = match_module_keys(checkpoint["state_dict"], model)
+        model.load_state_dict(state_dict, strict=model.strict_loading if strict is None else strict)
+        if isinstance(map_location, (str, torch.device)):
+            model.to(map_location)
+        return model
 
     # -------------------------------------------------------------------------------- pickling
     def __getstate__(self) -> dict[str, Any]:

@@ -37,13 +37,13 @@ from fulmen.trainer.rng import capture_rng
 from fulmen.trainer.signals import latest_hpc_checkpoint
 from fulmen.trainer.state import TrainerFn
 from fulmen.utilities import cloud_io
+from fulmen.utilities.checkpoint_migration import SCHEMA_VERSION, match_module_keys, migrate
 from fulmen.utilities.exceptions import CheckpointError, MisconfigurationException
 from fulmen.utilities.rank_zero import rank_zero_warn
 
 if TYPE_CHECKING:
     from fulmen.trainer.trainer import Trainer
 
-SCHEMA_VERSION = 2
 
 
 def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, Any]:
@@ -101,47 +101,14 @@ def load_checkpoint_file(trainer: Trainer, path: str, weights_only: bool = True)
     return migrate(checkpoint, path)
 
 
-def migrate(checkpoint: Any, path: str) -> dict[str, Any]:
-    """Upgrade a checkpoint written by an older fulmen to the current schema."""
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise CheckpointError(
-            f"{path!s} is not a fulmen checkpoint: it has no 'state_dict' entry (found {found}). "
-            "A file written with `torch.save(model.state_dict())` loads with `model.load_state_dict(torch.load(...))`."
-        )
-    version = checkpoint.get("schema_version", 1)
-    if version > SCHEMA_VERSION:
-        raise CheckpointError(
-            f"{path!s} was written by a newer fulmen (schema {version}; this one reads up to {SCHEMA_VERSION}). "
-            "Upgrade fulmen to load it."
-        )
-    if version == 1:
-        # Schema 1 (fulmen's first Trainer) keyed precision and datamodule state by class name.
-        for key in list(checkpoint):
-            if key.endswith("Precision") and isinstance(checkpoint[key], dict):
-                checkpoint["precision"] = checkpoint.pop(key)
-        checkpoint.setdefault("loops", {"current_epoch": checkpoint.get("epoch", 0),
-                                        "global_step": checkpoint.get("global_step", 0)})
-        checkpoint["loops"].setdefault("phase", None)
-        checkpoint["schema_version"] = SCHEMA_VERSION
-    checkpoint["state_dict"] = strip_compile_prefix(checkpoint["state_dict"])
-    return checkpoint
-
-
-def strip_compile_prefix(state_dict: dict[str, Any]) -> dict[str, Any]:
-    """``torch.compile`` prefixes keys with ``_orig_mod.``; a plain module has none."""
-    if not any(key.startswith("_orig_mod.") or "._orig_mod." in key for key in state_dict):
-        return state_dict
-    return type(state_dict)((key.replace("_orig_mod.", ""), value) for key, value in state_dict.items())
-
-
 def restore_checkpoint(trainer: Trainer, checkpoint: dict[str, Any], fn: TrainerFn) -> None:
     """Load weights and, for fit, everything a resumed run needs to continue as if never stopped."""
     strategy, module = trainer.strategy, trainer.lightning_module
     for callback in trainer.callbacks:
         callback.on_load_checkpoint(trainer, module, checkpoint)
     module.on_load_checkpoint(checkpoint)
-    strategy.load_module_state_dict(trainer.model, checkpoint["state_dict"], strict=module.strict_loading)
+    state_dict = match_module_keys(checkpoint["state_dict"], module)
+    strategy.load_module_state_dict(trainer.model, state_dict, strict=module.strict_loading)
     if trainer.datamodule is not None and "datamodule" in checkpoint:
         trainer.datamodule.load_state_dict(checkpoint["datamodule"])
     if fn != TrainerFn.FITTING:
