@@ -237,6 +237,8 @@ def _complete_strategy(
     if strategy.accelerator is None:
         strategy.accelerator = accel
     devices = [accel.device(i) for i in indices]
+    if strategy.cluster_environment is None:
+        strategy.cluster_environment = environment  # one process still has a cluster (SLURM requeue)
     if isinstance(strategy, SingleDeviceStrategy):
         if len(indices) > 1 or num_nodes > 1:
             raise MisconfigurationException(

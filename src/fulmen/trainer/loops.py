@@ -274,8 +274,9 @@ def _signal_received(trainer: Trainer) -> bool:
 
 def _save_and_stop_on_signal(trainer: Trainer) -> None:
     """Checkpoint at this batch boundary, requeue the SLURM job when asked, and end fit on every rank."""
-    signum = trainer._signals.received
-    signum = trainer.strategy.broadcast(signum)
+    # Any rank may be the one that got it (srun signals all, a kill one): take the first seen.
+    received = trainer.strategy.all_gather_object(trainer._signals.received)
+    signum = next(s for s in received if s is not None)
     trainer._received_signal = signum
     path = trainer.strategy.broadcast(hpc_checkpoint_path(trainer.default_root_dir))
     trainer.save_checkpoint(path)
