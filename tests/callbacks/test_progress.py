@@ -88,6 +88,7 @@ def test_metrics_are_read_only_when_the_bar_redraws(tmp_path, capsys, monkeypatc
     # progress_bar_metrics is where values become Python numbers (a device sync each)
     monkeypatch.setattr(L.Trainer, "progress_bar_metrics", property(counted))
     bar = Counting(refresh_rate=refresh_rate)
+    bar.min_interval = 0.0  # count by batches alone
     trainer(tmp_path, [bar]).fit(Model(), loader(n))
     per_epoch = [i - 1 for i in range(1, n + 1) if i % refresh_rate == 0 or i == n]
     assert len(per_epoch) == math.ceil(n / refresh_rate)
@@ -97,6 +98,14 @@ def test_metrics_are_read_only_when_the_bar_redraws(tmp_path, capsys, monkeypatc
     out = capsys.readouterr().out
     assert "my_metric=0.250" in out
     assert "Epoch 1: 100%" in out and f"{n}/{n}" in out
+
+
+def test_redraws_are_throttled_in_time_but_the_last_batch_is_drawn(tmp_path, capsys):
+    bar = Counting(refresh_rate=1)
+    bar.min_interval = 3600.0  # nothing but each epoch's first and last batch can redraw
+    trainer(tmp_path, [bar]).fit(Model(), loader(20))
+    assert bar.batch_reads == [0, 19, 19]  # first batch ever, then only the last of each epoch
+    assert "20/20" in capsys.readouterr().out
 
 
 def test_validation_and_sanity_bars(tmp_path, capsys):

@@ -7,13 +7,15 @@ A progress bar is a callback like any other, so a user can swap it for their own
 The bar is throttled on purpose: the values a bar shows live on the device, and turning one into
 a Python number (``.item()``) waits for the device to finish its queued work. The bar therefore
 reads ``trainer.progress_bar_metrics`` only when it redraws, which is every ``refresh_rate``
-batches and at the last batch, never in between.
+batches (and no more often than every ``min_interval`` seconds) and at the last batch, never
+in between. At thousands of steps per second, a redraw per batch would cost more than the step.
 """
 
 from __future__ import annotations
 
 import math
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
@@ -185,8 +187,13 @@ class TQDMProgressBar(ProgressBar):
             redrawing one bar.
     """
 
+    #: Seconds between two redraws at the least (the last batch of a bar is always drawn).
+    min_interval: float = 0.1
+
     def __init__(self, refresh_rate: int = 1, process_position: int = 0, leave: bool = False) -> None:
         super().__init__()
+        self._last_redraw = -math.inf
+        self._train_seen = 0
         if isinstance(refresh_rate, bool) or not isinstance(refresh_rate, int) or refresh_rate < 0:
             raise invalid_argument("refresh_rate", refresh_rate, "an int >= 0 (0 turns the bar off)")
         if isinstance(process_position, bool) or not isinstance(process_position, int) or process_position < 0:
@@ -266,12 +273,17 @@ class TQDMProgressBar(ProgressBar):
 
     # -------------------------------------------------------------------------------- drawing
     def _should_update(self, current: int, total: int | None) -> bool:
-        return self.is_enabled and (current % self._refresh_rate == 0 or current == total)
+        if not self.is_enabled:
+            return False
+        if current == total:
+            return True
+        return current % self._refresh_rate == 0 and time.monotonic() - self._last_redraw >= self.min_interval
 
     def _redraw(self, bar: Any, n: int, metrics: dict[str, Any] | None = None) -> None:
         """One redraw: position and (optionally) postfix together, a single write to the stream."""
         if bar is None or bar.disable:
             return
+        self._last_redraw = time.monotonic()
         if metrics is not None:
             bar.set_postfix({k: _format_value(v) for k, v in metrics.items()}, refresh=False)
         bar.n = n
@@ -322,14 +334,16 @@ class TQDMProgressBar(ProgressBar):
     def on_train_batch_end(
         self, trainer: Any, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        n = batch_idx + 1
+        n = self._train_seen = batch_idx + 1
         if self._train_bar is not None and self._should_update(n, self._train_bar.total):
             self._redraw(self._train_bar, n, self.get_metrics(trainer, pl_module))
 
     def on_train_epoch_end(self, trainer: Any, pl_module: LightningModule) -> None:
         if not self.is_enabled or self._train_bar is None:
             return
-        # The epoch-level values exist only now (and validation's, if it ran at the epoch end).
+        # The epoch-level values exist only now (and validation's, if it ran at the epoch end);
+        # the count catches up with batches a throttled redraw skipped.
+        self._train_bar.n = self._train_seen
         self._show_metrics(self._train_bar, trainer, pl_module)
         if self._leave:
             self._close(self._train_bar)
