@@ -29,6 +29,7 @@ test: lint
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_lite.py
+	$(PY) benchmarks/bench_trainer.py
 	$(PY) benchmarks/bench_import.py
 
 clean:

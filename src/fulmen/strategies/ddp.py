@@ -84,7 +84,10 @@ class DDPStrategy(Strategy):
             self.cluster_environment = LightningEnvironment()
         if self.cluster_environment.creates_processes_externally:
             self.launcher = None
-        elif self.start_method == "popen":
+            return
+        # Known before launching, so that the launching process reports the job's size too.
+        self.cluster_environment.set_world_size(self.num_nodes * self.num_processes)
+        if self.start_method == "popen":
             self.launcher = SubprocessScriptLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
         else:
             self.launcher = MultiprocessingLauncher(

@@ -23,6 +23,8 @@ from fulmen.utilities.exceptions import DistributedError
 
 #: Set in children so that a re-run script does not launch again.
 CHILD_FLAG = "FULMEN_LAUNCHED_CHILD"
+#: One set of children per process, however many Trainers and Lites the script creates.
+_CHILDREN_STARTED = False
 
 
 class SubprocessScriptLauncher(Launcher):
@@ -38,20 +40,21 @@ class SubprocessScriptLauncher(Launcher):
         return False
 
     def launch(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if not self.cluster_environment.creates_processes_externally and os.environ.get(CHILD_FLAG) != "1":
-            self._start_children()
+        """Start the other ranks (once per process) and run ``function`` here, as rank 0.
+
+        The children re-run the whole script, so they are not waited for here but at exit:
+        a script that trains twice must not block its first call on the children's second.
+        """
+        self.launch_in_background()
         try:
-            result = function(*args, **kwargs)
+            return function(*args, **kwargs)
         except BaseException as err:
+            # Rank 0 failed: the job cannot go on, so no child may be left waiting for it.
             failure = self._child_failure(grace=5.0)
             self._stop_children()
             if failure is not None and not isinstance(err, DistributedError):
                 raise DistributedError(failure) from err
             raise
-        failure = self._wait_for_children()
-        if failure is not None:
-            raise DistributedError(failure)
-        return result
 
     def launch_in_background(self) -> None:
         """Direct style (``lite.launch()`` with no function): start the other ranks and return.
@@ -59,12 +62,20 @@ class SubprocessScriptLauncher(Launcher):
         The script goes on in this process as rank 0; at exit we wait for the children and
         turn a failed child into a non-zero exit.
         """
-        if self.cluster_environment.creates_processes_externally or os.environ.get(CHILD_FLAG) == "1":
+        global _CHILDREN_STARTED
+        if (
+            self.cluster_environment.creates_processes_externally
+            or os.environ.get(CHILD_FLAG) == "1"
+            or _CHILDREN_STARTED
+        ):
             return
+        _CHILDREN_STARTED = True
         self._start_children()
         atexit.register(self._wait_at_exit)
 
     def _wait_at_exit(self) -> None:
+        if self._watcher is not None and self._watcher._stopped.is_set():
+            return  # already stopped after a failure
         failure = self._wait_for_children()
         if failure is not None:
             print(f"fulmen: {failure}", file=sys.stderr)
