@@ -30,7 +30,8 @@ def mlp_model() -> nn.Module:
 
 def make_loader(features: int, samples: int, batch_size: int) -> DataLoader:
     generator = torch.Generator().manual_seed(0)
-    data = TensorDataset(torch.randn(samples, features, generator=generator), torch.randn(samples, 2, generator=generator))
+    inputs = torch.randn(samples, features, generator=generator)
+    data = TensorDataset(inputs, torch.randn(samples, 2, generator=generator))
     return DataLoader(data, batch_size=batch_size)
 
 
