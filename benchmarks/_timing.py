@@ -1,4 +1,8 @@
-"""Interleaved timing: alternate the contenders round by round so drift hits both alike."""
+"""Interleaved timing: alternate the contenders round by round so drift hits all alike.
+
+Each round times every contender once; the reported ratio is the median over rounds of
+(contender / baseline) within the same round, which cancels slow drifts of a shared machine.
+"""
 
 from __future__ import annotations
 
@@ -7,34 +11,36 @@ import time
 from collections.abc import Callable
 
 
-def interleaved_medians(contenders: dict[str, Callable[[], None]], rounds: int, warmup: int = 2) -> dict[str, float]:
-    """Median wall time per contender over ``rounds`` alternating runs."""
+def interleaved_times(
+    contenders: dict[str, Callable[[], None]], rounds: int, warmup: int = 2
+) -> dict[str, list[float]]:
+    """Wall times per contender over ``rounds`` alternating runs (after ``warmup`` untimed ones)."""
     for _ in range(warmup):
         for run in contenders.values():
             run()
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for round_index in range(rounds):
-        # Alternate the order too, so neither side always runs on a warm cache.
+        # Alternate the order too, so no contender always runs right after the same one.
         order = list(contenders.items()) if round_index % 2 == 0 else list(reversed(contenders.items()))
         for name, run in order:
             start = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
 
 
-def report(title: str, medians: dict[str, float], baseline: str, targets: dict[str, float] | None = None) -> bool:
-    """Print each contender's median and ratio to the baseline; return whether all targets hold."""
-    base = medians[baseline]
+def report(title: str, times: dict[str, list[float]], baseline: str, targets: dict[str, float] | None = None) -> bool:
+    """Print each contender's median time and paired median ratio; return whether all targets hold."""
+    base = times[baseline]
     ok = True
     print(f"\n{title}")
-    for name, value in medians.items():
-        ratio = value / base
+    for name, values in times.items():
+        ratio = statistics.median(v / b for v, b in zip(values, base))
         target = (targets or {}).get(name)
         verdict = ""
         if target is not None:
             passed = ratio <= target
             ok &= passed
             verdict = f"  target <= {target:.2f}x  {'OK' if passed else 'MISSED'}"
-        print(f"  {name:<28} {value * 1000:9.2f} ms   {ratio:6.3f}x{verdict}")
+        print(f"  {name:<22} {statistics.median(values) * 1000:9.2f} ms   {ratio:6.3f}x{verdict}")
     return ok

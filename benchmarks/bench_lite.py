@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _timing import interleaved_medians, report  # noqa: E402
+from _timing import interleaved_times, report  # noqa: E402
 
 from fulmen import Lite  # noqa: E402
 
@@ -63,14 +63,14 @@ def compare(name: str, build, features: int, samples: int, batch_size: int, roun
     lite_model, lite_opt = lite.setup(lite_model, torch.optim.SGD(lite_model.parameters(), lr=1e-3))
     lite_loader = lite.setup_dataloaders(make_loader(features, samples, batch_size))
 
-    medians = interleaved_medians(
+    times = interleaved_times(
         {
             "raw PyTorch": lambda: raw_epoch(raw_model, raw_opt, raw_loader),
             "fulmen Lite": lambda: lite_epoch(lite, lite_model, lite_opt, lite_loader),
         },
         rounds=rounds,
     )
-    return report(f"{name}: one epoch, median of {rounds}", medians, "raw PyTorch", {"fulmen Lite": target})
+    return report(f"{name}: one epoch, median of {rounds}", times, "raw PyTorch", {"fulmen Lite": target})
 
 
 def main() -> int:

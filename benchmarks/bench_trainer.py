@@ -9,7 +9,9 @@ beside fulmen's (fulmen never imports it otherwise).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
+import io
 import sys
 import tempfile
 import warnings
@@ -20,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _timing import interleaved_medians, report  # noqa: E402
+from _timing import interleaved_times, report  # noqa: E402
 
 import fulmen  # noqa: E402
 
@@ -50,7 +52,7 @@ def raw_fit(build, loader: DataLoader) -> None:
         optimizer.step()
 
 
-def module_class(base: type):
+def module_class(base: type, log: bool):
     class Regressor(base):
         def __init__(self, build) -> None:
             super().__init__()
@@ -59,7 +61,8 @@ def module_class(base: type):
         def training_step(self, batch, batch_idx):
             x, y = batch
             loss = nn.functional.mse_loss(self.net(x), y)
-            self.log("train_loss", loss)
+            if log:  # barebones forbids self.log, as it does in Lightning
+                self.log("train_loss", loss)
             return loss
 
         def configure_optimizers(self):
@@ -69,10 +72,12 @@ def module_class(base: type):
 
 
 def framework_fit(framework, build, loader: DataLoader, root: str, barebones: bool) -> None:
-    module = module_class(framework.LightningModule)(build)
+    module = module_class(framework.LightningModule, log=not barebones)(build)
     flags = {"barebones": True} if barebones else {"default_root_dir": root}
     trainer = framework.Trainer(accelerator="cpu", devices=1, max_epochs=1, **flags)
-    trainer.fit(module, loader)
+    # The bar and summary still draw (into a buffer), so their cost is measured, not the terminal's.
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        trainer.fit(module, loader)
 
 
 def compare(name: str, build, features: int, samples: int, batch_size: int, rounds: int, targets: dict) -> bool:
@@ -88,8 +93,8 @@ def compare(name: str, build, features: int, samples: int, batch_size: int, roun
 
         contenders["lightning default"] = lambda: framework_fit(lightning, build, loader, root, barebones=False)
         contenders["lightning barebones"] = lambda: framework_fit(lightning, build, loader, root, barebones=True)
-    medians = interleaved_medians(contenders, rounds=rounds)
-    return report(f"{name}: Trainer.fit of one epoch, median of {rounds}", medians, "raw PyTorch", targets)
+    times = interleaved_times(contenders, rounds=rounds)
+    return report(f"{name}: Trainer.fit of one epoch, median of {rounds}", times, "raw PyTorch", targets)
 
 
 def main() -> int:
@@ -102,7 +107,7 @@ def main() -> int:
     warnings.filterwarnings("ignore")
     ok = compare("tiny Linear(32, 2)", tiny, 32, 8192, 16, rounds,
                  {"fulmen default": 1.25, "fulmen barebones": 1.10})
-    ok &= compare("compute-bound MLP", mlp, 512, 2048, 256, max(rounds // 2, 3),
+    ok &= compare("compute-bound MLP", mlp, 512, 16384, 256, max(rounds // 2, 3),
                   {"fulmen default": 1.01, "fulmen barebones": 1.01})
     print("\nall targets met" if ok else "\nsome targets missed")
     return 0
