@@ -168,9 +168,10 @@ def train_epoch(trainer: Trainer) -> None:
         if plan.batch_end:
             hooks.call("on_train_batch_end", outputs, batch, batch_idx)
         _finish_batch(trainer, plan, store, batch_idx, is_last, stepping, resumed=False)
-        if trainer._signals is not None and _signal_received(trainer):
-            _save_and_stop_on_signal(trainer)
-            break
+        if plan.signals is not None and (plan.distributed or plan.signals.received is not None):
+            if _signal_received(trainer, plan.distributed):
+                _save_and_stop_on_signal(trainer)
+                break
 
     # ------------------------------------------------------------------------------ epoch end
     trainer._flush_metrics(store)
@@ -222,6 +223,8 @@ class _EpochPlan:
         self.epoch_schedulers = [c for c in configs if c.interval == "epoch"]
         self.max_time = trainer._max_time_seconds
         self.batch_step = automatic_step if automatic else manual_step
+        self.signals = trainer._signals
+        self.distributed = trainer.strategy.world_size > 1
 
     def is_stepping(self, batch_idx: int, is_last: bool) -> bool:
         return not self.automatic or is_last or (batch_idx + 1) % self.accumulate == 0
@@ -265,9 +268,9 @@ def _restore_resume_rng(trainer: Trainer) -> None:
         trainer._resume_rng = None
 
 
-def _signal_received(trainer: Trainer) -> bool:
+def _signal_received(trainer: Trainer, distributed: bool) -> bool:
     received = trainer._signals.received is not None
-    if trainer.strategy.world_size > 1:  # every rank stops at the same batch
+    if distributed:  # every rank stops at the same batch
         received = trainer.strategy.reduce_boolean_decision(received, all=False)
     return received
 
