@@ -168,10 +168,10 @@ def train_epoch(trainer: Trainer) -> None:
         if plan.batch_end:
             hooks.call("on_train_batch_end", outputs, batch, batch_idx)
         _finish_batch(trainer, plan, store, batch_idx, is_last, stepping, resumed=False)
-        if plan.signals is not None and (plan.distributed or plan.signals.received is not None):
-            if _signal_received(trainer, plan.distributed):
-                _save_and_stop_on_signal(trainer)
-                break
+        watching = plan.signals is not None and (plan.distributed or plan.signals.received is not None)
+        if watching and _signal_received(trainer, plan.distributed):
+            _save_and_stop_on_signal(trainer)
+            break
 
     # ------------------------------------------------------------------------------ epoch end
     trainer._flush_metrics(store)
