@@ -20,48 +20,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 from torch.optim import Adam
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 import fulmen as L
 from fulmen import LightningDataModule, LightningModule, Trainer, seed_everything
 from fulmen.callbacks import Callback
 from fulmen.utilities.exceptions import MisconfigurationException
+from tests.seeds.lite_seed_subclass import BoringModel, configure_optimizers, train_dataloader, val_dataloader
 
 # ------------------------------------------------------------------------------- seed 000
-
-
-class BoringModel(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.layer = torch.nn.Linear(32, 2)
-
-    def forward(self, x):
-        x = self.layer(x)
-        return torch.nn.functional.mse_loss(x, torch.ones_like(x))
-
-
-def configure_optimizers(module: nn.Module):
-    return torch.optim.SGD(module.parameters(), lr=0.001)
-
-
-class RandomDataset(Dataset):
-    def __init__(self, length: int, size: int):
-        self.len = length
-        self.data = torch.randn(length, size)
-
-    def __getitem__(self, index):
-        return self.data[index]
-
-    def __len__(self):
-        return self.len
-
-
-def train_dataloader():
-    return DataLoader(RandomDataset(64, 32))
-
-
-def val_dataloader():
-    return DataLoader(RandomDataset(64, 32))
+# The raw-PyTorch half of seed 000 (BoringModel, its data and optimizer) is shared with the
+# Lite seed test, imported above.
 
 
 class LiftModel(LightningModule):

@@ -31,16 +31,8 @@ class LightningEnvironment(ClusterEnvironment):
         return True
 
     def world_size(self) -> int:
+        # Children started by fulmen's launchers learn it from WORLD_SIZE.
         return int(os.environ.get("WORLD_SIZE", self._world_size))
-
-    def set_world_size(self, size: int) -> None:
-        self._world_size = size
-
-    def global_rank(self) -> int:
-        return self._global_rank
-
-    def set_global_rank(self, rank: int) -> None:
-        self._global_rank = rank
 
     def teardown(self) -> None:
         if "WORLD_SIZE" in os.environ:
