@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -94,7 +95,12 @@ def _run_rank(
         # to stay alive until the main process has read them.
         buffer = io.BytesIO()
         torch.save(result, buffer)
-        results.put(buffer.getvalue())
+        results.put(buffer.getvalue())  # written to the pipe when put returns
+    # Leave without interpreter finalisation: destroying the communication library's threads
+    # at shutdown can abort a rank that finished its work (std::terminate, seen with gloo).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _unshare_tensors(obj: Any) -> None:
