@@ -264,8 +264,18 @@ def test_truncated_file(tmp_path, weights_only):
     assert info.value.__cause__ is not None
 
 
+# Fixed random bytes: with and without a pickle's first byte, so both refusal paths are taken.
+GARBAGE = [
+    b"",
+    b"\x80\x02",
+    random.Random(0).randbytes(4096),
+    b"\x80" + random.Random(1).randbytes(4095),
+    b"not a checkpoint\n" * 50,
+]
+
+
 @pytest.mark.parametrize("weights_only", [True, False])
-@pytest.mark.parametrize("content", [b"", b"\x80\x02", os.urandom(4096), b"not a checkpoint\n" * 50])
+@pytest.mark.parametrize("content", GARBAGE)
 def test_garbage_file_is_reported_as_corrupted(tmp_path, content, weights_only):
     path = tmp_path / "garbage.ckpt"
     path.write_bytes(content)

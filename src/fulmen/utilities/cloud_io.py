@@ -392,11 +392,15 @@ def safe_load(
         if local is not None:
             if not os.path.isfile(local):
                 raise CheckpointNotFoundError(_not_found_message(display))
+            with open(local, "rb") as f:
+                _check_header(f.read(2), display)
             return _torch_load(local, map_location, weights_only)
         fs, rpath = url_to_fs(display, **(storage_options or {}))
         if not fs.isfile(rpath):
             raise CheckpointNotFoundError(_not_found_message(display))
         with fs.open(rpath, "rb") as f:
+            _check_header(f.read(2), display)
+            f.seek(0)
             return _torch_load(f, map_location, weights_only)
     except CheckpointError:
         raise
@@ -420,8 +424,9 @@ def safe_load(
         # Full pickle (weights_only=False) of a class that was renamed or is not importable here.
         raise CheckpointError(f"Could not load checkpoint {display!r}: {err}") from err
     except ValueError as err:
-        # A file-like object (fsspec) refuses the seek before the start of a file cut short.
-        if "seek" in str(err):
+        # A file-like object (fsspec) refuses the seek before the start of a file cut short;
+        # a damaged pickle names an impossible protocol.
+        if "seek" in str(err) or "pickle" in str(err):
             raise CheckpointError(_corrupted_message(display, err)) from err
         raise
     except PermissionError:
@@ -435,6 +440,17 @@ def safe_load(
         if _looks_corrupted(str(err)):
             raise CheckpointError(_corrupted_message(display, err)) from err
         raise CheckpointError(f"Could not load checkpoint {display!r}: {err}") from err
+
+
+# A torch checkpoint is a zip file ("PK") or, in the legacy format, a pickle ("\x80" PROTO).
+_HEADERS = (b"PK", b"\x80")
+
+
+def _check_header(head: bytes, display: str) -> None:
+    """Refuse what is not a torch file before unpickling it: garbage fails in unpredictable ways."""
+    if not head.startswith(_HEADERS):
+        reason = ValueError(f"it starts with {head!r}, not a zip or pickle header")
+        raise CheckpointError(_corrupted_message(display, reason)) from reason
 
 
 def _torch_load(f: str | IO[bytes], map_location: _MAP_LOCATION, weights_only: bool) -> Any:
