@@ -49,8 +49,14 @@ class SubprocessScriptLauncher(Launcher):
         try:
             return function(*args, **kwargs)
         except BaseException as err:
-            # Rank 0 failed: the job cannot go on, so no child may be left waiting for it.
-            failure = self._child_failure(grace=5.0)
+            # Rank 0 failed: the job cannot go on, so no child may be left waiting for it. The
+            # watcher is told first, so that it does not interrupt this handler with a SIGINT.
+            if self._watcher is not None:
+                self._watcher.stop()
+            try:
+                failure = self._child_failure(grace=5.0)
+            except KeyboardInterrupt:  # a SIGINT the watcher sent just before it was told
+                failure = _describe_failure(self.procs)
             self._stop_children()
             if failure is not None and not isinstance(err, DistributedError):
                 raise DistributedError(failure) from err
@@ -141,7 +147,8 @@ class _ChildWatcher(threading.Thread):
             failure = _describe_failure(self.procs)
             if failure is not None:
                 self.failure = failure
-                self._fail()
+                if not self._stopped.is_set():
+                    self._fail()
                 return
 
     def _fail(self) -> None:
