@@ -30,10 +30,6 @@ class DataParallelStrategy(Strategy):
     def setup_module(self, module: nn.Module) -> nn.Module:
         return nn.DataParallel(module, device_ids=[d.index for d in self.parallel_devices])
 
-    def batch_to_device(self, batch: Any, device: torch.device | None = None) -> Any:
-        # DataParallel scatters from the first device itself.
-        return super().batch_to_device(batch, device)
-
     def backward(self, tensor: Tensor, module: nn.Module | None = None, *args: Any, **kwargs: Any) -> None:
         # Each replica returns its own loss; their mean is the loss of the whole batch.
         if tensor.dim() > 0:
