@@ -7,6 +7,7 @@ Processes started outside (torchrun, srun, Ray) are joined as they are.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 from datetime import timedelta
@@ -110,9 +111,14 @@ class DDPStrategy(Strategy):
         rank_zero.rank_zero_only.rank = env.global_rank()
 
     def _init_process_group(self) -> None:
-        if dist.is_initialized():
-            return
         env = self.cluster_environment
+        if dist.is_initialized():
+            if dist.get_world_size() != env.world_size():
+                raise RuntimeError(
+                    f"A process group of {dist.get_world_size()} processes exists already, but this strategy "
+                    f"needs {env.world_size()}. Use the same devices and num_nodes for every Trainer/Lite in a script."
+                )
+            return
         os.environ["MASTER_ADDR"] = env.main_address
         os.environ["MASTER_PORT"] = str(env.main_port)
         backend = self.process_group_backend or ("nccl" if self.root_device.type == "cuda" else "gloo")
@@ -122,6 +128,7 @@ class DDPStrategy(Strategy):
             world_size=env.world_size(),
             timeout=self.timeout or default_timeout(),
         )
+        atexit.register(_destroy_process_group)
 
     def setup_module(self, module: nn.Module) -> nn.Module:
         device_ids = [self.root_device.index] if self.root_device.type == "cuda" else None
@@ -144,15 +151,20 @@ class DDPStrategy(Strategy):
                 dist.barrier()
 
     def teardown(self) -> None:
+        # The process group outlives one fit: a script that fits, then validates, joins it once.
+        # Re-creating it on the same port races with the old store; it goes at exit instead.
         super().teardown()
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
     def __repr__(self) -> str:
         return (
             f"DDPStrategy(start_method={self.start_method!r}, devices={self.num_processes}, "
             f"num_nodes={self.num_nodes}, precision={self.precision!r})"
         )
+
+
+def _destroy_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _find_ddp(module: nn.Module) -> DistributedDataParallel | None:
