@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -68,6 +69,13 @@ class MultiprocessingLauncher(Launcher):
                     result, received = results.get(), True
                 if process_context.join(timeout=0.1):
                     break
+        except mp.ProcessRaisedException as err:
+            errors = _rank_errors(process_context.error_files)
+            if len(errors) > 1:  # report every rank's error, the root cause before its echoes
+                details = "\n".join(f"--- rank {rank} ---\n{text}" for rank, text in errors)
+                message = f"{len(errors)} ranks failed; the first is the likely cause:\n{details}"
+                raise DistributedError(message) from err
+            raise
         except mp.ProcessExitedException as err:
             how = f"signal {err.signal_name}" if getattr(err, "signal_name", None) else f"code {err.exit_code}"
             raise DistributedError(
@@ -101,6 +109,19 @@ def _run_rank(
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+_ECHO_MARKERS = ("Connection closed by peer", "Connection reset by peer", "gloo", "NCCL", "Timed out")
+
+
+def _rank_errors(error_files: list[str]) -> list[tuple[int, str]]:
+    """(rank, traceback) of every rank that raised, the errors that are not a peer's echo first."""
+    errors = []
+    for rank, path in enumerate(error_files):
+        if os.path.isfile(path) and os.path.getsize(path) > 0:
+            with open(path, "rb") as f:
+                errors.append((rank, str(pickle.load(f))))  # written by torch in our own child
+    return sorted(errors, key=lambda item: any(marker in item[1] for marker in _ECHO_MARKERS))
 
 
 def _unshare_tensors(obj: Any) -> None:
