@@ -16,16 +16,11 @@ from typing import Any
 from fulmen.loggers.logger import (
     Logger,
     _add_prefix,
-    _check_name,
-    _check_prefix,
-    _check_version,
     _convert_params,
     _flatten_dict,
     _join,
     _metric_value,
-    _next_version,
-    _normalize_save_dir,
-    _version_folder,
+    _VersionedFolder,
     _write_hparams_yaml,
     rank_zero_experiment,
 )
@@ -111,7 +106,7 @@ class _ExperimentWriter:
             f.write(buffer.getvalue())
 
 
-class CSVLogger(Logger):
+class CSVLogger(_VersionedFolder, Logger):
     """Log metrics to ``save_dir/name/version/metrics.csv`` and hyperparameters to ``hparams.yaml``.
 
     ``metrics.csv`` has one column per metric name seen so far plus ``step``; rows are kept in
@@ -134,34 +129,13 @@ class CSVLogger(Logger):
             or flush_logs_every_n_steps < 1
         ):
             raise invalid_argument("flush_logs_every_n_steps", flush_logs_every_n_steps, "an int >= 1")
-        self._save_dir = _normalize_save_dir(save_dir)
-        self._name = _check_name(name)
-        self._version = _check_version(version)
-        self._prefix = _check_prefix(prefix)
+        self._set_folder(save_dir, name, version, prefix)
         self._flush_logs_every_n_steps = flush_logs_every_n_steps
         self._experiment: _ExperimentWriter | None = None
 
     @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def version(self) -> int | str:
-        if self._version is None:
-            self._version = _next_version(self.root_dir)
-        return self._version
-
-    @property
-    def save_dir(self) -> str:
-        return self._save_dir
-
-    @property
-    def root_dir(self) -> str:
-        return _join(self._save_dir, self._name)
-
-    @property
     def log_dir(self) -> str:
-        return _join(self.root_dir, _version_folder(self.version))
+        return self._version_dir
 
     @property
     @rank_zero_experiment

@@ -95,6 +95,38 @@ class _DummyExperiment:
         pass
 
 
+class _VersionedFolder:
+    """``save_dir/name/version_N``: the folder layout the file-writing loggers share."""
+
+    def _set_folder(self, save_dir: Any, name: str | None, version: int | str | None, prefix: str) -> None:
+        self._save_dir = _normalize_save_dir(save_dir)
+        self._name = _check_name(name)
+        self._version = _check_version(version)
+        self._prefix = _check_prefix(prefix)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def version(self) -> int | str:
+        if self._version is None:  # the next free version_N, decided on first use
+            self._version = _next_version(self.root_dir)
+        return self._version
+
+    @property
+    def save_dir(self) -> str:
+        return self._save_dir
+
+    @property
+    def root_dir(self) -> str:
+        return _join(self._save_dir, self._name)
+
+    @property
+    def _version_dir(self) -> str:
+        return _join(self.root_dir, _version_folder(self.version))
+
+
 def rank_zero_experiment(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """Make an ``experiment`` getter return a do-nothing object on ranks other than zero."""
 

@@ -22,16 +22,11 @@ import torch
 from fulmen.loggers.logger import (
     Logger,
     _add_prefix,
-    _check_name,
-    _check_prefix,
-    _check_version,
     _convert_params,
     _flatten_dict,
     _join,
     _metric_value,
-    _next_version,
-    _normalize_save_dir,
-    _version_folder,
+    _VersionedFolder,
     _write_hparams_yaml,
     rank_zero_experiment,
 )
@@ -47,7 +42,7 @@ if TYPE_CHECKING:
 _SUMMARY_WRITER_KWARGS = ("comment", "purge_step", "max_queue", "flush_secs", "filename_suffix")
 
 
-class TensorBoardLogger(Logger):
+class TensorBoardLogger(_VersionedFolder, Logger):
     """Write scalars, hyperparameters and the model graph as TensorBoard event files.
 
     Files go to ``save_dir/name/version/sub_dir``; ``version`` defaults to the next free
@@ -81,12 +76,9 @@ class TensorBoardLogger(Logger):
         from fsspec.core import url_to_fs
         from fsspec.implementations.local import LocalFileSystem
 
-        self._save_dir = _normalize_save_dir(save_dir)
-        self._name = _check_name(name)
-        self._version = _check_version(version)
+        self._set_folder(save_dir, name, version, prefix)
         self._log_graph = bool(log_graph)
         self._default_hp_metric = bool(default_hp_metric)
-        self._prefix = _check_prefix(prefix)
         self._sub_dir = None if sub_dir is None else os.fspath(sub_dir)
         self._kwargs = kwargs
         self._fs = url_to_fs(self._save_dir)[0]
@@ -97,26 +89,8 @@ class TensorBoardLogger(Logger):
         self._session_written = False
 
     @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def version(self) -> int | str:
-        if self._version is None:
-            self._version = _next_version(self.root_dir)
-        return self._version
-
-    @property
-    def save_dir(self) -> str:
-        return self._save_dir
-
-    @property
-    def root_dir(self) -> str:
-        return _join(self._save_dir, self._name)
-
-    @property
     def log_dir(self) -> str:
-        log_dir = _join(self.root_dir, _version_folder(self.version))
+        log_dir = self._version_dir
         return _join(log_dir, self._sub_dir) if self._sub_dir else log_dir
 
     @property
