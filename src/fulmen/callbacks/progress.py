@@ -353,6 +353,20 @@ class TQDMProgressBar(ProgressBar):
         self._close(self._train_bar)
         self._train_bar = None
 
+    # ----------------------------------------------------------------- validation, test, predict
+    def _start_eval_dataloader(self, bar: Any, label: str, dataloader_idx: int) -> None:
+        """A new evaluation dataloader begins: the bar restarts at 0 of its length, named after it."""
+        if bar is None or not self._eval_dataloader_changed(dataloader_idx):
+            return
+        bar.reset(total=self.total_eval_batches_current_dataloader)
+        bar.initial = 0
+        bar.set_description(label + (f" DataLoader {dataloader_idx}" if self.num_eval_dataloaders > 1 else ""))
+
+    def _eval_batch_done(self, bar: Any, batch_idx: int) -> None:
+        n = batch_idx + 1
+        if bar is not None and self._should_update(n, bar.total):
+            self._redraw(bar, n)
+
     # ------------------------------------------------------------------------------ validation
     def on_validation_start(self, trainer: Any, pl_module: LightningModule) -> None:
         if self.is_enabled and not trainer.sanity_checking:
@@ -361,14 +375,8 @@ class TQDMProgressBar(ProgressBar):
     def on_validation_batch_start(
         self, trainer: Any, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        if self._val_bar is None or not self._eval_dataloader_changed(dataloader_idx):
-            return
-        self._val_bar.reset(total=self.total_eval_batches_current_dataloader)
-        self._val_bar.initial = 0
-        desc = "Sanity Checking" if trainer.sanity_checking else "Validation"
-        if self.num_eval_dataloaders > 1:
-            desc += f" DataLoader {dataloader_idx}"
-        self._val_bar.set_description(desc)
+        label = "Sanity Checking" if trainer.sanity_checking else "Validation"
+        self._start_eval_dataloader(self._val_bar, label, dataloader_idx)
 
     def on_validation_batch_end(
         self,
@@ -379,9 +387,7 @@ class TQDMProgressBar(ProgressBar):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        n = batch_idx + 1
-        if self._val_bar is not None and self._should_update(n, self._val_bar.total):
-            self._redraw(self._val_bar, n)
+        self._eval_batch_done(self._val_bar, batch_idx)
 
     def on_validation_end(self, trainer: Any, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -399,12 +405,7 @@ class TQDMProgressBar(ProgressBar):
     def on_test_batch_start(
         self, trainer: Any, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        if self._test_bar is None or not self._eval_dataloader_changed(dataloader_idx):
-            return
-        self._test_bar.reset(total=self.total_eval_batches_current_dataloader)
-        self._test_bar.initial = 0
-        desc = "Testing" + (f" DataLoader {dataloader_idx}" if self.num_eval_dataloaders > 1 else "")
-        self._test_bar.set_description(desc)
+        self._start_eval_dataloader(self._test_bar, "Testing", dataloader_idx)
 
     def on_test_batch_end(
         self,
@@ -415,9 +416,7 @@ class TQDMProgressBar(ProgressBar):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        n = batch_idx + 1
-        if self._test_bar is not None and self._should_update(n, self._test_bar.total):
-            self._redraw(self._test_bar, n)
+        self._eval_batch_done(self._test_bar, batch_idx)
 
     def on_test_end(self, trainer: Any, pl_module: LightningModule) -> None:
         self._close(self._test_bar)
@@ -432,12 +431,7 @@ class TQDMProgressBar(ProgressBar):
     def on_predict_batch_start(
         self, trainer: Any, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        if self._predict_bar is None or not self._eval_dataloader_changed(dataloader_idx):
-            return
-        self._predict_bar.reset(total=self.total_eval_batches_current_dataloader)
-        self._predict_bar.initial = 0
-        desc = "Predicting" + (f" DataLoader {dataloader_idx}" if self.num_eval_dataloaders > 1 else "")
-        self._predict_bar.set_description(desc)
+        self._start_eval_dataloader(self._predict_bar, "Predicting", dataloader_idx)
 
     def on_predict_batch_end(
         self,
@@ -448,9 +442,7 @@ class TQDMProgressBar(ProgressBar):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        n = batch_idx + 1
-        if self._predict_bar is not None and self._should_update(n, self._predict_bar.total):
-            self._redraw(self._predict_bar, n)
+        self._eval_batch_done(self._predict_bar, batch_idx)
 
     def on_predict_end(self, trainer: Any, pl_module: LightningModule) -> None:
         self._close(self._predict_bar)

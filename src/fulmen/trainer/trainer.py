@@ -56,6 +56,15 @@ log = logging.getLogger("fulmen")
 _DEFAULT_MAX_EPOCHS = 1000
 
 
+
+def _stage_flag(stage: RunningStage) -> property:
+    """``trainer.training``-style flags: read the running stage, or set it (``False`` clears it)."""
+    return property(
+        lambda self: self.state.stage == stage,
+        lambda self, value: self._set_stage(stage, value),
+        doc=f"Whether the {stage.value} loop is running.",
+    )
+
 class Trainer:
     """Train, evaluate and predict with a ``LightningModule``; Lightning 2.x's flags and defaults.
 
@@ -1071,45 +1080,12 @@ class Trainer:
         signals.append(requeue if requeue is not None else signal.SIGUSR1)
         return SignalWatch(tuple(signals))
 
-    @property
-    def training(self) -> bool:
-        return self.state.stage == RunningStage.TRAINING
-
-    @training.setter
-    def training(self, value: bool) -> None:
-        self._set_stage(RunningStage.TRAINING, value)
-
-    @property
-    def sanity_checking(self) -> bool:
-        return self.state.stage == RunningStage.SANITY_CHECKING
-
-    @sanity_checking.setter
-    def sanity_checking(self, value: bool) -> None:
-        self._set_stage(RunningStage.SANITY_CHECKING, value)
-
-    @property
-    def validating(self) -> bool:
-        return self.state.stage == RunningStage.VALIDATING
-
-    @validating.setter
-    def validating(self, value: bool) -> None:
-        self._set_stage(RunningStage.VALIDATING, value)
-
-    @property
-    def testing(self) -> bool:
-        return self.state.stage == RunningStage.TESTING
-
-    @testing.setter
-    def testing(self, value: bool) -> None:
-        self._set_stage(RunningStage.TESTING, value)
-
-    @property
-    def predicting(self) -> bool:
-        return self.state.stage == RunningStage.PREDICTING
-
-    @predicting.setter
-    def predicting(self, value: bool) -> None:
-        self._set_stage(RunningStage.PREDICTING, value)
+    # One property per stage: True while that loop runs; setting it switches the stage.
+    training = _stage_flag(RunningStage.TRAINING)
+    sanity_checking = _stage_flag(RunningStage.SANITY_CHECKING)
+    validating = _stage_flag(RunningStage.VALIDATING)
+    testing = _stage_flag(RunningStage.TESTING)
+    predicting = _stage_flag(RunningStage.PREDICTING)
 
     def _set_stage(self, stage: RunningStage, value: bool) -> None:
         if value:
