@@ -284,7 +284,6 @@ class Trainer:
         self._logged_metrics: dict[str, Tensor] = {}
         self._progress_bar_metrics: dict[str, Any] = {}
         self._step_with_closure = False
-        self._launched = False
         # Exact resume: generator states when the epoch drew its data order, and those to
         # restore once a resumed epoch has caught up (see loops.train_epoch).
         self._epoch_start_rng: dict[str, Any] | None = None
@@ -439,15 +438,9 @@ class Trainer:
                 _ = logger.version
             payload = launcher.launch(self._run_spawned, fn, ckpt_path)
             return self._receive(payload)
-        in_background = getattr(launcher, "launch_in_background", None)
-        if in_background is None:
-            return launcher.launch(self._run_guarded, fn, ckpt_path)
-        # Script re-running launchers (strategy="ddp"): the other ranks run the whole script
-        # themselves, fit and whatever follows it, so they are started once and not waited for.
-        if not self._launched:
-            in_background()
-            self._launched = True
-        return self._run_guarded(fn, ckpt_path)
+        # Script re-running launchers (strategy="ddp") start the other ranks once per process and
+        # run the function here; when it raises they stop the other ranks before re-raising.
+        return launcher.launch(self._run_guarded, fn, ckpt_path)
 
     def _run_guarded(self, fn: TrainerFn, ckpt_path: str | None) -> Any:
         try:
