@@ -31,6 +31,13 @@ log = logging.getLogger("fulmen")
 class Strategy(ABC):
     #: Whether ``no_backward_sync`` can really skip gradient synchronisation.
     supports_no_backward_sync: bool = False
+    #: How many nodes the job spans; distributed strategies take it from the flags.
+    num_nodes: int = 1
+    #: The torch.distributed backend ("gloo", "nccl") the user asked for; None: none asked for
+    #: (one process, or the strategy picks one for its device when it joins the group).
+    process_group_backend: str | None = None
+    #: This node's devices as set by the strategy or the resolver; empty: only ``root_device``.
+    _parallel_devices: tuple[torch.device, ...] = ()
 
     def __init__(
         self,
@@ -48,6 +55,15 @@ class Strategy(ABC):
     @abstractmethod
     def root_device(self) -> torch.device:
         """The device this process computes on."""
+
+    @property
+    def parallel_devices(self) -> list[torch.device]:
+        """The devices of this node's processes, one per local rank; one process: ``[root_device]``."""
+        return list(self._parallel_devices) or [self.root_device]
+
+    @parallel_devices.setter
+    def parallel_devices(self, devices: list[torch.device] | None) -> None:
+        self._parallel_devices = tuple(devices or ())
 
     @property
     def global_rank(self) -> int:
@@ -97,6 +113,23 @@ class Strategy(ABC):
     def convert_module(self, module: nn.Module) -> nn.Module:
         return self.precision.convert_module(module)
 
+    def convert_sync_batchnorm(self, module: nn.Module) -> nn.Module:
+        """Replace the BatchNorm layers in ``module`` with SyncBatchNorm when several processes train.
+
+        Batch statistics are then computed over the global batch, not each rank's slice. The
+        children are replaced in place, so the returned object is ``module`` itself (a
+        LightningModule keeps its identity, hooks and attributes); a module that is itself a
+        BatchNorm layer is returned converted. One process has nothing to synchronise: the
+        module comes back unchanged. Call it before ``setup_module`` wraps the module.
+        """
+        if self.world_size <= 1:
+            return module
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        for name, child in list(module.named_children()):
+            setattr(module, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+        return module
+
     def setup_optimizer(self, optimizer: Optimizer) -> Optimizer:
         return optimizer
 
@@ -114,9 +147,18 @@ class Strategy(ABC):
     def forward_context(self) -> contextlib.AbstractContextManager:
         return self.precision.forward_context()
 
-    def backward(self, tensor: Tensor, module: nn.Module | None = None, *args: Any, **kwargs: Any) -> None:
+    def backward(
+        self,
+        tensor: Tensor,
+        module: nn.Module | None = None,
+        *args: Any,
+        backward_fn: Callable[..., None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Backward through precision scaling; ``backward_fn(tensor, *args, **kwargs)`` replaces
+        ``tensor.backward`` (a module's own ``backward`` hook), inside the same scaling and engine work."""
         tensor = self.precision.pre_backward(tensor, module)
-        self.precision.backward(tensor, module, *args, **kwargs)
+        self.precision.backward(tensor, module, *args, backward_fn=backward_fn, **kwargs)
         self.precision.post_backward(tensor, module)
 
     def optimizer_step(self, optimizer: Optimizer, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:

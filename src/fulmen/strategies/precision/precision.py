@@ -48,8 +48,18 @@ class Precision:
     def pre_backward(self, tensor: Tensor, module: nn.Module | None) -> Tensor:
         return tensor
 
-    def backward(self, tensor: Tensor, module: nn.Module | None, *args: Any, **kwargs: Any) -> None:
-        tensor.backward(*args, **kwargs)
+    def backward(
+        self,
+        tensor: Tensor,
+        module: nn.Module | None,
+        *args: Any,
+        backward_fn: Callable[..., None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if backward_fn is None:
+            tensor.backward(*args, **kwargs)
+        else:
+            backward_fn(tensor, *args, **kwargs)
 
     def post_backward(self, tensor: Tensor, module: nn.Module | None) -> Tensor:
         return tensor
