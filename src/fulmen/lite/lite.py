@@ -24,10 +24,8 @@ from torch.utils.data import DataLoader
 from fulmen.lite.wrappers import LiteDataLoader, LiteModule, LiteOptimizer
 from fulmen.strategies import select_strategy
 from fulmen.strategies.data import prepare_dataloader
-from fulmen.strategies.launchers.multiprocessing import MultiprocessingLauncher
 from fulmen.strategies.strategy import Strategy, unwrap_module, warn_no_backward_sync_unsupported
 from fulmen.utilities.apply_func import apply_to_collection, move_data_to_device
-from fulmen.utilities.exceptions import MisconfigurationException
 from fulmen.utilities.seed import seed_everything as _seed_everything
 
 
@@ -82,14 +80,9 @@ class Lite:
             raise TypeError(f"`function={function!r}` is not callable. Pass a function `fn(lite, ...)`, or nothing.")
         launcher = self._strategy.launcher
         if function is None:
-            if isinstance(launcher, MultiprocessingLauncher):
-                raise MisconfigurationException(
-                    f"`strategy={type(self._strategy).__name__}(start_method={launcher.start_method!r})` starts "
-                    "processes from a function: call `lite.launch(train_fn)` where train_fn(lite, ...) trains."
-                )
-            self._launched = True
             if launcher is not None:
-                launcher.launch_in_background()
+                launcher.launch_in_background()  # raises for launchers that need a function
+            self._launched = True
             self._prepare_environment()
             return None
         self._launched = True
@@ -123,28 +116,44 @@ class Lite:
             self._prepare_environment()
 
     # ------------------------------------------------------------------------------- set up
-    def setup(self, model: nn.Module, *optimizers: Optimizer, move_to_device: bool = True, **kwargs: Any) -> Any:
-        """Set up a model and its optimizers; returns ``model`` or ``(model, *optimizers)``."""
+    def setup(
+        self,
+        model: nn.Module,
+        *optimizers: Optimizer,
+        move_to_device: bool = True,
+        sync_batchnorm: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """Set up a model and its optimizers; returns ``model`` or ``(model, *optimizers)``.
+
+        ``move_to_device``: move the model to the strategy's device (False: you place it).
+        ``sync_batchnorm``: with several processes, replace the model's BatchNorm layers with
+        ``torch.nn.SyncBatchNorm`` (in place, before wrapping) so that their statistics cover
+        every rank's batch; one process leaves them as they are.
+        """
         if "optimizers" in kwargs:  # the older keyword form: setup(model=m, optimizers=opt)
             extra = kwargs.pop("optimizers")
             optimizers = (*optimizers, *(extra if isinstance(extra, (list, tuple)) else [extra]))
         if kwargs:
             raise TypeError(f"Lite.setup() got unexpected arguments {sorted(kwargs)}. Accepted: model, *optimizers, "
-                            "move_to_device.")
+                            "move_to_device, sync_batchnorm.")
         self._ensure_ready()
         self._check_not_set_up(model, optimizers)
-        module = self._prepare_module(model, move_to_device)
-        module, opts = self._strategy.setup_module_and_optimizers(module, list(optimizers))
-        wrapped = self._wrap_module(module, model)
+        prepared = self._prepare_module(model, move_to_device, sync_batchnorm)
+        module, opts = self._strategy.setup_module_and_optimizers(prepared, list(optimizers))
+        wrapped = self._wrap_module(module, prepared)
         wrapped_opts = [LiteOptimizer(opt, self._strategy) for opt in opts]
         return (wrapped, *wrapped_opts) if wrapped_opts else wrapped
 
-    def setup_module(self, module: nn.Module, move_to_device: bool = True) -> LiteModule:
-        """Set up a model alone (its optimizers later with ``setup_optimizers``)."""
+    def setup_module(self, module: nn.Module, move_to_device: bool = True, sync_batchnorm: bool = False) -> LiteModule:
+        """Set up a model alone (its optimizers later with ``setup_optimizers``).
+
+        ``move_to_device`` and ``sync_batchnorm`` work as in ``setup``.
+        """
         self._ensure_ready()
         self._check_not_set_up(module, ())
-        prepared = self._prepare_module(module, move_to_device)
-        return self._wrap_module(self._strategy.setup_module(prepared), module)
+        prepared = self._prepare_module(module, move_to_device, sync_batchnorm)
+        return self._wrap_module(self._strategy.setup_module(prepared), prepared)
 
     def setup_optimizers(self, *optimizers: Optimizer) -> Any:
         self._ensure_ready()
@@ -173,8 +182,10 @@ class Lite:
             loaders.append(LiteDataLoader(prepared, self._strategy, move_to_device=move_to_device))
         return loaders[0] if len(loaders) == 1 else loaders
 
-    def _prepare_module(self, module: nn.Module, move_to_device: bool) -> nn.Module:
+    def _prepare_module(self, module: nn.Module, move_to_device: bool, sync_batchnorm: bool) -> nn.Module:
         module = self._strategy.convert_module(module)
+        if sync_batchnorm:
+            module = self._strategy.convert_sync_batchnorm(module)
         if move_to_device:
             self._strategy.module_to_device(module)
         return module

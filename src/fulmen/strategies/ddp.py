@@ -58,7 +58,7 @@ class DDPStrategy(Strategy):
             raise invalid_argument("start_method", start_method, _START_METHODS)
         if isinstance(timeout, (int, float)):
             timeout = timedelta(seconds=timeout)
-        self.parallel_devices = parallel_devices or []
+        self.parallel_devices = parallel_devices
         self.num_nodes = num_nodes
         self.process_group_backend = process_group_backend
         self.timeout = timeout
@@ -67,13 +67,13 @@ class DDPStrategy(Strategy):
 
     @property
     def num_processes(self) -> int:
-        return max(len(self.parallel_devices), 1)
+        return max(len(self._parallel_devices), 1)
 
     @property
     def root_device(self) -> torch.device:
-        if not self.parallel_devices:
+        if not self._parallel_devices:  # not resolved yet
             return torch.device("cpu")
-        return self.parallel_devices[self.local_rank]
+        return self._parallel_devices[self.local_rank]
 
     @property
     def distributed_sampler_kwargs(self) -> dict[str, int]:

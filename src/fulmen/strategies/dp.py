@@ -25,7 +25,7 @@ class DataParallelStrategy(Strategy):
 
     @property
     def root_device(self) -> torch.device:
-        return self.parallel_devices[0]
+        return self._parallel_devices[0]
 
     def setup_module(self, module: nn.Module) -> nn.Module:
         return nn.DataParallel(module, device_ids=[d.index for d in self.parallel_devices])

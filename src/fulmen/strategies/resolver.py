@@ -246,10 +246,9 @@ def _complete_strategy(
                 f"num_nodes={num_nodes} were given. Use strategy='ddp' or devices=1."
             )
         return
-    if hasattr(strategy, "parallel_devices") and not strategy.parallel_devices:
+    if not strategy._parallel_devices:  # the strategy chose none itself: the flags' devices
         strategy.parallel_devices = devices
-    if hasattr(strategy, "num_nodes"):
-        strategy.num_nodes = num_nodes
+    strategy.num_nodes = num_nodes
     if strategy.cluster_environment is None:
         strategy.cluster_environment = environment
     if strategy.cluster_environment.creates_processes_externally:

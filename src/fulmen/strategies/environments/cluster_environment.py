@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from abc import ABC, abstractmethod
 
 
@@ -13,9 +14,25 @@ class ClusterEnvironment(ABC):
     else has a default, so a minimal subclass that also overrides ``world_size()`` is enough.
     """
 
+    #: Whether the job goes back to the queue after ``requeue_signal`` (see ``requeue``).
+    auto_requeue: bool = False
+
     def __init__(self) -> None:
         self._world_size = 1
         self._global_rank = 0
+
+    @property
+    def requeue_signal(self) -> signal.Signals:
+        """The signal a scheduler sends ahead of a time limit; training saves a checkpoint on it."""
+        return signal.SIGUSR1
+
+    def requeue(self, signum: int) -> bool:
+        """Put the job back in the queue after ``signum``, when this environment requeues on it.
+
+        Returns True when the job was requeued (the next run resumes from the checkpoint just
+        saved), False when this environment does not requeue or requeueing failed.
+        """
+        return False
 
     @property
     def creates_processes_externally(self) -> bool:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
+import subprocess
 
 from fulmen.strategies.environments.cluster_environment import ClusterEnvironment
 from fulmen.utilities.exceptions import MisconfigurationException
+
+log = logging.getLogger("fulmen")
 
 # Interactive allocations (salloc + a shell) set SLURM_* too, but the user starts processes.
 _INTERACTIVE_JOB_NAMES = ("bash", "interactive", "zsh", "sh")
@@ -16,14 +20,38 @@ _INTERACTIVE_JOB_NAMES = ("bash", "interactive", "zsh", "sh")
 class SLURMEnvironment(ClusterEnvironment):
     """Ranks from ``SLURM_PROCID``/``SLURM_LOCALID``/``SLURM_NODEID``; main node = first of the node list.
 
-    ``auto_requeue``: on ``requeue_signal`` the Trainer saves a checkpoint and requeues the job
-    with ``scontrol requeue``, so that the next run resumes from it.
+    ``auto_requeue``: on ``requeue_signal`` the Trainer saves a checkpoint and ``requeue`` puts
+    the job back in the queue with ``scontrol requeue``, so that the next run resumes from it.
     """
 
     def __init__(self, auto_requeue: bool = True, requeue_signal: signal.Signals | None = None) -> None:
         super().__init__()
         self.auto_requeue = auto_requeue
-        self.requeue_signal = requeue_signal if requeue_signal is not None else signal.SIGUSR1
+        self._requeue_signal = requeue_signal if requeue_signal is not None else signal.SIGUSR1
+
+    @property
+    def requeue_signal(self) -> signal.Signals:
+        return self._requeue_signal
+
+    @requeue_signal.setter
+    def requeue_signal(self, signum: signal.Signals) -> None:
+        self._requeue_signal = signum
+
+    def requeue(self, signum: int) -> bool:
+        """``scontrol requeue JOB`` when ``auto_requeue`` is on and ``signum`` is the requeue signal."""
+        if not self.auto_requeue or signum != self.requeue_signal:
+            return False
+        job_id = self.job_id()
+        try:
+            result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            log.warning(f"Requeueing SLURM job {job_id} failed: {err}")
+            return False
+        if result.returncode != 0:
+            log.warning(f"`scontrol requeue {job_id}` failed ({result.returncode}): {result.stderr.strip()}")
+            return False
+        log.info(f"Requeued SLURM job {job_id}.")
+        return True
 
     @property
     def creates_processes_externally(self) -> bool:

@@ -48,6 +48,14 @@ class MultiprocessingLauncher(Launcher):
     def is_interactive_compatible(self) -> bool:
         return self.start_method == "fork"
 
+    @property
+    def pickles_function(self) -> bool:
+        return True
+
+    def _launch_description(self) -> str:
+        names = {"spawn": "`strategy='ddp_spawn'`", "fork": "`strategy='ddp_fork'` (or 'ddp_notebook')"}
+        return f"{names.get(self.start_method, 'A DDP strategy')} with start_method={self.start_method!r}"
+
     def launch(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         os.environ["MASTER_ADDR"] = self.cluster_environment.main_address
         os.environ["MASTER_PORT"] = str(self.cluster_environment.main_port)
