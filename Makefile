@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_lite.py
 	$(PY) benchmarks/bench_trainer.py
 	$(PY) benchmarks/bench_import.py
+	$(PY) benchmarks/bench_calls.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
