@@ -446,11 +446,11 @@ def test_sync_batchnorm_converts_batchnorm_only_with_several_processes():
             super().__init__()
             self.norm = nn.BatchNorm1d(2)
 
-    class FakeStrategy:
+    class TwoProcesses(SingleDeviceStrategy):
         world_size = 2
 
     model = WithBatchNorm()
-    trainer_module._sync_batchnorm(model, FakeStrategy())
+    assert TwoProcesses(torch.device("cpu")).convert_sync_batchnorm(model) is model
     assert isinstance(model.norm, nn.SyncBatchNorm)
     model = WithBatchNorm()
     fit(model, max_epochs=1, limit_train_batches=1, sync_batchnorm=True)  # one process: nothing to sync

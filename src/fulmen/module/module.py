@@ -26,6 +26,7 @@ from fulmen.utilities.load_from_checkpoint import instantiate, read_checkpoint, 
 from fulmen.utilities.rank_zero import rank_zero_warn
 
 if TYPE_CHECKING:
+    from fulmen.module.run_link import RunLink
     from fulmen.trainer import Trainer
 
 
@@ -58,6 +59,15 @@ class LightningModule(HyperparametersMixin, nn.Module):
     @trainer.setter
     def trainer(self, trainer: Trainer | None) -> None:
         self.__dict__["_trainer"] = trainer
+
+    def _run_link(self) -> RunLink:
+        """The Trainer call that runs this module: what ``manual_backward`` and ``clip_gradients`` need."""
+        run = self.trainer.current_run
+        if run is None:
+            raise RuntimeError(
+                f"{type(self).__qualname__} is attached to a Trainer that is not running it: call this from a hook."
+            )
+        return run
 
     @property
     def _attached(self) -> bool:
@@ -222,7 +232,8 @@ class LightningModule(HyperparametersMixin, nn.Module):
                 "the value is dropped. Log from the hooks the Trainer calls."
             )
             return
-        results = trainer._results
+        run = trainer.current_run
+        results = run.results if run is not None else None
         if results is None:
             raise MisconfigurationException(
                 f"`self.log({name!r}, ...)` was called outside the Trainer's loops. "
@@ -293,8 +304,10 @@ class LightningModule(HyperparametersMixin, nn.Module):
     # --------------------------------------------------------------------------- optimization
     def optimizers(self, use_pl_optimizer: bool = True) -> Any:
         """The optimizer (or list of them) from ``configure_optimizers``, as set up by the Trainer."""
-        trainer = self.trainer
-        optimizers = trainer._lightning_optimizers if use_pl_optimizer else trainer.optimizers
+        run = self.trainer.current_run
+        if run is None:
+            return []
+        optimizers = run.lightning_optimizers if use_pl_optimizer else run.optimizers
         if len(optimizers) == 1:
             return optimizers[0]
         return list(optimizers)
@@ -313,7 +326,7 @@ class LightningModule(HyperparametersMixin, nn.Module):
             raise MisconfigurationException(
                 "`manual_backward` is for manual optimization; set `self.automatic_optimization = False` first."
             )
-        self.trainer._backward_with_hooks(loss, *args, **kwargs)
+        self._run_link().backward(loss, *args, **kwargs)
 
     def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
         """Called to run backward on the loss; override for custom behaviour."""
@@ -362,7 +375,7 @@ class LightningModule(HyperparametersMixin, nn.Module):
         gradient_clip_algorithm: str | None = None,
     ) -> None:
         """Clip the gradients of ``optimizer``'s parameters by norm (default) or by value."""
-        self.trainer._clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        self._run_link().clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_gradient_clipping(
         self,

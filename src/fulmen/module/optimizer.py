@@ -182,16 +182,25 @@ class LightningOptimizer:
     ``step`` through the strategy (precision scaling, engines), which also counts the step.
     """
 
-    def __init__(self, optimizer: Optimizer) -> None:
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        strategy: Any = None,
+        module: Any = None,
+        on_after_step: Callable[[], None] | None = None,
+        after_closure: Callable[[LightningOptimizer], None] | None = None,
+    ) -> None:
+        """``strategy`` steps the optimizer (plain ``optimizer.step`` without one); ``module`` is
+        what ``toggle_model`` toggles; ``on_after_step`` counts the step; ``after_closure`` runs
+        after the closure, before the update (on_before_optimizer_step and clipping hooks in
+        manual optimization; it gets this optimizer)."""
         # Share the optimizer's attributes (param_groups, state, defaults) rather than copy them.
         self.__dict__ = {k: v for k, v in optimizer.__dict__.items() if k not in ("step", "__del__")}
         self._optimizer = optimizer
-        self._strategy: Any = None
-        self._on_before_step: Callable[[], None] = _do_nothing
-        self._on_after_step: Callable[[], None] = _do_nothing
-        #: Runs after the closure, before the update (the Trainer's on_before_optimizer_step and
-        #: clipping hooks in manual optimization).
-        self._after_closure: Callable[[], None] = _do_nothing
+        self._strategy = strategy
+        self._module = module
+        self._on_after_step = on_after_step or _do_nothing
+        self._after_closure = after_closure
         self.__class__ = _wrapper_type(type(optimizer))
 
     @property
@@ -202,14 +211,13 @@ class LightningOptimizer:
         """Step the wrapped optimizer through the strategy; ``closure`` re-evaluates the loss when given."""
         if closure is not None and not callable(closure):
             raise MisconfigurationException(f"`optimizer.step(closure={closure!r})`: the closure must be callable.")
-        self._on_before_step()
         after_closure = self._after_closure
-        if after_closure is not _do_nothing:
+        if after_closure is not None:
             user_closure = closure
 
             def closure() -> Any:
                 output = user_closure() if user_closure is not None else None
-                after_closure()
+                after_closure(self)
                 return output
 
         if self._strategy is None:
@@ -231,7 +239,7 @@ class LightningOptimizer:
     @contextmanager
     def toggle_model(self, sync_grad: bool = True) -> Any:
         """Make only this optimizer's parameters trainable inside the block (for several optimizers)."""
-        module = getattr(self, "_module", None)
+        module = self._module
         if module is None:
             yield
             return

@@ -42,38 +42,36 @@ from fulmen.utilities.exceptions import CheckpointError, MisconfigurationExcepti
 from fulmen.utilities.rank_zero import rank_zero_warn
 
 if TYPE_CHECKING:
+    from fulmen.trainer.run import Run
     from fulmen.trainer.trainer import Trainer
-
 
 
 def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, Any]:
     """The checkpoint dict of the run as it stands. Every rank must call it (it gathers RNG states)."""
     from fulmen import __version__
 
-    module, strategy = trainer.lightning_module, trainer.strategy
+    module, strategy, run = trainer.lightning_module, trainer.strategy, trainer.current_run
     loops = trainer.state.state_dict()
     checkpoint: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "fulmen_version": __version__,
         "epoch": trainer.state.current_epoch,
         "global_step": trainer.state.global_step,
-        "state_dict": strategy.get_module_state_dict(trainer.model or module),
+        "state_dict": strategy.get_module_state_dict(run.model),
         "loops": loops,
     }
     if not weights_only:
         checkpoint["rng"] = {
             "ranks": strategy.all_gather_object(capture_rng()),
-            "epoch_start": strategy.all_gather_object(trainer._epoch_start_rng)
-            if trainer._epoch_start_rng is not None
-            else None,
+            "epoch_start": strategy.all_gather_object(run.epoch_start_rng) if run.epoch_start_rng is not None else None,
         }
         checkpoint["callbacks"] = {}
         for callback in trainer.callbacks:
             state = callback.state_dict()
             if state:
                 checkpoint["callbacks"][callback.state_key] = state
-        checkpoint["optimizer_states"] = [strategy.get_optimizer_state(opt) for opt in trainer._real_optimizers()]
-        checkpoint["lr_schedulers"] = [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs]
+        checkpoint["optimizer_states"] = [strategy.get_optimizer_state(opt) for opt in run.real_optimizers()]
+        checkpoint["lr_schedulers"] = [config.scheduler.state_dict() for config in run.lr_scheduler_configs]
         precision_state = strategy.precision.state_dict()
         if precision_state:
             checkpoint["precision"] = precision_state
@@ -101,16 +99,16 @@ def load_checkpoint_file(trainer: Trainer, path: str, weights_only: bool = True)
     return migrate(checkpoint, path)
 
 
-def restore_checkpoint(trainer: Trainer, checkpoint: dict[str, Any], fn: TrainerFn) -> None:
+def restore_checkpoint(run: Run, checkpoint: dict[str, Any], fn: TrainerFn) -> None:
     """Load weights and, for fit, everything a resumed run needs to continue as if never stopped."""
-    strategy, module = trainer.strategy, trainer.lightning_module
+    trainer, strategy, module = run.trainer, run.strategy, run.module
     for callback in trainer.callbacks:
         callback.on_load_checkpoint(trainer, module, checkpoint)
     module.on_load_checkpoint(checkpoint)
     state_dict = match_module_keys(checkpoint["state_dict"], module)
-    strategy.load_module_state_dict(trainer.model, state_dict, strict=module.strict_loading)
-    if trainer.datamodule is not None and "datamodule" in checkpoint:
-        trainer.datamodule.load_state_dict(checkpoint["datamodule"])
+    strategy.load_module_state_dict(run.model, state_dict, strict=module.strict_loading)
+    if run.datamodule is not None and "datamodule" in checkpoint:
+        run.datamodule.load_state_dict(checkpoint["datamodule"])
     if fn != TrainerFn.FITTING:
         return
     if "optimizer_states" not in checkpoint:
@@ -118,7 +116,7 @@ def restore_checkpoint(trainer: Trainer, checkpoint: dict[str, Any], fn: Trainer
             "This checkpoint holds weights only (saved with `save_weights_only=True`), so training cannot resume "
             "from it. Load the weights with `Model.load_from_checkpoint(path)` and call `fit` without `ckpt_path`."
         )
-    optimizers = trainer._real_optimizers()
+    optimizers = run.real_optimizers()
     saved = checkpoint["optimizer_states"]
     if len(saved) != len(optimizers):
         raise CheckpointError(
@@ -127,7 +125,7 @@ def restore_checkpoint(trainer: Trainer, checkpoint: dict[str, Any], fn: Trainer
         )
     for optimizer, state in zip(optimizers, saved):
         strategy.load_optimizer_state(optimizer, state)
-    for config, state in zip(trainer.lr_scheduler_configs, checkpoint.get("lr_schedulers", [])):
+    for config, state in zip(run.lr_scheduler_configs, checkpoint.get("lr_schedulers", [])):
         config.scheduler.load_state_dict(state)
     states = checkpoint.get("callbacks", {})
     for callback in trainer.callbacks:
@@ -145,11 +143,9 @@ def restore_checkpoint(trainer: Trainer, checkpoint: dict[str, Any], fn: Trainer
                 f"The checkpoint was written by {len(ranks)} process(es) and is resumed on {strategy.world_size}: "
                 "random streams restart from rank 0's, so the run is not bit-identical to an uninterrupted one."
             )
-        trainer._resume_rng = ranks[rank] if rank < len(ranks) else ranks[0]
+        run.resume_rng = ranks[rank] if rank < len(ranks) else ranks[0]
         epoch_start = rng.get("epoch_start")
-        trainer._resume_epoch_start_rng = (
-            epoch_start[rank] if epoch_start and rank < len(epoch_start) else None
-        )
+        run.resume_epoch_start_rng = epoch_start[rank] if epoch_start and rank < len(epoch_start) else None
 
 
 def resolve_checkpoint_path(trainer: Trainer, ckpt_path: str | os.PathLike | None, fn: TrainerFn) -> str | None:
@@ -171,9 +167,7 @@ def resolve_checkpoint_path(trainer: Trainer, ckpt_path: str | os.PathLike | Non
     if ckpt_path == "hpc":
         path = latest_hpc_checkpoint(trainer.default_root_dir)
         if path is None:
-            raise MisconfigurationException(
-                f"`ckpt_path='hpc'`: no hpc_ckpt_N.ckpt in {trainer.default_root_dir!r}."
-            )
+            raise MisconfigurationException(f"`ckpt_path='hpc'`: no hpc_ckpt_N.ckpt in {trainer.default_root_dir!r}.")
         return path
     if not cloud_io.file_exists(ckpt_path):
         raise cloud_io.CheckpointNotFoundError(
@@ -224,7 +218,5 @@ def _modified_time(path: str) -> float:
 
 
 def _under_slurm_requeue(trainer: Trainer) -> bool:
-    from fulmen.strategies.environments import SLURMEnvironment
-
     environment = trainer.strategy.cluster_environment
-    return isinstance(environment, SLURMEnvironment) and environment.auto_requeue
+    return environment is not None and environment.auto_requeue

@@ -198,8 +198,10 @@ from fulmen.callbacks.callback import CALLBACK_HOOKS, Callback
 from fulmen.datamodule import LightningDataModule
 from fulmen.module import LightningModule
 from fulmen.module.module import MODULE_HOOKS
+from fulmen.utilities.overrides import is_overridden
 
 if TYPE_CHECKING:
+    from fulmen.trainer.run import Run
     from fulmen.trainer.trainer import Trainer
 
 #: Module hooks whose default does work; the loops call them (or do that work) even when not overridden.
@@ -207,19 +209,11 @@ BATCH_TRANSFER_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", 
 _DATAMODULE_HOOKS = ("prepare_data", "setup", "teardown", "on_exception", *BATCH_TRANSFER_HOOKS)
 
 
-def overrides(obj: Any, base: type, name: str) -> bool:
-    """Whether ``obj`` implements hook ``name`` itself (in its class or on the instance)."""
-    if name in getattr(obj, "__dict__", {}):
-        return True
-    return getattr(type(obj), name, None) is not getattr(base, name, None)
-
-
 class Hooks:
     """Who implements which hook, computed once per run, and the calls in documented order.
 
-    ``self.log`` attributes a value to the hook that is running, so each call sets
-    ``trainer._results.fx`` (and restores it: hooks nest, e.g. ``on_before_backward`` inside
-    ``training_step`` in manual optimization).
+    ``self.log`` attributes a value to the hook that is running, so each call runs inside
+    ``run.results.hook(name)``.
     """
 
     def __init__(
@@ -229,22 +223,26 @@ class Hooks:
         callbacks: Sequence[Callback],
         datamodule: LightningDataModule | None,
         monitor_types: tuple[type, ...] = (),
+        run: Run | None = None,
     ) -> None:
         self._trainer = trainer
         self._module = module
+        self._run = run
         self.callbacks: dict[str, list[Callable[..., Any]]] = {
-            name: [getattr(cb, name) for cb in callbacks if overrides(cb, Callback, name)] for name in CALLBACK_HOOKS
+            name: [getattr(cb, name) for cb in callbacks if is_overridden(cb, Callback, name)]
+            for name in CALLBACK_HOOKS
         }
         # Checkpointing and early stopping see what the module logs in its own on_train_epoch_end.
-        epoch_end = [cb for cb in callbacks if overrides(cb, Callback, "on_train_epoch_end")]
+        epoch_end = [cb for cb in callbacks if is_overridden(cb, Callback, "on_train_epoch_end")]
         self.epoch_end_first = [cb.on_train_epoch_end for cb in epoch_end if not isinstance(cb, monitor_types)]
         self.epoch_end_monitors = [cb.on_train_epoch_end for cb in epoch_end if isinstance(cb, monitor_types)]
         self.module: dict[str, Callable[..., Any] | None] = {
-            name: getattr(module, name) if overrides(module, LightningModule, name) else None for name in MODULE_HOOKS
+            name: getattr(module, name) if is_overridden(module, LightningModule, name) else None
+            for name in MODULE_HOOKS
         }
         self.datamodule: dict[str, Callable[..., Any] | None] = {
             name: getattr(datamodule, name)
-            if datamodule is not None and overrides(datamodule, LightningDataModule, name)
+            if datamodule is not None and is_overridden(datamodule, LightningDataModule, name)
             else None
             for name in _DATAMODULE_HOOKS
         }
@@ -252,9 +250,7 @@ class Hooks:
         # the module's otherwise; None when neither does (the loop then only moves the batch).
         self.transfer: dict[str, Callable[..., Any] | None] = {}
         for name in BATCH_TRANSFER_HOOKS:
-            self.transfer[name] = self.datamodule[name] or (
-                getattr(module, name) if overrides(module, LightningModule, name) else None
-            )
+            self.transfer[name] = self.datamodule[name] or self.module[name]
 
         #: Whether calling each hook would run anything (read on the per-batch path).
         self.active: dict[str, bool] = {
@@ -272,31 +268,21 @@ class Hooks:
         module_fn = self.module.get(name)
         if not fns and module_fn is None:
             return None
-        results = self._trainer._results
-        previous = results.fx
-        results.fx = name
-        try:
+        with self._run.results.hook(name):
             if fns:
                 trainer, module = self._trainer, self._module
                 for fn in fns:
                     fn(trainer, module, *args)
             return module_fn(*args) if module_fn is not None else None
-        finally:
-            results.fx = previous
 
     def call_callbacks(self, name: str, *args: Any, fns: list[Callable[..., Any]] | None = None) -> None:
         fns = self.callbacks[name] if fns is None else fns
         if not fns:
             return
-        results = self._trainer._results
-        previous = results.fx
-        results.fx = name
-        try:
+        with self._run.results.hook(name):
             trainer, module = self._trainer, self._module
             for fn in fns:
                 fn(trainer, module, *args)
-        finally:
-            results.fx = previous
 
     def call_module(self, name: str, *args: Any, always: bool = False) -> Any:
         """The module's hook; with ``always`` even when not overridden (hooks whose default does work)."""
@@ -305,13 +291,8 @@ class Hooks:
             if not always:
                 return None
             fn = getattr(self._module, name)
-        results = self._trainer._results
-        previous = results.fx
-        results.fx = name
-        try:
+        with self._run.results.hook(name):
             return fn(*args)
-        finally:
-            results.fx = previous
 
     def call_datamodule(self, name: str, *args: Any) -> Any:
         fn = self.datamodule.get(name)

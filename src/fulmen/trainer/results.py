@@ -138,6 +138,19 @@ class _Entry:
         self.sizes = []
 
 
+class _HookScope:
+    __slots__ = ("name", "previous", "store")
+
+    def __init__(self, store: ResultStore, name: str) -> None:
+        self.store, self.name = store, name
+
+    def __enter__(self) -> None:
+        self.previous, self.store.fx = self.store.fx, self.name
+
+    def __exit__(self, *exc: Any) -> None:
+        self.store.fx = self.previous
+
+
 class ResultStore:
     """The values logged during one loop run; see the module docstring."""
 
@@ -168,6 +181,14 @@ class ResultStore:
         #: Whether any entry sends step values to the loggers (evaluation logs them every batch).
         self.has_step_logs = False
         self._warned_sync: set[str] = set()
+
+    def hook(self, name: str) -> _HookScope:
+        """``with store.hook(name):`` attributes ``self.log`` calls to hook ``name``, then restores the outer one.
+
+        Hooks nest (``on_before_backward`` inside ``training_step`` in manual optimization), so
+        the outer name comes back when the inner hook returns.
+        """
+        return _HookScope(self, name)
 
     # ------------------------------------------------------------------------------------ log
     def log(

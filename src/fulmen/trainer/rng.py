@@ -19,8 +19,13 @@ def capture_rng() -> dict[str, Any]:
         import numpy as np
 
         name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-        state["numpy"] = (name, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss),
-                          float(cached_gaussian))
+        state["numpy"] = (
+            name,
+            torch.from_numpy(keys.astype(np.int64)),
+            int(position),
+            int(has_gauss),
+            float(cached_gaussian),
+        )
     except ImportError:
         pass
     if torch.cuda.is_available() and torch.cuda.is_initialized():

@@ -3,8 +3,9 @@
 SIGTERM (a scheduler preempting the job) and SLURM's requeue signal (SIGUSR1 by default,
 sent ahead of the time limit with ``#SBATCH --signal=USR1@90``) only set a flag here: the
 training loop checks it between batches, where a checkpoint is consistent, saves one and
-stops on every rank. Under SLURM with ``auto_requeue`` the job is then requeued, and the
-next run resumes from that checkpoint.
+stops on every rank. A cluster environment that requeues (SLURM with ``auto_requeue``) then
+puts the job back in the queue (``ClusterEnvironment.requeue``), and the next run resumes from
+that checkpoint.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import subprocess
 import threading
 from types import FrameType
 from typing import Any
@@ -50,20 +50,6 @@ class SignalWatch:
             previous(signum, frame)
 
 
-def requeue_slurm_job(job_id: str) -> bool:
-    """``scontrol requeue JOB``: the job goes back to the queue and restarts from the checkpoint."""
-    try:
-        result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        log.warning(f"Requeueing SLURM job {job_id} failed: {err}")
-        return False
-    if result.returncode != 0:
-        log.warning(f"`scontrol requeue {job_id}` failed ({result.returncode}): {result.stderr.strip()}")
-        return False
-    log.info(f"Requeued SLURM job {job_id}.")
-    return True
-
-
 def hpc_checkpoint_path(directory: str) -> str:
     """The next ``hpc_ckpt_N.ckpt`` in ``directory`` (N one past the highest present)."""
     numbers = [int(n) for n in _hpc_numbers(directory)]
@@ -84,6 +70,7 @@ def _hpc_numbers(directory: str) -> list[str]:
     return [
         name[len(HPC_CHECKPOINT_PREFIX) : -len(".ckpt")]
         for name in names
-        if name.startswith(HPC_CHECKPOINT_PREFIX) and name.endswith(".ckpt")
+        if name.startswith(HPC_CHECKPOINT_PREFIX)
+        and name.endswith(".ckpt")
         and name[len(HPC_CHECKPOINT_PREFIX) : -len(".ckpt")].isdigit()
     ]

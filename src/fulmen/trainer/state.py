@@ -8,43 +8,9 @@ continue exactly where the run stopped.
 from __future__ import annotations
 
 import dataclasses
-from enum import Enum
 from typing import Any
 
-
-class TrainerFn(str, Enum):
-    """The entry point that is running."""
-
-    FITTING = "fit"
-    VALIDATING = "validate"
-    TESTING = "test"
-    PREDICTING = "predict"
-
-
-class TrainerStatus(str, Enum):
-    INITIALIZING = "initializing"
-    RUNNING = "running"
-    FINISHED = "finished"
-    INTERRUPTED = "interrupted"
-
-    @property
-    def stopped(self) -> bool:
-        return self in (TrainerStatus.FINISHED, TrainerStatus.INTERRUPTED)
-
-
-class RunningStage(str, Enum):
-    """The loop that is running (within ``fit``: training, the sanity check or validation)."""
-
-    TRAINING = "train"
-    SANITY_CHECKING = "sanity_check"
-    VALIDATING = "validate"
-    TESTING = "test"
-    PREDICTING = "predict"
-
-    @property
-    def evaluating(self) -> bool:
-        return self in (RunningStage.VALIDATING, RunningStage.TESTING, RunningStage.SANITY_CHECKING)
-
+from fulmen.utilities.stages import RunningStage, TrainerFn, TrainerStatus
 
 #: The counters that ``state_dict`` saves (the schema of a checkpoint's "loops" entry, version 1).
 PROGRESS_FIELDS = (
@@ -98,3 +64,6 @@ class TrainerState:
             if name in state:
                 setattr(self, name, int(state[name]))
         self.phase = state.get("phase")
+
+
+__all__ = ["PROGRESS_FIELDS", "RunningStage", "TrainerFn", "TrainerState", "TrainerStatus"]

@@ -1,0 +1,186 @@
+"""``Run``: everything that lives only during one ``fit``/``validate``/``test``/``predict`` call.
+
+The Trainer holds configuration and the entry points; each call creates a ``Run`` that owns the
+module and its wrapped form, the optimizers and their wrappers, the schedulers, the hook
+dispatcher, the result stores, the loaders, the resume position and the signal watch. The
+loops (:mod:`fulmen.trainer.loops`) are functions of it. The module reaches it only through
+:class:`fulmen.module.run_link.RunLink` (``results``, ``optimizers``, ``backward``, ...).
+The progress counters live in ``trainer.state``, which outlives a call (``trainer.current_epoch``
+after ``fit``), and the run holds it as ``run.state``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from fulmen.module import LightningModule
+from fulmen.module.optimizer import LightningOptimizer, LRSchedulerConfig, MockOptimizer
+from fulmen.trainer.hooks import Hooks
+from fulmen.trainer.results import ResultStore
+from fulmen.trainer.signals import SignalWatch
+from fulmen.utilities.exceptions import MisconfigurationException, invalid_argument
+from fulmen.utilities.rank_zero import rank_zero_warn
+from fulmen.utilities.stages import TrainerFn
+
+if TYPE_CHECKING:
+    from fulmen.datamodule import LightningDataModule
+    from fulmen.trainer.trainer import Trainer
+
+
+class Run:
+    def __init__(
+        self,
+        trainer: Trainer,
+        fn: TrainerFn,
+        module: LightningModule,
+        datamodule: LightningDataModule | None,
+        sources: dict[str, Any],
+    ) -> None:
+        self.trainer = trainer
+        self.config = trainer.config
+        self.strategy = trainer.strategy
+        self.state = trainer.state
+        self.metrics = trainer.metrics
+        self.fn = fn
+        self.module = module
+        self.datamodule = datamodule
+        #: The dataloaders passed to the entry point, by key ("train", "val", "test", "predict").
+        self.sources = sources
+        self.ckpt_path: str | None = None
+        self.return_predictions = True
+
+        # The model as set up for this call (``setup.setup_model``).
+        self.model: nn.Module = module
+        #: What the strategy wrapped so that ``training_step`` runs through the wrapper (DDP).
+        self.router: StepRouter | None = None
+        self.optimizers: list[Optimizer] = []
+        self.lightning_optimizers: list[LightningOptimizer] = []
+        self.lr_scheduler_configs: list[LRSchedulerConfig] = []
+        #: No autocast or strategy context to enter around each step (the 32-bit default).
+        self.plain_forward = False
+        self.step_with_closure = False
+
+        self.hooks: Hooks | None = None
+        #: The store ``self.log`` writes to now; the training epoch's store while fitting.
+        self.results: ResultStore | None = None
+        self.train_results: ResultStore | None = None
+
+        self.train_dataloader: Any = None
+        self.val_dataloaders: list[Any] | None = None
+        self.test_dataloaders: list[Any] | None = None
+        self.predict_dataloaders: list[Any] | None = None
+        self.num_training_batches: int | float = math.inf
+        self.num_val_batches: list[int | float] = []
+        self.num_test_batches: list[int | float] = []
+        self.num_predict_batches: list[int | float] = []
+        self.num_sanity_val_batches: list[int | float] = []
+        self.val_check_batch: int | float = math.inf
+        self.last_reload = {"train": 0, "val": 0}
+
+        # Exact resume: generator states when the epoch drew its data order, and those to
+        # restore once a resumed epoch has caught up (see loops.resume).
+        self.epoch_start_rng: dict[str, Any] | None = None
+        self.resume_rng: dict[str, Any] | None = None
+        self.resume_epoch_start_rng: dict[str, Any] | None = None
+
+        self.signals: SignalWatch | None = None
+        self.received_signal: int | None = None
+        #: A signal asked to stop: min_epochs/min_steps do not hold it back.
+        self.stop_now = False
+        self.fit_start_time = 0.0
+        self.eval_log_step = -1
+        self.warned_min_limits = False
+        self.warned_none_loss = False
+
+    # ------------------------------------------------------------------------------ RunLink
+    def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        """``on_before_backward``, backward through the strategy, ``on_after_backward``.
+
+        A module that overrides ``backward`` has it called by the strategy in place of
+        ``loss.backward()``, so precision scaling and engine work still happen around it.
+        """
+        hooks = self.hooks
+        if hooks.active["on_before_backward"]:
+            hooks.call("on_before_backward", loss)
+        module_backward = hooks.module["backward"]
+        if module_backward is None:
+            self.strategy.backward(loss, self.model, *args, **kwargs)
+        else:
+            with self.results.hook("backward"):
+                self.strategy.backward(loss, self.model, *args, backward_fn=module_backward, **kwargs)
+        if hooks.active["on_after_backward"]:
+            hooks.call("on_after_backward")
+
+    def clip_gradients(self, optimizer: Any, value: float | None, algorithm: str | None) -> None:
+        if isinstance(optimizer, LightningOptimizer):
+            optimizer = optimizer.optimizer
+        config = self.config
+        if value is None:
+            value = config.gradient_clip_val or 0.0
+        elif config.gradient_clip_val is not None and config.gradient_clip_val != value:
+            raise MisconfigurationException(
+                f"`Trainer(gradient_clip_val={config.gradient_clip_val})` and `clip_gradients(gradient_clip_val="
+                f"{value})` disagree; set one of them."
+            )
+        if algorithm is None:
+            algorithm = config.gradient_clip_algorithm or "norm"
+        elif config.gradient_clip_algorithm is not None and config.gradient_clip_algorithm != algorithm:
+            raise MisconfigurationException(
+                f"`Trainer(gradient_clip_algorithm={config.gradient_clip_algorithm!r})` and `clip_gradients("
+                f"gradient_clip_algorithm={algorithm!r})` disagree; set one of them."
+            )
+        if not value:
+            return
+        if algorithm == "norm":
+            self.strategy.clip_gradients_norm(self.model, optimizer, value)
+        elif algorithm == "value":
+            self.strategy.clip_gradients_value(self.model, optimizer, value)
+        else:
+            raise invalid_argument("gradient_clip_algorithm", algorithm, ("norm", "value"))
+
+    # -------------------------------------------------------------------------------- steps
+    def step(self, name: str, *args: Any) -> Any:
+        """``validation_step`` / ``test_step`` / ``predict_step`` under the strategy's forward context."""
+        self.results.fx = name
+        step = getattr(self.module, name)
+        if self.plain_forward:
+            return step(*args)
+        with self.strategy.forward_context():
+            return step(*args)
+
+    def new_store(self, training: bool) -> ResultStore:
+        strategy = self.strategy
+        return ResultStore(
+            training=training,
+            reduce=strategy.all_reduce,
+            gather=strategy.all_gather,
+            world_size=strategy.world_size,
+            device=strategy.root_device,
+            enabled=not self.config.barebones,
+        )
+
+    def real_optimizers(self) -> list[Optimizer]:
+        """The optimizers that hold state (not the stand-in used when none is configured)."""
+        return [opt for opt in self.optimizers if not isinstance(opt, MockOptimizer)]
+
+    def warn_none_loss(self) -> None:
+        if not self.warned_none_loss:
+            self.warned_none_loss = True
+            rank_zero_warn("`training_step` returned None: the batch's backward is skipped. Ignore this if intended.")
+
+
+class StepRouter(nn.Module):
+    """What the strategy wraps (DDP, ...) so that ``training_step`` runs through the wrapper's forward."""
+
+    _fulmen_wrapper = True
+
+    def __init__(self, module: LightningModule) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module.training_step(*args, **kwargs)

@@ -1,0 +1,217 @@
+"""Getting a run ready in this process: data preparation, setup hooks, the model and its optimizers.
+
+Called by :func:`fulmen.trainer.execution.execute` in the documented hook order (see
+:mod:`fulmen.trainer.hooks`), before the loops start.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor
+from torch.optim import Optimizer
+
+from fulmen.module import LightningModule
+from fulmen.module.optimizer import (
+    LightningOptimizer,
+    LRSchedulerConfig,
+    MockOptimizer,
+    needs_closure,
+    parse_optimizers_config,
+    scheduler_configs,
+)
+from fulmen.strategies.precision import Precision
+from fulmen.strategies.strategy import Strategy
+from fulmen.trainer.run import StepRouter
+from fulmen.trainer.signals import SignalWatch
+from fulmen.utilities.exceptions import MisconfigurationException
+from fulmen.utilities.overrides import is_overridden
+from fulmen.utilities.rank_zero import rank_zero_warn
+from fulmen.utilities.stages import TrainerFn
+
+if TYPE_CHECKING:
+    from fulmen.trainer.run import Run
+
+_REQUIRED_STEP = {
+    TrainerFn.FITTING: "training_step",
+    TrainerFn.VALIDATING: "validation_step",
+    TrainerFn.TESTING: "test_step",
+}
+
+
+def check_loop_configuration(run: Run) -> None:
+    module, fn, config = run.module, run.fn, run.config
+    required = _REQUIRED_STEP.get(fn)
+    if required is not None and not is_overridden(module, LightningModule, required):
+        raise MisconfigurationException(
+            f"`Trainer.{fn.value}` needs `{required}` in {type(module).__name__}; it is not implemented."
+        )
+    if fn != TrainerFn.FITTING:
+        return
+    if "val" in run.sources and not is_overridden(module, LightningModule, "validation_step"):
+        rank_zero_warn("`val_dataloaders` were given, but the module has no `validation_step`: no validation.")
+    if not is_overridden(module, LightningModule, "configure_optimizers"):
+        raise MisconfigurationException(
+            f"`Trainer.fit` needs `configure_optimizers` in {type(module).__name__}; it is not implemented."
+        )
+    if not module.automatic_optimization:
+        if config.accumulate_grad_batches != 1:
+            raise MisconfigurationException(
+                f"`accumulate_grad_batches={config.accumulate_grad_batches}` works with automatic optimization "
+                "only. With `automatic_optimization = False`, accumulate in `training_step` yourself."
+            )
+        if config.gradient_clip_val:
+            raise MisconfigurationException(
+                f"`gradient_clip_val={config.gradient_clip_val}` works with automatic optimization only. With "
+                "`automatic_optimization = False`, call `self.clip_gradients(optimizer, ...)` before `step()`."
+            )
+
+
+def prepare_data(run: Run) -> None:
+    """``prepare_data`` on local rank 0 of each node (or global rank 0 only); the other ranks wait."""
+    strategy = run.strategy
+    local_zero = strategy.local_rank == 0
+    global_zero = local_zero and strategy.node_rank == 0
+    dm = run.datamodule
+    if dm is not None and (local_zero if dm.prepare_data_per_node else global_zero):
+        run.hooks.call_datamodule("prepare_data")
+    if local_zero if run.module.prepare_data_per_node else global_zero:
+        run.hooks.call_module("prepare_data")
+    strategy.barrier("prepare_data")
+
+
+def setup_hooks(run: Run) -> None:
+    """``setup(stage)`` for datamodule, callbacks and module, then ``configure_model`` on the device."""
+    hooks, strategy, stage = run.hooks, run.strategy, run.fn.value
+    root = strategy.root_device
+    for submodule in run.module.modules():
+        if isinstance(submodule, LightningModule):
+            submodule.__dict__["_device"] = root
+    for logger in run.trainer.loggers:  # create folders and writers before any hook may need them
+        _ = getattr(logger, "experiment", None)
+    strategy.barrier("pre_setup")
+    hooks.call_datamodule("setup", stage)
+    hooks.call_callbacks("setup", stage)
+    hooks.call_module("setup", stage)
+    strategy.barrier("post_setup")
+    if hooks.module["configure_model"] is not None or hooks.module["configure_sharded_model"] is not None:
+        with strategy.module_init_context():
+            hooks.call_module("configure_model")
+            hooks.call_module("configure_sharded_model")
+
+
+def setup_model(run: Run) -> None:
+    """Convert and place the module; for fit, set up the optimizers and wrap the module with them."""
+    strategy, module = run.strategy, run.module
+    strategy.convert_module(module)
+    if run.fn == TrainerFn.FITTING and run.config.sync_batchnorm:
+        strategy.convert_sync_batchnorm(module)
+    strategy.module_to_device(module)
+    if run.fn != TrainerFn.FITTING:
+        return
+    optimizers, run.lr_scheduler_configs = _configure_optimizers(run)
+    router = StepRouter(module)
+    wrapped, run.optimizers = strategy.setup_module_and_optimizers(router, optimizers)
+    if wrapped is not router:
+        run.model, run.router = wrapped, router
+    run.lightning_optimizers = lightning_optimizers(run)
+    # The 32-bit default opens no autocast: skip entering an empty context on every step.
+    run.plain_forward = type(strategy).forward_context is Strategy.forward_context and (
+        type(strategy.precision).forward_context is Precision.forward_context
+    )
+    run.step_with_closure = run.hooks.module["optimizer_step"] is not None or (
+        module.automatic_optimization and needs_closure(run.optimizers[0])
+    )
+
+
+def _configure_optimizers(run: Run) -> tuple[list[Optimizer], list[LRSchedulerConfig]]:
+    module = run.module
+    output = run.hooks.call_module("configure_optimizers", always=True)
+    if output is None:
+        rank_zero_warn("`configure_optimizers` returned None: training runs without an optimizer.")
+        return [MockOptimizer()], []
+    optimizers, schedulers, monitor = parse_optimizers_config(output)
+    if module.automatic_optimization and len(optimizers) > 1:
+        raise MisconfigurationException(
+            f"`configure_optimizers` returned {len(optimizers)} optimizers. Several optimizers need manual "
+            "optimization: set `self.automatic_optimization = False` and step them in `training_step` "
+            "(`opt_a, opt_b = self.optimizers()`)."
+        )
+    return optimizers, scheduler_configs(schedulers, monitor, module.automatic_optimization)
+
+
+def lightning_optimizers(run: Run) -> list[LightningOptimizer]:
+    """The optimizers as ``self.optimizers()`` hands them out: stepping through the strategy, counted."""
+    state, module, config = run.state, run.module, run.config
+    manual = not module.automatic_optimization
+
+    def count_step() -> None:
+        state.global_step += 1
+
+    def after_closure(optimizer: LightningOptimizer) -> None:
+        hooks = run.hooks
+        if hooks.any("on_before_optimizer_step"):
+            hooks.call("on_before_optimizer_step", optimizer)
+        if hooks.module["configure_gradient_clipping"] is not None:
+            hooks.call_module(
+                "configure_gradient_clipping", optimizer, config.gradient_clip_val, config.gradient_clip_algorithm
+            )
+
+    return [
+        LightningOptimizer(
+            optimizer,
+            strategy=run.strategy,
+            module=module,
+            on_after_step=count_step,
+            after_closure=after_closure if manual else None,
+        )
+        for optimizer in run.optimizers
+    ]
+
+
+def log_hyperparams(run: Run) -> None:
+    loggers = run.trainer.loggers
+    if not loggers:
+        return
+    module, dm = run.module, run.datamodule
+    module_hp = module._log_hyperparams_enabled
+    dm_hp = dm is not None and dm._log_hyperparams_enabled
+    hparams: Any = None
+    if module_hp and dm_hp:
+        module_params, dm_params = module.hparams_initial, dm.hparams_initial
+        clashes = [
+            key for key in module_params.keys() & dm_params.keys()
+            if type(module_params[key]) is not type(dm_params[key]) or _differs(module_params[key], dm_params[key])
+        ]  # fmt: skip
+        if clashes:
+            raise MisconfigurationException(
+                f"The LightningModule and the LightningDataModule both save the hyperparameters {sorted(clashes)} "
+                "with different values. Rename one of them, or leave it out with `ignore=`."
+            )
+        hparams = {**module_params, **dm_params}
+    elif module_hp:
+        hparams = module.hparams_initial
+    elif dm_hp:
+        hparams = dm.hparams_initial
+    for logger in loggers:
+        if hparams is not None:
+            logger.log_hyperparams(hparams)
+        logger.log_graph(module)
+        logger.save()
+
+
+def signal_watch(run: Run) -> SignalWatch:
+    """SIGTERM, and the cluster's requeue signal (SLURM: SIGUSR1 unless set), end fit with a checkpoint."""
+    environment = run.strategy.cluster_environment
+    requeue = environment.requeue_signal if environment is not None else signal.SIGUSR1
+    return SignalWatch((signal.SIGTERM, requeue))
+
+
+def _differs(a: Any, b: Any) -> bool:
+    if isinstance(a, Tensor):
+        return a is not b
+    try:
+        return bool(a != b)
+    except Exception:
+        return a is not b

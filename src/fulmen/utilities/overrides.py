@@ -1,0 +1,12 @@
+"""The one answer to "does this object implement hook X itself?" (hooks nobody overrides are skipped)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def is_overridden(obj: Any, base: type, name: str) -> bool:
+    """Whether ``obj`` implements ``name`` itself (in its class or on the instance), not just ``base``'s."""
+    if name in getattr(obj, "__dict__", {}):
+        return True
+    return getattr(type(obj), name, None) is not getattr(base, name, None)
