@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
+from pathlib import Path
+
 import pytest
 
 from fulmen.strategies.environments import (
@@ -88,3 +93,55 @@ def test_lightning_environment_picks_a_free_port_once(monkeypatch):
     assert 0 < port < 65536 and env.main_port == port
     monkeypatch.setenv("MASTER_PORT", "31337")
     assert LightningEnvironment().main_port == 31337
+
+
+# ------------------------------------------------------------------------------------- requeue
+def _fake_scontrol(tmp_path, monkeypatch, exit_code: int = 0) -> Path:
+    """An ``scontrol`` first on PATH that records its arguments (and fails when told)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "scontrol.log"
+    script = bin_dir / "scontrol"
+    script.write_text(f'#!/bin/sh\necho "$@" >> "{log}"\necho "refused" >&2\nexit {exit_code}\n')
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    return log
+
+
+def test_slurm_requeues_the_job_on_its_requeue_signal(tmp_path, monkeypatch):
+    log = _fake_scontrol(tmp_path, monkeypatch)
+    env = SLURMEnvironment()
+    assert env.requeue_signal == signal.SIGUSR1 and env.auto_requeue is True
+    assert env.requeue(signal.SIGTERM) is False  # preemption: a checkpoint, but no requeue
+    assert not log.exists()
+    assert env.requeue(signal.SIGUSR1) is True
+    assert log.read_text().split() == ["requeue", "4242"]
+
+
+def test_slurm_requeue_signal_is_configurable_and_auto_requeue_can_be_off(tmp_path, monkeypatch):
+    log = _fake_scontrol(tmp_path, monkeypatch)
+    env = SLURMEnvironment(requeue_signal=signal.SIGUSR2)
+    assert env.requeue_signal == signal.SIGUSR2
+    assert env.requeue(signal.SIGUSR1) is False
+    assert env.requeue(signal.SIGUSR2) is True
+    assert SLURMEnvironment(auto_requeue=False).requeue(signal.SIGUSR1) is False
+    assert log.read_text().split() == ["requeue", "4242"]  # one call in all
+
+
+def test_slurm_requeue_failure_is_a_warning_not_an_error(tmp_path, monkeypatch, caplog):
+    _fake_scontrol(tmp_path, monkeypatch, exit_code=1)
+    with caplog.at_level(logging.WARNING, logger="fulmen"):
+        assert SLURMEnvironment().requeue(signal.SIGUSR1) is False
+    assert "`scontrol requeue 4242` failed (1): refused" in caplog.text
+
+
+def test_slurm_requeue_without_scontrol_is_a_warning(tmp_path, monkeypatch, caplog):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    with caplog.at_level(logging.WARNING, logger="fulmen"):
+        assert SLURMEnvironment().requeue(signal.SIGUSR1) is False
+    assert "Requeueing SLURM job 4242 failed" in caplog.text

@@ -24,7 +24,7 @@ from fulmen.strategies.launchers import MultiprocessingLauncher, SubprocessScrip
 from fulmen.strategies.precision import Precision
 from fulmen.strategies.strategy import Strategy
 from fulmen.utilities import rank_zero
-from fulmen.utilities.exceptions import invalid_argument
+from fulmen.utilities.exceptions import MisconfigurationException, invalid_argument
 from fulmen.utilities.seed import reset_seed
 
 #: Seconds a collective waits for a missing rank before every rank fails with a timeout error.
@@ -131,6 +131,14 @@ class DDPStrategy(Strategy):
         atexit.register(_destroy_process_group)
 
     def setup_module(self, module: nn.Module) -> nn.Module:
+        if self.root_device.type == "cpu" and any(isinstance(m, nn.SyncBatchNorm) for m in module.modules()):
+            # torch's DDP refuses it too, but without saying which flag put the layers there.
+            raise MisconfigurationException(
+                "The model holds SyncBatchNorm layers (from `sync_batchnorm=True` or its own code), which need "
+                "GPUs: torch synchronises BatchNorm statistics of CUDA tensors only, and this DDP strategy runs "
+                "on the CPU. Leave sync_batchnorm=False (and use nn.BatchNorm) on the CPU, or train with "
+                "accelerator='cuda'."
+            )
         device_ids = [self.root_device.index] if self.root_device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=device_ids, **self.ddp_kwargs)
 
