@@ -29,15 +29,12 @@ from torch import Tensor
 from fulmen.callbacks.callback import Callback
 from fulmen.utilities.exceptions import invalid_argument
 from fulmen.utilities.rank_zero import rank_zero_warn
+from fulmen.utilities.stages import TrainerFn
 
 log = logging.getLogger("fulmen")
 
 _MODES = {"min": torch.lt, "max": torch.gt}
 _ORDER = {"min": "<", "max": ">"}
-
-
-def _stage_value(value: Any) -> Any:
-    return getattr(value, "value", value)
 
 
 class EarlyStopping(Callback):
@@ -141,7 +138,7 @@ class EarlyStopping(Callback):
         self._check_on_train_epoch_end = once_per_epoch or not getattr(trainer, "enable_validation", True)
 
     def _should_skip_check(self, trainer: Any) -> bool:
-        return _stage_value(getattr(trainer.state, "fn", None)) != "fit" or bool(trainer.sanity_checking)
+        return trainer.state.fn != TrainerFn.FITTING or bool(trainer.sanity_checking)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if not self._check_on_train_epoch_end or self._should_skip_check(trainer):

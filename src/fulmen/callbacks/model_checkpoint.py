@@ -39,6 +39,7 @@ from fulmen.callbacks.checkpoint import Checkpoint, _join, _normalize_dirpath
 from fulmen.utilities import cloud_io
 from fulmen.utilities.exceptions import MisconfigurationException, invalid_argument
 from fulmen.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from fulmen.utilities.stages import TrainerFn
 
 if TYPE_CHECKING:
     from fulmen.module import LightningModule
@@ -220,7 +221,7 @@ class ModelCheckpoint(Checkpoint):
             self._warn_folder_changed(self.dirpath, dirpath)
             self._reset_tracking()
         self.dirpath = dirpath
-        if stage == "fit":
+        if stage == TrainerFn.FITTING:
             self._validation_has_run = False
             if trainer.is_global_zero:
                 self._warn_if_dir_not_empty(self.dirpath)
@@ -669,10 +670,8 @@ def _resume_paths(ckpt_path: Any) -> set[str]:
 
 
 def _fitting(trainer: Trainer) -> bool:
-    state = getattr(trainer, "state", None)
-    fn = getattr(state, "fn", None)
-    # TrainerFn is a str enum: compare by value, the callbacks do not import the trainer package.
-    return fn is None or fn == "fit"
+    fn = trainer.state.fn
+    return fn is None or fn == TrainerFn.FITTING
 
 
 def _sanity_checking(trainer: Trainer) -> bool:

@@ -19,6 +19,7 @@ from fulmen.callbacks.checkpoint import Checkpoint, _join, _normalize_dirpath
 from fulmen.utilities import cloud_io
 from fulmen.utilities.exceptions import invalid_argument
 from fulmen.utilities.rank_zero import rank_zero_warn
+from fulmen.utilities.stages import TrainerFn
 
 if TYPE_CHECKING:
     from fulmen.module import LightningModule
@@ -67,7 +68,7 @@ class OnExceptionCheckpoint(Checkpoint):
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         # Only a fit that ended normally makes the rescue file stale; evaluation never does.
-        if stage == "fit" and not self._saved and trainer.is_global_zero:
+        if stage == TrainerFn.FITTING and not self._saved and trainer.is_global_zero:
             cloud_io.remove_file(self.ckpt_path)
 
     def __repr__(self) -> str:

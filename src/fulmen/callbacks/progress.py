@@ -22,14 +22,10 @@ from torch import Tensor
 
 from fulmen.callbacks.callback import Callback
 from fulmen.utilities.exceptions import invalid_argument
+from fulmen.utilities.stages import RunningStage, TrainerFn
 
 if TYPE_CHECKING:
     from fulmen.module import LightningModule
-
-
-def _stage_value(value: Any) -> Any:
-    """``RunningStage.TRAINING`` and ``"train"`` compare the same here (enums keep their ``.value``)."""
-    return getattr(value, "value", value)
 
 
 def _total(value: Any) -> int | None:
@@ -92,8 +88,9 @@ class ProgressBar(Callback):
         if trainer.sanity_checking:
             counts = getattr(trainer, "num_sanity_val_batches", None)
         else:
-            stage = _stage_value(getattr(trainer.state, "stage", None))
-            attribute = {"test": "num_test_batches", "predict": "num_predict_batches"}.get(stage, "num_val_batches")
+            attribute = {RunningStage.TESTING: "num_test_batches", RunningStage.PREDICTING: "num_predict_batches"}.get(
+                trainer.state.stage, "num_val_batches"
+            )
             counts = getattr(trainer, attribute, None)
         if counts is None:
             return []
@@ -262,7 +259,7 @@ class TQDMProgressBar(ProgressBar):
 
     def init_validation_tqdm(self) -> Any:
         # Below the training bar during fit; alone (and kept) in `trainer.validate`.
-        has_main_bar = _stage_value(getattr(self.trainer.state, "fn", None)) != "validate"
+        has_main_bar = self.trainer.state.fn != TrainerFn.VALIDATING
         return self._new_bar("Validation", 2 * self._process_position + int(has_main_bar), leave=not has_main_bar)
 
     def init_test_tqdm(self) -> Any:
@@ -394,7 +391,7 @@ class TQDMProgressBar(ProgressBar):
             self._close(self._val_bar)
             self._val_bar = None
         self._reset_eval_dataloader_idx()
-        if self._train_bar is not None and _stage_value(getattr(trainer.state, "fn", None)) == "fit":
+        if self._train_bar is not None and trainer.state.fn == TrainerFn.FITTING:
             self._show_metrics(self._train_bar, trainer, pl_module)
 
     # ------------------------------------------------------------------------------------ test

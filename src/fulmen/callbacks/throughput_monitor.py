@@ -30,6 +30,7 @@ import torch
 from fulmen.callbacks.callback import Callback
 from fulmen.utilities.exceptions import invalid_argument
 from fulmen.utilities.rank_zero import rank_zero_warn
+from fulmen.utilities.stages import TrainerFn
 
 
 class RollingWindow:
@@ -264,7 +265,7 @@ class ThroughputMonitor(Callback):
     # -------------------------------------------------------------------------- evaluation
     def _eval_start(self, trainer: Any, stage: str) -> None:
         self._start(stage)
-        if stage == "validate" and "train" in self._t0 and _stage_of(trainer.state.fn) == "fit":
+        if stage == "validate" and "train" in self._t0 and trainer.state.fn == TrainerFn.FITTING:
             self._val_started = time.perf_counter()
 
     def _eval_batch_end(self, trainer: Any, pl_module: Any, stage: str, batch: Any) -> None:
@@ -304,6 +305,3 @@ class ThroughputMonitor(Callback):
     ) -> None:
         self._eval_batch_end(trainer, pl_module, "predict", batch)
 
-
-def _stage_of(fn: Any) -> Any:
-    return getattr(fn, "value", fn)

@@ -19,11 +19,12 @@ from typing import Any
 
 from fulmen.callbacks.callback import Callback
 from fulmen.utilities.exceptions import invalid_argument
+from fulmen.utilities.stages import RunningStage
 
 log = logging.getLogger("fulmen")
 
-#: The stages a Timer measures (the values of the Trainer's ``RunningStage``).
-STAGES = ("train", "sanity_check", "validate", "test", "predict")
+#: The stages a Timer measures: the values of ``RunningStage``.
+STAGES = tuple(stage.value for stage in RunningStage)
 _INTERVALS = ("step", "epoch")
 
 
