@@ -206,7 +206,7 @@ class Lite:
     def backward(self, tensor: Tensor, *args: Any, model: LiteModule | None = None, **kwargs: Any) -> None:
         """Replaces ``loss.backward()``: precision scaling and engine-specific backward."""
         module = model if model is not None else (self._models[0] if len(self._models) == 1 else None)
-        forward_module = module._forward_module if module is not None else None
+        forward_module = module._forward if module is not None else None
         self._strategy.backward(tensor, forward_module, *args, **kwargs)
 
     def clip_gradients(

@@ -26,6 +26,8 @@ class LiteModule(nn.Module):
     def __init__(self, forward_module: nn.Module, original_module: nn.Module, strategy: Strategy) -> None:
         super().__init__()
         self._forward_module = forward_module
+        # The same module as a plain attribute: read every step without nn.Module.__getattr__.
+        self.__dict__["_forward"] = forward_module
         # Kept out of nn.Module's registry so state_dict() keys match the user's module exactly.
         self.__dict__["module"] = original_module
         self.__dict__["_strategy"] = strategy
@@ -33,10 +35,10 @@ class LiteModule(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         precision = self._strategy.precision
         if type(precision) is Precision:  # 32-true: nothing to convert, no context to enter
-            return self._forward_module(*args, **kwargs)
+            return self._forward(*args, **kwargs)
         args, kwargs = precision.convert_input((args, kwargs))
         with precision.forward_context():
-            output = self._forward_module(*args, **kwargs)
+            output = self._forward(*args, **kwargs)
         return precision.convert_output(output)
 
     # Skip nn.Module's hook machinery for the wrapper itself: hooks live on the user's module,

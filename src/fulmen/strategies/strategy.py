@@ -162,7 +162,9 @@ class Strategy(ABC):
         self.precision.post_backward(tensor, module)
 
     def optimizer_step(self, optimizer: Optimizer, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
-        return self.precision.optimizer_step(_unwrap_optimizer(optimizer), closure=closure, **kwargs)
+        if getattr(optimizer, "_fulmen_wrapper", False):  # inlined _unwrap_optimizer: this runs every step
+            optimizer = optimizer.optimizer
+        return self.precision.optimizer_step(optimizer, closure=closure, **kwargs)
 
     def clip_gradients_norm(
         self,

@@ -7,6 +7,7 @@ hooks that someone overrides and converts no tensor to a Python number.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -177,6 +178,12 @@ class EpochPlan:
         self.distributed = run.strategy.world_size > 1
         #: ``training_step`` through the strategy's wrapper (DDP) when it wrapped the module.
         self.training_step = run.model if run.router is not None else run.module.training_step
+        #: Backward with its hooks, or straight through the strategy when no hook wants it.
+        backward_hooks = hooks.active["on_before_backward"] or hooks.active["on_after_backward"]
+        if backward_hooks or hooks.module["backward"] is not None:
+            self.backward = run.backward
+        else:
+            self.backward = functools.partial(run.strategy.backward, module=run.model)
         #: The context to run ``training_step`` in; None when there is none to enter.
         self.forward_context = None if run.plain_forward else run.strategy.forward_context
 

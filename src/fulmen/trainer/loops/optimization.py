@@ -48,7 +48,7 @@ def automatic_step(run: Run, plan: EpochPlan, batch: Any, batch_idx: int, steppi
         if loss is not None:
             if accumulate > 1:
                 loss = loss / accumulate
-            run.backward(loss)
+            plan.backward(loss)
             loss = loss.detach()
         result[0] = (output, loss)
         if stepping:
