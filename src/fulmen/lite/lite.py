@@ -22,9 +22,13 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from fulmen.lite.wrappers import LiteDataLoader, LiteModule, LiteOptimizer
-from fulmen.strategies import select_strategy
-from fulmen.strategies.data import prepare_dataloader
-from fulmen.strategies.strategy import Strategy, unwrap_module, warn_no_backward_sync_unsupported
+from fulmen.strategies import (
+    Strategy,
+    prepare_dataloader,
+    select_strategy,
+    unwrap_module,
+    warn_no_backward_sync_unsupported,
+)
 from fulmen.utilities.apply_func import apply_to_collection, move_data_to_device
 from fulmen.utilities.seed import seed_everything as _seed_everything
 

@@ -15,9 +15,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
-from fulmen.strategies.data import set_sampler_epoch
+from fulmen.strategies import Strategy, set_sampler_epoch
 from fulmen.strategies.precision import Precision
-from fulmen.strategies.strategy import Strategy
 
 
 class LiteModule(nn.Module):

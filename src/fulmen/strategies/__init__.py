@@ -1,16 +1,19 @@
 """The shared strategy layer: accelerator, precision, cluster environment and launcher behind one object.
 
 Both front ends (``Trainer`` and ``Lite``) call ``select_strategy`` with the user's flags and
-then talk only to the returned ``Strategy``.
+then talk only to the returned ``Strategy``. They import this package's face only (this module,
+``fulmen.strategies.environments`` and ``fulmen.strategies.precision``), never its internals:
+an import-linter contract checks it.
 """
 
+from fulmen.strategies.data import has_len, prepare_dataloader, rebuild_dataloader, set_sampler_epoch
 from fulmen.strategies.ddp import DDPStrategy
 from fulmen.strategies.dp import DataParallelStrategy
 from fulmen.strategies.fsdp import FSDPStrategy
 from fulmen.strategies.resolver import select_strategy
 from fulmen.strategies.sharded import DDPShardedStrategy
 from fulmen.strategies.single_device import SingleDeviceStrategy
-from fulmen.strategies.strategy import Strategy
+from fulmen.strategies.strategy import Strategy, unwrap_module, warn_no_backward_sync_unsupported
 
 __all__ = [
     "DDPShardedStrategy",
@@ -19,5 +22,11 @@ __all__ = [
     "FSDPStrategy",
     "SingleDeviceStrategy",
     "Strategy",
+    "has_len",
+    "prepare_dataloader",
+    "rebuild_dataloader",
     "select_strategy",
+    "set_sampler_epoch",
+    "unwrap_module",
+    "warn_no_backward_sync_unsupported",
 ]

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader, SequentialSampler
 
-from fulmen.strategies.data import has_len, prepare_dataloader, rebuild_dataloader, set_sampler_epoch
+from fulmen.strategies import has_len, prepare_dataloader, rebuild_dataloader, set_sampler_epoch
 from fulmen.utilities.exceptions import MisconfigurationException, invalid_argument
 from fulmen.utilities.rank_zero import rank_zero_warn
 

@@ -21,8 +21,8 @@ from fulmen.module.optimizer import (
     parse_optimizers_config,
     scheduler_configs,
 )
+from fulmen.strategies import Strategy
 from fulmen.strategies.precision import Precision
-from fulmen.strategies.strategy import Strategy
 from fulmen.trainer.run import StepRouter
 from fulmen.trainer.signals import SignalWatch
 from fulmen.utilities.exceptions import MisconfigurationException

@@ -25,8 +25,7 @@ from fulmen.callbacks.callback import Callback
 from fulmen.datamodule import LightningDataModule
 from fulmen.module import LightningModule
 from fulmen.module.optimizer import LRSchedulerConfig
-from fulmen.strategies import select_strategy
-from fulmen.strategies.strategy import Strategy
+from fulmen.strategies import Strategy, select_strategy
 from fulmen.trainer import checkpoint as checkpoint_io
 from fulmen.trainer import defaults
 from fulmen.trainer.configuration import TrainerConfig, configure, set_torch_flags

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from fulmen.strategies import Strategy
 from fulmen.strategies.precision import Precision
-from fulmen.strategies.strategy import Strategy
 
 if TYPE_CHECKING:
     from fulmen.trainer.run import Run
