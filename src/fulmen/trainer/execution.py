@@ -32,7 +32,53 @@ if TYPE_CHECKING:
 def execute(run: Run) -> Any:
     """Run the call's loop in this process; returns what the entry point returns."""
     try:
-        return _execute(run)
+        trainer, strategy, module, fn = run.trainer, run.strategy, run.module, run.fn
+        module.trainer = trainer  # a spawned process unpickles the module without its trainer
+        if run.datamodule is not None:
+            run.datamodule.trainer = trainer
+        strategy.setup_environment()
+        set_torch_flags(run.config.deterministic, run.config.benchmark)
+        trainer.should_stop = False
+        run.results = run.new_store(training=False)
+
+        trainer.callbacks = merge_model_callbacks(trainer.callbacks, module.configure_callbacks())
+        run.hooks = hooks = Hooks(trainer, module, trainer.callbacks, run.datamodule, monitor_types(), run=run)
+        setup.check_loop_configuration(run)
+        setup.prepare_data(run)
+        setup.setup_hooks(run)
+        setup.setup_model(run)
+        # Rank zero decides which file "last"/"best" means, so that every rank loads the same one.
+        run.ckpt_path = strategy.broadcast(checkpoint_io.resolve_checkpoint_path(trainer, run.ckpt_path, fn))
+        if run.ckpt_path is not None:
+            checkpoint_io.restore_checkpoint(run, checkpoint_io.load_checkpoint_file(trainer, run.ckpt_path), fn)
+
+        if fn == TrainerFn.FITTING:
+            setup.log_hyperparams(run)
+            run.results = run.train_results = run.new_store(training=True)
+            run.state.stage = RunningStage.TRAINING
+            run.model.train()
+            with torch.autograd.set_detect_anomaly(run.config.detect_anomaly), setup.signal_watch(run) as watch:
+                run.signals = watch
+                fit_loop(run)
+            result = None
+        elif fn == TrainerFn.PREDICTING:
+            loaders = load_eval_dataloaders(run, RunningStage.PREDICTING)
+            result = predict_loop(run, loaders, run.num_predict_batches, run.return_predictions)
+        else:
+            stage = RunningStage.VALIDATING if fn == TrainerFn.VALIDATING else RunningStage.TESTING
+            loaders = load_eval_dataloaders(run, stage)
+            limits = run.num_val_batches if fn == TrainerFn.VALIDATING else run.num_test_batches
+            run.eval_log_step = -1
+            result = evaluation_run(run, stage, loaders, limits)
+
+        hooks.call_datamodule("teardown", fn.value)
+        hooks.call_callbacks("teardown", fn.value)
+        hooks.call_module("teardown", fn.value)
+        for logger in trainer.loggers:
+            logger.finalize("success")
+        run.state.status = TrainerStatus.FINISHED
+        run.state.stage = None
+        return result
     except BaseException as exception:
         if not was_handled(exception):
             handle_exception(run.trainer, exception)
@@ -41,56 +87,6 @@ def execute(run: Run) -> Any:
         run.metrics.fold(run.results)
         run.results = run.train_results = None
         run.strategy.teardown()
-
-
-def _execute(run: Run) -> Any:
-    trainer, strategy, module, fn = run.trainer, run.strategy, run.module, run.fn
-    module.trainer = trainer  # a spawned process unpickles the module without its trainer
-    if run.datamodule is not None:
-        run.datamodule.trainer = trainer
-    strategy.setup_environment()
-    set_torch_flags(run.config.deterministic, run.config.benchmark)
-    trainer.should_stop = False
-    run.results = run.new_store(training=False)
-
-    trainer.callbacks = merge_model_callbacks(trainer.callbacks, module.configure_callbacks())
-    run.hooks = hooks = Hooks(trainer, module, trainer.callbacks, run.datamodule, monitor_types(), run=run)
-    setup.check_loop_configuration(run)
-    setup.prepare_data(run)
-    setup.setup_hooks(run)
-    setup.setup_model(run)
-    # Rank zero decides which file "last"/"best" means, so that every rank loads the same one.
-    run.ckpt_path = strategy.broadcast(checkpoint_io.resolve_checkpoint_path(trainer, run.ckpt_path, fn))
-    if run.ckpt_path is not None:
-        checkpoint_io.restore_checkpoint(run, checkpoint_io.load_checkpoint_file(trainer, run.ckpt_path), fn)
-
-    if fn == TrainerFn.FITTING:
-        setup.log_hyperparams(run)
-        run.results = run.train_results = run.new_store(training=True)
-        run.state.stage = RunningStage.TRAINING
-        run.model.train()
-        with torch.autograd.set_detect_anomaly(run.config.detect_anomaly), setup.signal_watch(run) as watch:
-            run.signals = watch
-            fit_loop(run)
-        result = None
-    elif fn == TrainerFn.PREDICTING:
-        loaders = load_eval_dataloaders(run, RunningStage.PREDICTING)
-        result = predict_loop(run, loaders, run.num_predict_batches, run.return_predictions)
-    else:
-        stage = RunningStage.VALIDATING if fn == TrainerFn.VALIDATING else RunningStage.TESTING
-        loaders = load_eval_dataloaders(run, stage)
-        limits = run.num_val_batches if fn == TrainerFn.VALIDATING else run.num_test_batches
-        run.eval_log_step = -1
-        result = evaluation_run(run, stage, loaders, limits)
-
-    hooks.call_datamodule("teardown", fn.value)
-    hooks.call_callbacks("teardown", fn.value)
-    hooks.call_module("teardown", fn.value)
-    for logger in trainer.loggers:
-        logger.finalize("success")
-    run.state.status = TrainerStatus.FINISHED
-    run.state.stage = None
-    return result
 
 
 def handle_exception(trainer: Trainer, exception: BaseException) -> None:
