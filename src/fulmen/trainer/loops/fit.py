@@ -176,19 +176,27 @@ class EpochPlan:
         self.batch_step = automatic_step if automatic else manual_step
         self.signals = run.signals
         self.distributed = run.strategy.world_size > 1
-        #: ``training_step`` through the strategy's wrapper (DDP) when it wrapped the module.
-        self.training_step = run.model if run.router is not None else run.module.training_step
+        #: ``training_step`` through the strategy's wrapper (DDP) when it wrapped the module, inside
+        #: the strategy's forward context (autocast) when there is one to enter.
+        step = run.model if run.router is not None else run.module.training_step
+        self.training_step = step if run.plain_forward else _in_context(step, run.strategy.forward_context)
         #: Backward with its hooks, or straight through the strategy when no hook wants it.
         backward_hooks = hooks.active["on_before_backward"] or hooks.active["on_after_backward"]
         if backward_hooks or hooks.module["backward"] is not None:
             self.backward = run.backward
         else:
             self.backward = functools.partial(run.strategy.backward, module=run.model)
-        #: The context to run ``training_step`` in; None when there is none to enter.
-        self.forward_context = None if run.plain_forward else run.strategy.forward_context
 
     def is_stepping(self, batch_idx: int, is_last: bool) -> bool:
         return not self.automatic or is_last or (batch_idx + 1) % self.accumulate == 0
+
+
+def _in_context(step: Callable[..., Any], context: Callable[[], Any]) -> Callable[..., Any]:
+    def step_in_context(*args: Any) -> Any:
+        with context():
+            return step(*args)
+
+    return step_in_context
 
 
 def _finish_batch(run: Run, plan: EpochPlan, batch_idx: int, is_last: bool, stepping: bool, resumed: bool) -> None:

@@ -30,11 +30,7 @@ def automatic_step(run: Run, plan: EpochPlan, batch: Any, batch_idx: int, steppi
 
     def closure() -> Tensor | None:
         run.results.fx = "training_step"
-        if plan.forward_context is None:
-            output = plan.training_step(batch, batch_idx)
-        else:
-            with plan.forward_context():
-                output = plan.training_step(batch, batch_idx)
+        output = plan.training_step(batch, batch_idx)
         loss = output if isinstance(output, Tensor) else _loss_of(run, output)
         if first_in_window:
             if active["on_before_zero_grad"]:
@@ -109,11 +105,7 @@ def _loss_of(run: Run, output: Any) -> Tensor | None:
 def manual_step(run: Run, plan: EpochPlan, batch: Any, batch_idx: int, stepping: bool) -> dict[str, Any]:
     """Manual optimization: ``training_step`` calls the optimizers itself."""
     run.results.fx = "training_step"
-    if plan.forward_context is None:
-        output = plan.training_step(batch, batch_idx)
-    else:
-        with plan.forward_context():
-            output = plan.training_step(batch, batch_idx)
+    output = plan.training_step(batch, batch_idx)
     if output is None:
         return {}
     if isinstance(output, Tensor):
