@@ -1,20 +1,31 @@
 """``strategy="ddp"``: re-run the user's script once per extra local rank, as torchrun would.
 
 The current process becomes local rank 0 and the children inherit its environment plus their
-rank. A watcher thread polls the children: when one exits with an error, the others are
-killed and the main process is interrupted, so that no rank waits forever on a dead peer.
+rank. Whichever rank fails, every rank ends, with the failed rank's error:
+
+- a child fails: a watcher thread polls the children; it kills the others and interrupts rank 0,
+  whose error names the child and its exit;
+- rank 0 raises inside ``launch``: the children are stopped before the error goes on;
+- rank 0 raises outside any fulmen call (direct style, the user's own loop): ``sys.excepthook``
+  stops them, instead of the exit handler waiting for children that wait in a collective;
+- rank 0 is killed: the children get SIGKILL from the kernel (``PR_SET_PDEATHSIG``, Linux).
+
+A script that ends normally (or with ``sys.exit``) waits for its children at exit.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import functools
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from types import TracebackType
 from typing import Any
 
 from fulmen.strategies.environments.cluster_environment import ClusterEnvironment
@@ -23,8 +34,10 @@ from fulmen.utilities.exceptions import DistributedError
 
 #: Set in children so that a re-run script does not launch again.
 CHILD_FLAG = "FULMEN_LAUNCHED_CHILD"
-#: One set of children per process, however many Trainers and Lites the script creates.
-_CHILDREN_STARTED = False
+#: Seconds rank 0 waits, once it has failed, for a child's failure that may have caused its own.
+FAILURE_GRACE = 5.0
+#: This process's children, once started: one set however many Trainers and Lites the script creates.
+_children: _Children | None = None
 
 
 class SubprocessScriptLauncher(Launcher):
@@ -32,12 +45,15 @@ class SubprocessScriptLauncher(Launcher):
         self.cluster_environment = cluster_environment
         self.num_processes = num_processes
         self.num_nodes = num_nodes
-        self.procs: list[subprocess.Popen] = []
-        self._watcher: _ChildWatcher | None = None
 
     @property
     def is_interactive_compatible(self) -> bool:
         return False
+
+    @property
+    def procs(self) -> list[subprocess.Popen]:
+        """The other local ranks, shared by every launcher of this process."""
+        return [] if _children is None else _children.procs
 
     def launch(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Start the other ranks (once per process) and run ``function`` here, as rank 0.
@@ -49,15 +65,8 @@ class SubprocessScriptLauncher(Launcher):
         try:
             return function(*args, **kwargs)
         except BaseException as err:
-            # Rank 0 failed: the job cannot go on, so no child may be left waiting for it. The
-            # watcher is told first, so that it does not interrupt this handler with a SIGINT.
-            if self._watcher is not None:
-                self._watcher.stop()
-            try:
-                failure = self._child_failure(grace=5.0)
-            except KeyboardInterrupt:  # a SIGINT the watcher sent just before it was told
-                failure = _describe_failure(self.procs)
-            self._stop_children()
+            # Rank 0 failed: the job cannot go on, so no child may be left waiting for it.
+            failure = None if _children is None else _children.shut_down(FAILURE_GRACE)
             if failure is not None and not isinstance(err, DistributedError):
                 raise DistributedError(failure) from err
             raise
@@ -65,29 +74,16 @@ class SubprocessScriptLauncher(Launcher):
     def launch_in_background(self) -> None:
         """Direct style (``lite.launch()`` with no function): start the other ranks and return.
 
-        The script goes on in this process as rank 0; at exit we wait for the children and
-        turn a failed child into a non-zero exit.
+        The script goes on in this process as rank 0. An uncaught exception stops the children;
+        a normal exit waits for them and turns a failed child into a non-zero exit.
         """
-        global _CHILDREN_STARTED
+        global _children
         if (
             self.cluster_environment.creates_processes_externally
             or os.environ.get(CHILD_FLAG) == "1"
-            or _CHILDREN_STARTED
+            or _children is not None
         ):
             return
-        _CHILDREN_STARTED = True
-        self._start_children()
-        atexit.register(self._wait_at_exit)
-
-    def _wait_at_exit(self) -> None:
-        if self._watcher is not None and self._watcher._stopped.is_set():
-            return  # already stopped after a failure
-        failure = self._wait_for_children()
-        if failure is not None:
-            print(f"fulmen: {failure}", file=sys.stderr)
-            os._exit(1)
-
-    def _start_children(self) -> None:
         env = self.cluster_environment
         os.environ["MASTER_ADDR"] = env.main_address
         os.environ["MASTER_PORT"] = str(env.main_port)
@@ -95,33 +91,88 @@ class SubprocessScriptLauncher(Launcher):
         os.environ["LOCAL_RANK"] = "0"
         os.environ["WORLD_SIZE"] = str(self.num_processes * self.num_nodes)
         command = _script_command()
+        preexec = functools.partial(_die_with_parent, os.getpid())
+        procs = []
         for local_rank in range(1, self.num_processes):
             child_env = {**os.environ, "LOCAL_RANK": str(local_rank), CHILD_FLAG: "1"}
-            self.procs.append(subprocess.Popen(command, env=child_env, preexec_fn=_die_with_parent))
-        self._watcher = _ChildWatcher(self.procs)
-        self._watcher.start()
+            procs.append(subprocess.Popen(command, env=child_env, preexec_fn=preexec))
+        # Module-level, so that a second Trainer's launcher stops them too.
+        _children = _Children(procs)
+        _children.start()
 
-    def _child_failure(self, grace: float) -> str | None:
-        if self._watcher is None:
-            return None
+
+class _Children:
+    """The other local ranks of this process and how they end: the one place that stops them."""
+
+    def __init__(self, procs: list[subprocess.Popen]) -> None:
+        self.procs = procs
+        self.watcher = _ChildWatcher(procs)
+        self.stopped = False
+        self.failure: str | None = None
+        self._previous_excepthook = sys.excepthook
+
+    def start(self) -> None:
+        self.watcher.start()
+        atexit.register(self.wait_at_exit)
+        sys.excepthook = self.on_uncaught_exception
+
+    def shut_down(self, grace: float) -> str | None:
+        """Rank 0 failed: look for a child's failure that caused it, then stop every child.
+
+        Returns the child's failure, if any (once; later calls return the same).
+        """
+        if self.stopped:
+            return self.failure
+        self.stopped = True
+        with _sigint_recorded() as interrupted:  # the watcher's last SIGINT must not cut this short
+            self.watcher.stop()
+            self.failure = self.watcher.failure or self._wait_for_failure(grace, interrupted)
+            self._kill()
+        return self.failure
+
+    def on_uncaught_exception(
+        self, exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
+    ) -> None:
+        """Rank 0 ends with an error that no fulmen call saw: stop the children now, since they
+        may wait in a collective for a rank that is gone (until the process group's timeout)."""
+        shut_down_here = not self.stopped
+        try:
+            self._previous_excepthook(exc_type, exc, tb)
+        finally:
+            failure = self.shut_down(FAILURE_GRACE) if shut_down_here else None
+            if failure is not None:
+                print(f"fulmen: {failure}", file=sys.stderr, flush=True)
+
+    def wait_at_exit(self) -> None:
+        """Rank 0 ended without an error: wait for the children, ending them all if one fails."""
+        if self.stopped:
+            return
+        self.stopped = True
+        with _sigint_recorded() as interrupted:
+            self.watcher.stop()
+            failure = self.watcher.failure
+            while failure is None and not interrupted.is_set():
+                if all(proc.poll() is not None for proc in self.procs):
+                    break
+                interrupted.wait(0.1)
+                failure = _describe_failure(self.procs)
+            self._kill()
+        self.failure = failure
+        if failure is not None:
+            print(f"fulmen: {failure}", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(1)
+
+    def _wait_for_failure(self, grace: float, interrupted: threading.Event) -> str | None:
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and _describe_failure(self.procs) is None:
-            if all(p.poll() is not None for p in self.procs):
-                break
-            time.sleep(0.05)
-        return self._watcher.failure or _describe_failure(self.procs)
+        while time.monotonic() < deadline and not interrupted.is_set():
+            failure = _describe_failure(self.procs)
+            if failure is not None or all(proc.poll() is not None for proc in self.procs):
+                return failure
+            interrupted.wait(0.05)
+        return _describe_failure(self.procs)
 
-    def _wait_for_children(self) -> str | None:
-        if self._watcher is None:
-            return None
-        for proc in self.procs:
-            proc.wait()
-        self._watcher.stop()
-        return self._watcher.failure or _describe_failure(self.procs)
-
-    def _stop_children(self) -> None:
-        if self._watcher is not None:
-            self._watcher.stop()
+    def _kill(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
                 proc.kill()
@@ -138,35 +189,59 @@ class _ChildWatcher(threading.Thread):
         self.interval = interval
         self.failure: str | None = None
         self._stopped = threading.Event()
+        # Held while deciding to interrupt: once ``stop`` returns, no SIGINT comes from here.
+        self._lock = threading.Lock()
 
     def stop(self) -> None:
-        self._stopped.set()
+        with self._lock:
+            self._stopped.set()
 
     def run(self) -> None:
         while not self._stopped.wait(self.interval):
             failure = _describe_failure(self.procs)
-            if failure is not None:
+            if failure is None:
+                continue
+            with self._lock:
+                if self._stopped.is_set():
+                    return
                 self.failure = failure
-                if not self._stopped.is_set():
-                    self._fail()
-                return
+                for proc in self.procs:
+                    if proc.poll() is None:
+                        proc.kill()
+                # A real signal (not a flag) so that sleeps and blocking waits in rank 0 wake up.
+                os.kill(os.getpid(), signal.SIGINT)
+            return
 
-    def _fail(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-        # A real signal (not a flag) so that sleeps and blocking waits in rank 0 wake up.
-        os.kill(os.getpid(), signal.SIGINT)
+
+@contextlib.contextmanager
+def _sigint_recorded() -> Generator[threading.Event, None, None]:
+    """While cleaning up, a SIGINT (the watcher's, or the user's Ctrl-C) sets an event instead of
+    raising KeyboardInterrupt halfway through; the clean-up cuts its waits short on it."""
+    interrupted = threading.Event()
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.set())
+    except ValueError:  # not the main thread, where Python runs signal handlers
+        yield interrupted
+        return
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
 
 
 def _describe_failure(procs: list[subprocess.Popen]) -> str | None:
     for local_rank, proc in enumerate(procs, start=1):
         code = proc.poll()
-        if code is not None and code != 0:
-            return (
-                f"Local rank {local_rank} (pid {proc.pid}) exited with code {code}; "
-                "its traceback is printed above. The other ranks were stopped."
-            )
+        if code is None or code == 0:
+            continue
+        if code < 0:
+            try:
+                how = f"it was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"it was killed by signal {-code}"
+        else:
+            how = "its traceback is printed above"
+        return f"Local rank {local_rank} (pid {proc.pid}) exited with code {code}; {how}. The other ranks were stopped."
     return None
 
 
@@ -181,7 +256,7 @@ def _script_command() -> list[str]:
     return [sys.executable, script, *sys.argv[1:]]
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent_pid: int) -> None:
     """Children die with the launcher, even when it is killed with SIGKILL (Linux only)."""
     try:
         import ctypes
@@ -190,4 +265,6 @@ def _die_with_parent() -> None:
         pr_set_pdeathsig = 1
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
     except (OSError, AttributeError):  # not Linux: the watcher still stops them on errors
-        pass
+        return
+    if os.getppid() != parent_pid:  # the parent died before the request took effect
+        os._exit(1)
