@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -122,15 +124,62 @@ def test_logging_metrics_and_data_hooks_on_two_processes(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_ddp_reruns_the_script_and_every_rank_fits_then_validates():
+def test_ddp_reruns_the_script_and_every_rank_fits_then_validates(tmp_path):
     from tests.conftest import run_python
 
     script = Path(__file__).parent / "scripts" / "ddp_fit_validate.py"
-    result = run_python(str(script), timeout=170, env={"FULMEN_DIST_TIMEOUT": "30"})
+    result = run_python(str(script), str(tmp_path), timeout=170, env={"FULMEN_DIST_TIMEOUT": "30"})
     assert result.returncode == 0, result.stderr[-3000:]
-    lines = sorted(line for line in result.stdout.splitlines() if line.startswith("rank="))
-    assert len(lines) == 2
-    ranks = [dict(part.split("=") for part in line.split()) for line in lines]
-    assert [r["rank"] for r in ranks] == ["0", "1"] and all(r["world"] == "2" for r in ranks)
-    assert all(r["steps"] == "8" for r in ranks)  # 32 samples per rank, batches of 8, 2 epochs
+    # One file per rank: the ranks share one stdout, where their lines can interleave.
+    ranks = [json.loads((tmp_path / f"rank_{rank}.json").read_text()) for rank in (0, 1)]
+    assert [r["rank"] for r in ranks] == [0, 1] and all(r["world"] == 2 for r in ranks)
+    assert all(r["steps"] == 8 for r in ranks)  # 32 samples per rank, batches of 8, 2 epochs
     assert ranks[0]["weight"] == ranks[1]["weight"]  # gradients were averaged
+    assert all(isinstance(r["val"], float) for r in ranks)  # each rank validated its own shard
+
+
+FAILURE_SCRIPT = str(Path(__file__).parent / "scripts" / "ddp_failure.py")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize(
+    ("rank", "mode", "extra"),
+    [
+        (0, "raise", ()),
+        (1, "raise", ()),
+        (1, "kill", ()),
+        (0, "kill", ()),
+        (0, "raise", ("--second-trainer",)),  # the children were started by another Trainer
+    ],
+    ids=["rank0-raises", "rank1-raises", "rank1-killed", "rank0-killed", "rank0-raises-in-a-second-trainer"],
+)
+def test_ddp_a_failing_rank_ends_every_rank_with_its_error(rank, mode, extra, tmp_path):
+    """Whichever rank of ``strategy="ddp"`` raises in a callback or dies, every rank ends promptly.
+
+    The process-group timeout is above the 60 s allowed, so it cannot be what ends them.
+    """
+    from tests.processes import run_failing
+
+    run = run_failing(
+        FAILURE_SCRIPT, tmp_path, str(rank), mode, "3", *extra, timeout=100, env={"FULMEN_DIST_TIMEOUT": "70"}
+    )
+    stderr = run.proc.stderr
+    assert sorted(run.pids) == [0, 1], stderr[-3000:]
+    assert run.survivors == []
+    assert run.elapsed < 60
+    assert "unreachable" not in run.proc.stdout
+    if (rank, mode) == (0, "kill"):
+        assert run.proc.returncode == -signal.SIGKILL
+    elif rank == 0:
+        assert run.proc.returncode == 1
+        assert "RuntimeError: rank 0 broke on purpose at batch 3" in stderr
+        assert "DistributedError" not in stderr  # rank 0's own error, not an echo from a stopped child
+    else:
+        assert run.proc.returncode == 1
+        child = f"DistributedError: Local rank 1 (pid {run.pids[1]}) exited with code"
+        if mode == "raise":
+            assert "RuntimeError: rank 1 broke on purpose at batch 3" in stderr  # the child's own traceback
+            assert f"{child} 1; its traceback is printed above" in stderr
+        else:
+            assert f"{child} -9; it was killed by SIGKILL" in stderr
