@@ -23,3 +23,7 @@ def invalid_argument(name: str, value: Any, accepted: Iterable[Any] | str) -> Mi
     if not isinstance(accepted, str):
         accepted = ", ".join(repr(a) for a in accepted)
     return MisconfigurationException(f"`{name}={value!r}` is not valid. Accepted: {accepted}.")
+
+
+class PossibleUserWarning(UserWarning):
+    """A warning about something that is probably, but not surely, a mistake (as in Lightning)."""
