@@ -435,9 +435,13 @@ def test_detect_anomaly():
 @pytest.mark.parametrize("inference_mode", [True, False])
 def test_inference_mode(inference_mode):
     model = FlagProbe()
-    fit(model, val=loader(16), max_epochs=1, limit_train_batches=1, inference_mode=inference_mode)
-    assert model.seen_eval == {"inference": inference_mode, "grad": False}
+    trainer, _ = fit(model, val=loader(16), max_epochs=1, limit_train_batches=1, inference_mode=inference_mode)
+    # Validation inside fit runs under no_grad whatever the flag, as in Lightning: a module may
+    # keep a validation output for the next training step.
+    assert model.seen_eval == {"inference": False, "grad": False}
     assert model.seen["grad"]
+    trainer.validate(model, loader(16), verbose=False)
+    assert model.seen_eval == {"inference": inference_mode, "grad": False}
 
 
 def test_sync_batchnorm_converts_batchnorm_only_with_several_processes():
@@ -462,8 +466,10 @@ def test_barebones_turns_off_logging_and_default_callbacks():
     trainer = Trainer(barebones=True, max_epochs=1, accelerator="cpu")
     assert trainer.loggers == [] and trainer.callbacks == []
     assert trainer.num_sanity_val_steps == 0 and trainer.log_every_n_steps == 0
-    with pytest.raises(MisconfigurationException, match="barebones"):
-        trainer.fit(BoringModel(), loader(16))  # BoringModel calls self.log
+    model = BoringModel()
+    with pytest.warns(UserWarning, match="barebones"):  # BoringModel calls self.log: dropped, as in Lightning
+        trainer.fit(model, loader(16))
+    assert trainer.global_step == len(loader(16)) and trainer.callback_metrics == {}
 
 
 def test_barebones_trains_without_logging():

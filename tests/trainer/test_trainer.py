@@ -131,15 +131,21 @@ def test_errors_in_evaluation_entry_points_are_handled_too(entry):
     assert len(watcher.seen) == 1 and logger.statuses == ["failed"]
 
 
-def test_keyboard_interrupt_is_handled_and_reraised():
+def test_keyboard_interrupt_is_handled_and_exits_with_status_1():
+    """As in Lightning: Ctrl-C marks the run interrupted, runs on_exception, then exits with status 1."""
+
     class Interrupting(BoringModel):
         def training_step(self, batch, batch_idx):
             raise KeyboardInterrupt
 
     watcher = Watcher()
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(**quiet(callbacks=[watcher])).fit(Interrupting(), loader(8))
-    assert isinstance(watcher.seen[0], KeyboardInterrupt)
+    trainer = Trainer(**quiet(callbacks=[watcher]))
+    with pytest.raises(SystemExit) as exit_info:
+        trainer.fit(Interrupting(), loader(8))
+    assert exit_info.value.code == 1
+    assert isinstance(exit_info.value.__cause__, KeyboardInterrupt)
+    assert isinstance(watcher.seen[0], KeyboardInterrupt) and len(watcher.seen) == 1
+    assert trainer.interrupted
 
 
 # ---------------------------------------------------------------------------- state, props

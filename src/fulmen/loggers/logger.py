@@ -78,6 +78,28 @@ class Logger(ABC):
         """Called after a checkpoint is written; loggers that upload checkpoints hook in here."""
 
 
+class DummyLogger(Logger):
+    """Accepts everything and writes nothing (what ``fast_dev_run`` logs to)."""
+
+    @property
+    def name(self) -> str:
+        return ""
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    @property
+    def experiment(self) -> _DummyExperiment:
+        return _DummyExperiment()
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
 class _DummyExperiment:
     """Stands in for a logger's experiment object on non-zero ranks, so user code that calls
     ``logger.experiment.add_image(...)`` needs no rank check of its own."""

@@ -39,11 +39,15 @@ from fulmen.trainer.state import TrainerFn
 from fulmen.utilities import cloud_io
 from fulmen.utilities.checkpoint_migration import SCHEMA_VERSION, match_module_keys, migrate
 from fulmen.utilities.exceptions import CheckpointError, MisconfigurationException
-from fulmen.utilities.rank_zero import rank_zero_warn
+from fulmen.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 if TYPE_CHECKING:
     from fulmen.trainer.run import Run
     from fulmen.trainer.trainer import Trainer
+
+
+#: The Lightning release whose checkpoint layout fulmen's top-level keys follow.
+LIGHTNING_COMPATIBLE_VERSION = "2.6.0"
 
 
 def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, Any]:
@@ -55,6 +59,10 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, A
     checkpoint: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "fulmen_version": __version__,
+        # Lightning reads a checkpoint only when it names a Lightning version; fulmen's layout
+        # needs no migration there, so Lightning loads its weights and hyperparameters
+        # (``load_from_checkpoint``). Resuming a fit across the two is not supported.
+        "pytorch-lightning_version": LIGHTNING_COMPATIBLE_VERSION,
         "epoch": trainer.state.current_epoch,
         "global_step": trainer.state.global_step,
         "state_dict": strategy.get_module_state_dict(run.model),
@@ -110,7 +118,9 @@ def restore_checkpoint(run: Run, checkpoint: dict[str, Any], fn: TrainerFn) -> N
     if run.datamodule is not None and "datamodule" in checkpoint:
         run.datamodule.load_state_dict(checkpoint["datamodule"])
     if fn != TrainerFn.FITTING:
+        rank_zero_info(f"Loaded model weights from the checkpoint at {run.ckpt_path}")
         return
+    rank_zero_info(f"Restoring states from the checkpoint path at {run.ckpt_path}")
     if "optimizer_states" not in checkpoint:
         raise CheckpointError(
             "This checkpoint holds weights only (saved with `save_weights_only=True`), so training cannot resume "

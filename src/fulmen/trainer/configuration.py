@@ -7,9 +7,13 @@ resolved here too, so the loops read final values only.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
 import os
 import re
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -41,7 +45,9 @@ class TrainerConfig:
     limit_val_batches: int | float
     limit_test_batches: int | float
     limit_predict_batches: int | float
-    val_check_interval: int | float
+    val_check_interval: int | float | str | timedelta | dict
+    #: A time-based ``val_check_interval`` in seconds (None: counted in batches).
+    val_check_seconds: float | None
     check_val_every_n_epoch: int | None
     num_sanity_val_steps: int
     log_every_n_steps: int
@@ -52,6 +58,7 @@ class TrainerConfig:
     deterministic: bool | str | None
     benchmark: bool | None
     default_root_dir: str
+    enable_autolog_hparams: bool
     # What the default loggers and callbacks are built from (after barebones/fast_dev_run).
     logger: Any
     enable_checkpointing: bool | None
@@ -93,6 +100,7 @@ def configure(
     sync_batchnorm: Any,
     reload_dataloaders_every_n_epochs: Any,
     default_root_dir: Any,
+    enable_autolog_hparams: Any = True,
 ) -> TrainerConfig:
     """Check every flag and resolve the ones that override others."""
     for name, value in (
@@ -101,6 +109,7 @@ def configure(
         ("detect_anomaly", detect_anomaly),
         ("barebones", barebones),
         ("sync_batchnorm", sync_batchnorm),
+        ("enable_autolog_hparams", enable_autolog_hparams),
     ):
         if not isinstance(value, bool):
             raise invalid_argument(name, value, "True or False")
@@ -142,10 +151,14 @@ def configure(
     }
     if overfit_batches:
         limits["limit_train_batches"] = limits["limit_val_batches"] = overfit_batches
-    val_check_interval = _batch_limit("val_check_interval", val_check_interval)
+    val_check_seconds = None
+    if isinstance(val_check_interval, (str, timedelta, dict)):
+        val_check_seconds = _parse_max_time(val_check_interval, "val_check_interval")
+    else:
+        val_check_interval = _batch_limit("val_check_interval", val_check_interval)
     if check_val_every_n_epoch is not None:
         check_val_every_n_epoch = _check_count("check_val_every_n_epoch", check_val_every_n_epoch, minimum=1)
-    elif not isinstance(val_check_interval, int):
+    elif not isinstance(val_check_interval, int) and val_check_seconds is None:
         raise invalid_argument(
             "val_check_interval",
             val_check_interval,
@@ -174,7 +187,7 @@ def configure(
         limits["limit_test_batches"] = limits["limit_predict_batches"] = n
         max_steps, max_epochs = n, 1
         num_sanity_val_steps = 0
-        val_check_interval, check_val_every_n_epoch = 1.0, 1
+        val_check_interval, val_check_seconds, check_val_every_n_epoch = 1.0, None, 1
         rank_zero_info(f"Running in `fast_dev_run` mode: {n} batch(es) per loop; logging and checkpointing are off.")
 
     return TrainerConfig(
@@ -192,18 +205,22 @@ def configure(
         overfit_batches=overfit_batches,
         **limits,
         val_check_interval=val_check_interval,
+        val_check_seconds=val_check_seconds,
         check_val_every_n_epoch=check_val_every_n_epoch,
         num_sanity_val_steps=num_sanity_val_steps,
         log_every_n_steps=log_every_n_steps,
         accumulate_grad_batches=_check_count("accumulate_grad_batches", accumulate_grad_batches, 1),
         gradient_clip_val=gradient_clip_val,
-        gradient_clip_algorithm=gradient_clip_algorithm or ("norm" if gradient_clip_val is not None else None),
+        # None stays None (what configure_gradient_clipping receives, as in Lightning); clipping
+        # itself defaults to "norm".
+        gradient_clip_algorithm=gradient_clip_algorithm,
         reload_dataloaders_every_n_epochs=_check_count(
             "reload_dataloaders_every_n_epochs", reload_dataloaders_every_n_epochs, 0
         ),
         deterministic=deterministic,
         benchmark=benchmark,
         default_root_dir=_root_dir(default_root_dir),
+        enable_autolog_hparams=enable_autolog_hparams,
         logger=logger,
         enable_checkpointing=enable_checkpointing,
         enable_progress_bar=enable_progress_bar,
@@ -303,7 +320,7 @@ def _batch_limit(name: str, value: Any) -> int | float:
 _MAX_TIME_PATTERN = re.compile(r"^(\d+):(\d{1,2}):(\d{1,2}):(\d{1,2})$")
 
 
-def _parse_max_time(max_time: Any) -> float | None:
+def _parse_max_time(max_time: Any, flag: str = "max_time") -> float | None:
     """``"DD:HH:MM:SS"``, a ``timedelta`` or a dict of timedelta arguments -> seconds."""
     if max_time is None:
         return None
@@ -313,10 +330,43 @@ def _parse_max_time(max_time: Any) -> float | None:
         try:
             return timedelta(**max_time).total_seconds()
         except TypeError:
-            raise invalid_argument("max_time", max_time, "a dict of timedelta arguments (days, hours, ...)") from None
+            raise invalid_argument(flag, max_time, "a dict of timedelta arguments (days, hours, ...)") from None
     if isinstance(max_time, str):
         match = _MAX_TIME_PATTERN.match(max_time.strip())
         if match:
             days, hours, minutes, seconds = (int(g) for g in match.groups())
             return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds).total_seconds()
-    raise invalid_argument("max_time", max_time, "'DD:HH:MM:SS', a datetime.timedelta or a dict like {'hours': 1}")
+    raise invalid_argument(flag, max_time, "'DD:HH:MM:SS', a datetime.timedelta or a dict like {'hours': 1}")
+
+
+#: Environment variables that set a Trainer flag's default (``PL_TRAINER_MAX_EPOCHS=3``), as in Lightning.
+ENV_PREFIXES = ("PL_TRAINER_", "FULMEN_TRAINER_")
+
+
+def defaults_from_env(init: Callable[..., None]) -> Callable[..., None]:
+    """Flags the caller leaves out take their value from ``PL_TRAINER_<FLAG>`` (or ``FULMEN_TRAINER_<FLAG>``).
+
+    Values are read as Python literals (``3``, ``True``, ``"0.5"``), else as strings.
+    """
+    parameters = [name for name in inspect.signature(init).parameters if name != "self"]
+
+    @functools.wraps(init)
+    def wrapped(self: Any, *args: Any, **kwargs: Any) -> None:
+        for name in parameters:
+            if name in kwargs:
+                continue
+            for prefix in ENV_PREFIXES:
+                raw = os.environ.get(prefix + name.upper())
+                if raw is not None:
+                    kwargs[name] = _literal(raw)
+                    break
+        init(self, *args, **kwargs)
+
+    return wrapped
+
+
+def _literal(raw: str) -> Any:
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw

@@ -29,7 +29,7 @@ def as_loader_list(loaders: Any, name: str) -> list[Any]:
     else:
         loaders = [loaders]
     for loader in loaders:
-        if not isinstance(loader, Iterable):
+        if isinstance(loader, (str, bytes)) or not isinstance(loader, Iterable):
             raise invalid_argument(name, loader, "a DataLoader (or any iterable of batches), or a list of them")
     return loaders
 
@@ -53,7 +53,7 @@ def without_shuffle(loader: Any) -> Any:
         and not isinstance(loader.sampler, SequentialSampler)
         and (loader.batch_sampler is None or type(loader.batch_sampler).__name__ == "BatchSampler")
     ):
-        rank_zero_warn("`overfit_batches` turns off the shuffling of the training dataloader.")
+        rank_zero_warn("`overfit_batches` turns off the shuffling of this dataloader: the same batches every epoch.")
         return rebuild_dataloader(loader, sampler=SequentialSampler(loader.dataset))
     return loader
 
@@ -153,6 +153,6 @@ def train_loader_from(value: Any) -> Any:
         return CombinedLoader(value)
     if isinstance(value, (list, tuple)):
         return CombinedLoader(list(value))
-    if value is None or not isinstance(value, Iterable):
+    if value is None or isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
         raise invalid_argument("train_dataloaders", value, "a DataLoader, a list or a dict of DataLoaders")
     return value

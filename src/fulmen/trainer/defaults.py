@@ -39,20 +39,10 @@ def configure_loggers(logger: Any, root_dir: str) -> list[Any]:
 
 
 def no_op_logger() -> Any:
-    """What ``fast_dev_run`` logs to: accepts everything, writes nothing."""
-    from fulmen.loggers import Logger
+    """What ``fast_dev_run`` logs to: accepts everything, writes nothing (picklable for spawned ranks)."""
+    from fulmen.loggers.logger import DummyLogger
 
-    class NoOpLogger(Logger):
-        name = "fast_dev_run"
-        version = ""
-
-        def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-            pass
-
-        def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-            pass
-
-    return NoOpLogger()
+    return DummyLogger()
 
 
 def builtin_callback(name: str) -> type | None:

@@ -50,10 +50,13 @@ def execute(run: Run) -> Any:
         # Rank zero decides which file "last"/"best" means, so that every rank loads the same one.
         run.ckpt_path = strategy.broadcast(checkpoint_io.resolve_checkpoint_path(trainer, run.ckpt_path, fn))
         if run.ckpt_path is not None:
-            checkpoint_io.restore_checkpoint(run, checkpoint_io.load_checkpoint_file(trainer, run.ckpt_path), fn)
+            weights_only = True if run.weights_only is None else run.weights_only
+            loaded = checkpoint_io.load_checkpoint_file(trainer, run.ckpt_path, weights_only=weights_only)
+            checkpoint_io.restore_checkpoint(run, loaded, fn)
 
         if fn == TrainerFn.FITTING:
-            setup.log_hyperparams(run)
+            if run.config.enable_autolog_hparams:
+                setup.log_hyperparams(run)
             run.results = run.train_results = run.new_store(training=True)
             run.state.stage = RunningStage.TRAINING
             run.model.train()

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from fulmen.datamodule import LightningDataModule
 from fulmen.module import LightningModule
 from fulmen.trainer import data
-from fulmen.utilities.exceptions import MisconfigurationException, invalid_argument
+from fulmen.utilities.exceptions import MisconfigurationException, PossibleUserWarning, invalid_argument
 from fulmen.utilities.overrides import is_overridden
 from fulmen.utilities.rank_zero import rank_zero_warn
 from fulmen.utilities.stages import RunningStage
@@ -39,7 +39,13 @@ def load_train_dataloader(run: Run) -> None:
     run.last_reload["train"] = run.state.current_epoch
     run.val_check_batch = _val_check_batch(run)
     batches = run.num_training_batches
-    if 0 < batches < config.log_every_n_steps and run.trainer.loggers and not config.fast_dev_run:
+    if batches == 0 and config.limit_train_batches != 0:
+        rank_zero_warn(
+            "`train_dataloaders` gives no batches (an empty dataset, or fewer samples than one batch with "
+            "`drop_last=True`): `fit` trains nothing. Check the training data.",
+            category=PossibleUserWarning,
+        )
+    elif 0 < batches < config.log_every_n_steps and run.trainer.loggers and not config.fast_dev_run:
         rank_zero_warn(
             f"The training data has {batches} batches, fewer than `log_every_n_steps={config.log_every_n_steps}`: "
             "step-level values are logged less often than every epoch. Lower `log_every_n_steps` to log them more "
@@ -49,8 +55,11 @@ def load_train_dataloader(run: Run) -> None:
 
 def _val_check_batch(run: Run) -> int | float:
     interval, batches = run.config.val_check_interval, run.num_training_batches
+    if run.config.val_check_seconds is not None:
+        return math.inf  # validation by time (see loops.fit._val_check_fn)
     if isinstance(interval, int):
-        if run.config.check_val_every_n_epoch is not None and batches != math.inf and interval > batches:
+        checked = run.config.check_val_every_n_epoch is not None and run.config.limit_val_batches != 0
+        if checked and batches != math.inf and interval > batches:
             raise invalid_argument(
                 "val_check_interval",
                 interval,
@@ -78,6 +87,8 @@ def load_eval_dataloaders(run: Run, stage: RunningStage) -> list[Any]:
     key, method, flag = _EVAL_SOURCES[stage]
     config = run.config
     loaders = data.as_loader_list(loader_source(run, key, method), f"{key}_dataloaders")
+    if stage == RunningStage.VALIDATING and config.overfit_batches:
+        loaders = [data.without_shuffle(loader) for loader in loaders]
     sampler_kwargs = run.strategy.distributed_sampler_kwargs
     loaders = [data.prepare(loader, sampler_kwargs, config.use_distributed_sampler) for loader in loaders]
     counts = [data.count_batches(loader, getattr(config, flag), flag) for loader in loaders]

@@ -181,6 +181,7 @@ class ResultStore:
         #: Whether any entry sends step values to the loggers (evaluation logs them every batch).
         self.has_step_logs = False
         self._warned_sync: set[str] = set()
+        self._warned_logging_off = False
 
     def hook(self, name: str) -> _HookScope:
         """``with store.hook(name):`` attributes ``self.log`` calls to hook ``name``, then restores the outer one.
@@ -213,6 +214,14 @@ class ResultStore:
                 rank_zero_only)  # fmt: skip
         entry = self.entries.get(key)
         if entry is None:
+            if not self.enabled:
+                if not self._warned_logging_off:  # dropped, as in Lightning, with one warning per store
+                    self._warned_logging_off = True
+                    rank_zero_warn(
+                        f"`self.log({name!r}, ...)` is ignored: `Trainer(barebones=True)` turns logging off for raw "
+                        "speed."
+                    )
+                return
             entry = self._register(key, opts, value)
         elif entry.opts != opts:
             raise MisconfigurationException(
@@ -263,10 +272,6 @@ class ResultStore:
     def _register(self, key: tuple[str | None, str, int | None], opts: tuple, value: Any) -> _Entry:
         fx, name, dataloader_idx = key
         prog_bar, logger, on_step, on_epoch, reduce_fx, enable_graph, sync_dist, group, rank_zero_only = opts
-        if not self.enabled:
-            raise MisconfigurationException(
-                f"`self.log({name!r}, ...)` was called, but logging is off with `Trainer(barebones=True)`."
-            )
         if not isinstance(name, str) or not name:
             raise invalid_argument("name", name, "a non-empty string")
         if "/dataloader_idx_" in name:

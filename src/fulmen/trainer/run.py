@@ -11,6 +11,7 @@ after ``fit``), and the run holds it as ``run.state``.
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +66,7 @@ class Run:
         self.step_with_closure = False
 
         self.hooks: Hooks | None = None
+        self._step_arity: dict[str, int] = {}
         #: The store ``self.log`` writes to now; the training epoch's store while fitting.
         self.results: ResultStore | None = None
         self.train_results: ResultStore | None = None
@@ -92,6 +94,14 @@ class Run:
         #: A signal asked to stop: min_epochs/min_steps do not hold it back.
         self.stop_now = False
         self.fit_start_time = 0.0
+        #: Whether the training batch running now is the epoch's last (``trainer.is_last_batch``).
+        self.is_last_batch = False
+        #: Batches done in the evaluation run in progress (``trainer.validate_loop.batch_progress``).
+        self.eval_batches = 0
+        #: ``weights_only`` for loading ``ckpt_path`` (None: fulmen's safe default).
+        self.weights_only: bool | None = None
+        #: When validation last ran (time-based ``val_check_interval``).
+        self.last_val_time: float | None = None
         self.eval_log_step = -1
         self.warned_min_limits = False
         self.warned_none_loss = False
@@ -147,6 +157,11 @@ class Run:
         """``validation_step`` / ``test_step`` / ``predict_step`` under the strategy's forward context."""
         self.results.fx = name
         step = getattr(self.module, name)
+        arity = self._step_arity.get(name)
+        if arity is None:
+            arity = self._step_arity[name] = positional_arity(step)
+        if arity < len(args):  # ``validation_step(self, batch)``: pass what it takes, as Lightning does
+            args = args[:arity]
         if self.plain_forward:
             return step(*args)
         with self.strategy.forward_context():
@@ -171,6 +186,21 @@ class Run:
         if not self.warned_none_loss:
             self.warned_none_loss = True
             rank_zero_warn("`training_step` returned None: the batch's backward is skipped. Ignore this if intended.")
+
+
+def positional_arity(fn: Any) -> int:
+    """How many positional arguments ``fn`` takes (a large number for ``*args``)."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 1 << 30
+    count = 0
+    for parameter in parameters:
+        if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+            return 1 << 30
+        if parameter.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            count += 1
+    return count
 
 
 class StepRouter(nn.Module):

@@ -10,6 +10,7 @@ public properties below read it. The hook order is documented in :mod:`fulmen.tr
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -27,15 +28,17 @@ from fulmen.module import LightningModule
 from fulmen.module.optimizer import LRSchedulerConfig
 from fulmen.strategies import Strategy, select_strategy
 from fulmen.trainer import checkpoint as checkpoint_io
-from fulmen.trainer import defaults
-from fulmen.trainer.configuration import TrainerConfig, configure, set_torch_flags
+from fulmen.trainer import data, defaults
+from fulmen.trainer.configuration import TrainerConfig, configure, defaults_from_env, set_torch_flags
 from fulmen.trainer.execution import execute, execute_spawned, handle_exception, receive_spawned, was_handled
 from fulmen.trainer.loaders import load_train_dataloader, validation_enabled
+from fulmen.trainer.loop_views import EvaluationLoopView, FitLoopView
 from fulmen.trainer.metrics import Metrics
 from fulmen.trainer.run import Run
 from fulmen.trainer.setup import lightning_optimizers
 from fulmen.trainer.state import TrainerState
 from fulmen.utilities.exceptions import MisconfigurationException
+from fulmen.utilities.rank_zero import rank_zero_info
 from fulmen.utilities.stages import STAGE_OF, RunningStage, TrainerFn, TrainerStatus
 
 #: The validated flags the Trainer exposes as attributes (``trainer.max_epochs``, ...).
@@ -102,6 +105,7 @@ class Trainer:
     everything that costs speed (logging, progress bar, summary, checkpoints, sanity check).
     """
 
+    @defaults_from_env
     def __init__(
         self,
         *,
@@ -144,6 +148,7 @@ class Trainer:
         sync_batchnorm: bool = False,
         reload_dataloaders_every_n_epochs: int = 0,
         default_root_dir: str | os.PathLike | None = None,
+        enable_autolog_hparams: bool = True,
     ) -> None:
         # Flags shared with Lite: one resolver, one strategy.
         self._strategy: Strategy = select_strategy(
@@ -187,6 +192,7 @@ class Trainer:
             sync_batchnorm=sync_batchnorm,
             reload_dataloaders_every_n_epochs=reload_dataloaders_every_n_epochs,
             default_root_dir=default_root_dir,
+            enable_autolog_hparams=enable_autolog_hparams,
         )
         config = self.config
         set_torch_flags(config.deterministic, config.benchmark)
@@ -218,8 +224,12 @@ class Trainer:
         val_dataloaders: Any = None,
         datamodule: LightningDataModule | None = None,
         ckpt_path: str | None = None,
+        weights_only: bool | None = None,
     ) -> None:
-        """Train ``model`` on a datamodule or on dataloaders (``trainer.fit(model, datamodule)`` works too)."""
+        """Train ``model`` on a datamodule or on dataloaders (``trainer.fit(model, datamodule)`` works too).
+
+        ``weights_only=False`` loads a trusted ``ckpt_path`` that holds more than fulmen's safe types.
+        """
 
         def attach() -> None:
             module = _check_module(model, "fit")
@@ -231,9 +241,12 @@ class Trainer:
                     "`Trainer.fit` got a datamodule and dataloaders; pass the dataloaders or the datamodule, not both."
                 )
             _check_datamodule(dm)
+            if train is not None:
+                data.train_loader_from(train)  # a wrong type fails now, naming the argument
+            data.as_loader_list(val_dataloaders, "val_dataloaders")
             self._attach(TrainerFn.FITTING, module, dm, train=train, val=val_dataloaders)
 
-        self._launch(TrainerFn.FITTING, ckpt_path, attach)
+        self._launch(TrainerFn.FITTING, ckpt_path, attach, weights_only)
 
     def validate(
         self,
@@ -242,9 +255,10 @@ class Trainer:
         ckpt_path: str | None = None,
         verbose: bool = True,
         datamodule: LightningDataModule | None = None,
+        weights_only: bool | None = None,
     ) -> list[dict[str, float]]:
         """Run the validation loop once; returns the logged epoch values, one dict per dataloader."""
-        return self._evaluate(TrainerFn.VALIDATING, model, dataloaders, ckpt_path, verbose, datamodule)
+        return self._evaluate(TrainerFn.VALIDATING, model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
 
     def test(
         self,
@@ -253,9 +267,10 @@ class Trainer:
         ckpt_path: str | None = None,
         verbose: bool = True,
         datamodule: LightningDataModule | None = None,
+        weights_only: bool | None = None,
     ) -> list[dict[str, float]]:
         """Run the test loop once; returns the logged epoch values, one dict per dataloader."""
-        return self._evaluate(TrainerFn.TESTING, model, dataloaders, ckpt_path, verbose, datamodule)
+        return self._evaluate(TrainerFn.TESTING, model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
 
     def predict(
         self,
@@ -264,11 +279,12 @@ class Trainer:
         datamodule: LightningDataModule | None = None,
         return_predictions: bool | None = None,
         ckpt_path: str | None = None,
+        weights_only: bool | None = None,
     ) -> Any:
         """Run ``predict_step`` over the data; returns the predictions (a list per dataloader when several)."""
         keep = True if return_predictions is None else bool(return_predictions)
         attach = functools.partial(self._attach_for, TrainerFn.PREDICTING, model, dataloaders, datamodule, keep)
-        return self._launch(TrainerFn.PREDICTING, ckpt_path, attach)
+        return self._launch(TrainerFn.PREDICTING, ckpt_path, attach, weights_only)
 
     def _evaluate(
         self,
@@ -278,9 +294,10 @@ class Trainer:
         ckpt_path: str | None,
         verbose: bool,
         datamodule: LightningDataModule | None,
+        weights_only: bool | None,
     ) -> list[dict[str, float]]:
         attach = functools.partial(self._attach_for, fn, model, dataloaders, datamodule, True)
-        results = self._launch(fn, ckpt_path, attach)
+        results = self._launch(fn, ckpt_path, attach, weights_only)
         if verbose and self.is_global_zero and results:
             _print_results(results, "Validate" if fn == TrainerFn.VALIDATING else "Test")
         return results
@@ -323,15 +340,19 @@ class Trainer:
         self.current_run = Run(self, fn, model, datamodule, sources)
 
     # ============================================================================== launching
-    def _launch(self, fn: TrainerFn, ckpt_path: str | None, attach: Callable[[], None]) -> Any:
+    def _launch(
+        self, fn: TrainerFn, ckpt_path: str | None, attach: Callable[[], None], weights_only: bool | None = None
+    ) -> Any:
         """Attach the call's model and data, then run it in every process the strategy needs.
 
-        Any error runs ``on_exception`` (once per process) and is re-raised.
+        Any error runs ``on_exception`` (once per process) and is re-raised; Ctrl-C (after that)
+        ends the program with status 1, as in Lightning, once the other ranks are stopped.
         """
         try:
             attach()
             run = self.current_run
-            run.ckpt_path = ckpt_path
+            run.ckpt_path, run.weights_only = ckpt_path, weights_only
+            self.metrics.reset()  # a call reports its own metrics, not the previous call's
             self.state.fn = fn
             self.state.status = TrainerStatus.RUNNING
             self.state.stage = STAGE_OF[fn]
@@ -346,6 +367,9 @@ class Trainer:
         except BaseException as exception:
             if not was_handled(exception):
                 handle_exception(self, exception)
+            if isinstance(exception, KeyboardInterrupt):
+                rank_zero_info("Detected KeyboardInterrupt: the run was stopped; exiting with status 1.")
+                raise SystemExit(1) from exception
             raise
 
     # ============================================================================ checkpoints
@@ -472,7 +496,46 @@ class Trainer:
 
     @property
     def device_ids(self) -> list[int]:
-        return [d.index if d.index is not None else 0 for d in self._strategy.parallel_devices]
+        devices = self._strategy.parallel_devices
+        return [d.index if d.index is not None else i for i, d in enumerate(devices)]
+
+    @property
+    def scaler(self) -> Any:
+        """The precision's gradient scaler (``16-mixed``), else None."""
+        return self._strategy.precision.scaler
+
+    @property
+    def distributed_sampler_kwargs(self) -> dict[str, int] | None:
+        return self._strategy.distributed_sampler_kwargs
+
+    @property
+    def is_last_batch(self) -> bool:
+        """Whether the training batch running now is the last of its epoch."""
+        return self.current_run is not None and self.current_run.is_last_batch
+
+    @property
+    def fit_loop(self) -> FitLoopView:
+        """Lightning's progress counters for fit (``epoch_progress``, ``epoch_loop.batch_progress``, ...)."""
+        return FitLoopView(self)
+
+    @property
+    def validate_loop(self) -> EvaluationLoopView:
+        return EvaluationLoopView(self)
+
+    test_loop = validate_loop
+    predict_loop = validate_loop
+
+    def init_module(self, empty_init: bool | None = None) -> contextlib.AbstractContextManager:
+        """Create the model inside: on the right device, in the right dtype, sharded where the strategy shards.
+
+        ``empty_init`` is accepted for Lightning's signature; the strategy decides what to skip.
+        """
+        return self._strategy.module_init_context()
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """``print`` on global rank 0 only."""
+        if self.is_global_zero:
+            print(*args, **kwargs)
 
     @property
     def current_epoch(self) -> int:

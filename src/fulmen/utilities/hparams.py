@@ -67,7 +67,8 @@ class HyperparametersMixin:
 
     @property
     def _log_hyperparams_enabled(self) -> bool:
-        return self.__dict__.get("_log_hyperparams", True)
+        # As in Lightning: hyperparameters reach the loggers only once save_hyperparameters ran.
+        return self.__dict__.get("_log_hyperparams", False)
 
 
 def save_hyperparameters(

@@ -7,6 +7,7 @@ through ``safe_load``: no code from the file runs unless the caller opts in with
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 from typing import Any
@@ -15,19 +16,27 @@ import torch
 
 from fulmen.utilities.checkpoint_migration import migrate
 from fulmen.utilities.cloud_io import get_filesystem, safe_load
+from fulmen.utilities.rank_zero import rank_zero_warn
 
 
 class restricted_classmethod(classmethod):  # noqa: N801 - used as a decorator, like classmethod
     """A classmethod that refuses to be called on an instance, where its result would be lost."""
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
-        if instance is not None:
-            name = self.__func__.__name__
+        if instance is None:
+            return super().__get__(instance, owner)
+        # Reading the attribute from an instance works (hasattr, inspect, torch.jit, TensorBoard's
+        # graph logging walk attributes); only calling it fails.
+        func, cls_name = self.__func__, type(instance).__name__
+
+        @functools.wraps(func)
+        def refuse(*args: Any, **kwargs: Any) -> Any:
             raise TypeError(
-                f"`{type(instance).__name__}.{name}` is a classmethod: call it on the class, "
-                f"`model = {type(instance).__name__}.{name}(path)`, and use what it returns."
+                f"`{cls_name}.{func.__name__}` is a classmethod: call it on the class, "
+                f"`model = {cls_name}.{func.__name__}(path)`, and use what it returns."
             )
-        return super().__get__(instance, owner)
+
+        return refuse
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: Any, weights_only: bool) -> dict[str, Any]:
@@ -51,6 +60,10 @@ def _read_yaml(path: Any) -> dict[str, Any]:
     import yaml
 
     fs = get_filesystem(path)
+    if not fs.exists(os.fspath(path)):
+        # As Lightning: a missing hparams file is worth a warning, not a failed load.
+        rank_zero_warn(f"`hparams_file={path!s}` does not exist: the checkpoint's own hyperparameters are used.")
+        return {}
     with fs.open(os.fspath(path), "r") as f:
         loaded = yaml.safe_load(f) or {}
     if not isinstance(loaded, dict):

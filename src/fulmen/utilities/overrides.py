@@ -7,6 +7,8 @@ from typing import Any
 
 def is_overridden(obj: Any, base: type, name: str) -> bool:
     """Whether ``obj`` implements ``name`` itself (in its class or on the instance), not just ``base``'s."""
-    if name in getattr(obj, "__dict__", {}):
-        return True
+    instance_attributes = getattr(obj, "__dict__", {})
+    if name in instance_attributes:
+        # ``model.validation_step = None`` turns the hook off, as in Lightning.
+        return instance_attributes[name] is not None
     return getattr(type(obj), name, None) is not getattr(base, name, None)

@@ -24,6 +24,8 @@ class Precision:
     precision: str = "32-true"
     #: Floating dtype of parameters and inputs inside the model.
     param_dtype: torch.dtype = torch.float32
+    #: The gradient scaler (``torch.amp.GradScaler``) of the modes that scale the loss; None otherwise.
+    scaler: Any = None
 
     def convert_module(self, module: nn.Module) -> nn.Module:
         return module

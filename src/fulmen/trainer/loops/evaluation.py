@@ -61,9 +61,9 @@ def evaluation_run(
     batch_end = hooks.any(f"on_{prefix}_batch_end")
     several = len(loaders) > 1
     outputs: list[dict[str, float]] = []
-    fitting = state.fn == TrainerFn.FITTING
-    modes = None if fitting else _training_modes(run.module)
+    modes = _training_modes(run.module)
 
+    run.eval_batches = 0
     with grad_context(run):
         hooks.call_module(f"on_{prefix}_model_eval", always=True)
         hooks.call(f"on_{prefix}_start")
@@ -79,6 +79,7 @@ def evaluation_run(
                 if batch_start:
                     hooks.call(f"on_{prefix}_batch_start", *args)
                 output = run.step(step_name, *args)
+                run.eval_batches += 1
                 if batch_end:
                     hooks.call(f"on_{prefix}_batch_end", output, *args)
                 if store.has_step_logs and not sanity:
@@ -99,10 +100,11 @@ def evaluation_run(
             if logs:
                 log_to_loggers(loggers, logs, state.batches_that_stepped, state.current_epoch, save=True)
         hooks.call(f"on_{prefix}_end")
-        if fitting or sanity:
-            hooks.call_module(f"on_{prefix}_model_train", always=True)
-        else:
+        # Each submodule gets back the mode it had (a frozen part stays in eval mode), unless
+        # the module decides itself in its own on_*_model_train.
+        if hooks.module[f"on_{prefix}_model_train"] is None:
             _restore_training_modes(modes)
+        else:
             hooks.call_module(f"on_{prefix}_model_train")
     store.reset()
     run.results = previous_results
@@ -120,6 +122,7 @@ def predict_loop(run: Run, loaders: list[Any], limits: list[int | float], keep: 
     batch_end = hooks.any("on_predict_batch_end")
     modes = _training_modes(run.module)
     cpu = torch.device("cpu")
+    run.eval_batches = 0
     with grad_context(run):
         hooks.call_module("on_predict_model_eval", always=True)
         hooks.call("on_predict_start")
@@ -132,6 +135,7 @@ def predict_loop(run: Run, loaders: list[Any], limits: list[int | float], keep: 
                 if batch_start:
                     hooks.call("on_predict_batch_start", *args)
                 prediction = run.step("predict_step", *args)
+                run.eval_batches += 1
                 if batch_end:
                     hooks.call("on_predict_batch_end", prediction, *args)
                 if keep:
@@ -145,8 +149,14 @@ def predict_loop(run: Run, loaders: list[Any], limits: list[int | float], keep: 
 
 
 def grad_context(run: Run) -> contextlib.AbstractContextManager:
-    """``inference_mode`` (when the flag allows it and the backend can take such tensors), else ``no_grad``."""
+    """``inference_mode`` (when the flag allows it and the backend can take such tensors), else ``no_grad``.
+
+    Validation inside ``fit`` always runs under ``no_grad``, as in Lightning: a module may keep a
+    validation output and use it in the next training loss, which inference tensors forbid.
+    """
     strategy = run.strategy
+    if run.fn == TrainerFn.FITTING:
+        return torch.no_grad()
     # inference_mode tensors cannot take part in gloo collectives (pytorch#95930): use no_grad there.
     gloo = (
         strategy.world_size > 1

@@ -22,6 +22,7 @@ from fulmen.trainer.loops.resume import PHASE_BATCH_END, PHASE_EPOCH_END, PHASE_
 from fulmen.trainer.loops.transfer import batch_mover
 from fulmen.trainer.metrics import log_to_loggers
 from fulmen.trainer.rng import capture_rng
+from fulmen.trainer.run import positional_arity
 from fulmen.utilities.exceptions import MisconfigurationException
 from fulmen.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from fulmen.utilities.stages import RunningStage
@@ -105,11 +106,14 @@ def train_epoch(run: Run) -> None:
             epoch_complete = True
             break
         batch_idx, batch, is_last = item
+        run.is_last_batch = is_last
         if to_device is not None:
             batch = to_device(batch, 0)
         store.batch = batch
         store.batch_size = None
         if plan.batch_start and hooks.call("on_train_batch_start", batch, batch_idx) == -1:
+            if plan.epoch_schedulers:  # the epoch ends here: its schedulers step as at a last batch
+                _step_schedulers(run, plan.epoch_schedulers, state.current_epoch, plateau=False)
             break
         stepping = is_last or not plan.automatic or (batch_idx + 1) % accumulate == 0
         outputs = batch_step(run, plan, batch, batch_idx, stepping)
@@ -179,6 +183,11 @@ class EpochPlan:
         #: ``training_step`` through the strategy's wrapper (DDP) when it wrapped the module, inside
         #: the strategy's forward context (autocast) when there is one to enter.
         step = run.model if run.router is not None else run.module.training_step
+        if positional_arity(run.module.training_step) < 2:  # ``training_step(self, batch)``
+
+            def step(batch: Any, batch_idx: int, _step: Callable[..., Any] = step) -> Any:
+                return _step(batch)
+
         self.training_step = step if run.plain_forward else _in_context(step, run.strategy.forward_context)
         #: Backward with its hooks, or straight through the strategy when no hook wants it.
         backward_hooks = hooks.active["on_before_backward"] or hooks.active["on_after_backward"]
@@ -211,8 +220,11 @@ def _finish_batch(run: Run, plan: EpochPlan, batch_idx: int, is_last: bool, step
     ):
         log_to_loggers(trainer.loggers, store.step_log_view(), state.batches_that_stepped, state.current_epoch,
                        save=trainer.should_stop)  # fmt: skip
+    if plan.max_time is not None and _out_of_time(run, plan.max_time):
+        trainer.should_stop = True  # before the validation check: the run ends with a validation
     due = plan.val_check is not None and plan.val_check(batch_idx, is_last)
     if due and state.last_val_total_batch != state.total_batch_idx:
+        run.metrics.fold(store)  # what training logged so far is visible to checkpoint monitors
         if stepping:
             run.hooks.call_module("on_validation_model_zero_grad", always=True)
         # Marked before it runs: a checkpoint saved at on_validation_end must not validate again.
@@ -225,8 +237,6 @@ def _finish_batch(run: Run, plan: EpochPlan, batch_idx: int, is_last: bool, step
     if stepping:
         state.batches_that_stepped += 1
     state.phase = None
-    if plan.max_time is not None and _out_of_time(run, plan.max_time):
-        trainer.should_stop = True
 
 
 def _epoch_can_stop(run: Run) -> bool:
@@ -257,6 +267,9 @@ def _val_check_fn(run: Run) -> Callable[[int, bool], bool] | None:
         return None
     interval = run.val_check_batch
     trainer = run.trainer
+    seconds = run.config.val_check_seconds
+    if seconds is not None:
+        return _time_check_fn(run, seconds)
 
     def due(batch_idx: int, is_last: bool) -> bool:
         if interval == math.inf:
@@ -265,6 +278,25 @@ def _val_check_fn(run: Run) -> Callable[[int, bool], bool] | None:
             return True
         current = state.total_batch_idx - 1 if every_n is None else batch_idx
         return (current + 1) % interval == 0
+
+    return due
+
+
+def _time_check_fn(run: Run, seconds: float) -> Callable[[int, bool], bool]:
+    """Time-based ``val_check_interval``: validate once that much time passed since the last one."""
+    strategy, distributed = run.strategy, run.strategy.world_size > 1
+    if run.last_val_time is None:
+        run.last_val_time = run.fit_start_time
+
+    def due(batch_idx: int, is_last: bool) -> bool:
+        if run.trainer.should_stop and _can_stop_early(run):
+            return True
+        elapsed = time.monotonic() - run.last_val_time >= seconds
+        if distributed:  # every rank validates at the same batch
+            elapsed = strategy.reduce_boolean_decision(elapsed, all=False)
+        if elapsed:
+            run.last_val_time = time.monotonic()
+        return elapsed
 
     return due
 
