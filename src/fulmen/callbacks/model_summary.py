@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import torch
 from torch import nn
 
 from fulmen.callbacks.callback import Callback
+from fulmen.utilities.apply_func import move_data_to_device
 from fulmen.utilities.exceptions import invalid_argument
 
 
@@ -24,6 +26,8 @@ class LayerRow(NamedTuple):
     params: int
     trainable_params: int
     mode: str  # "train" or "eval"
+    in_size: Any = None  # the layer's input shape(s) on ``example_input_array``; None without one
+    out_size: Any = None
 
 
 def _is_uninitialized(param: nn.Parameter) -> bool:
@@ -68,11 +72,14 @@ class Summary:
         if max_depth >= 0:
             named = [(name, layer) for name, layer in named if name.count(".") < max_depth]
         self.rows: list[LayerRow] = []
+        sizes = _example_sizes(module, named)
+        #: Whether the table has the "In sizes"/"Out sizes" columns (the module has ``example_input_array``).
+        self.has_sizes = sizes is not None
         for name, layer in named:
             total, trainable, _ = _count(layer.parameters())
-            self.rows.append(
-                LayerRow(name, type(layer).__name__, total, trainable, "train" if layer.training else "eval")
-            )
+            in_size, out_size = sizes.get(name, ("?", "?")) if sizes is not None else (None, None)
+            mode = "train" if layer.training else "eval"
+            self.rows.append(LayerRow(name, type(layer).__name__, total, trainable, mode, in_size, out_size))
         self.total_parameters, self.trainable_parameters, size = _count(module.parameters())
         #: Bytes of all parameters, in MB (1e6 bytes), at their current dtype.
         self.model_size = size / 1e6
@@ -106,8 +113,11 @@ class Summary:
         return self.rows[index]
 
     def __str__(self) -> str:
-        header = ("", "Name", "Type", "Params", "Mode")
+        header: tuple[str, ...] = ("", "Name", "Type", "Params", "Mode")
         body = [(str(i), r.name, r.type, human_readable_count(r.params), r.mode) for i, r in enumerate(self.rows)]
+        if self.has_sizes:
+            header += ("In sizes", "Out sizes")
+            body = [(*cells, str(r.in_size), str(r.out_size)) for cells, r in zip(body, self.rows)]
         widths = [max(len(line[c]) for line in [header, *body]) for c in range(len(header))]
 
         def line(cells: tuple[str, ...]) -> str:
@@ -130,6 +140,49 @@ class Summary:
 
     def __repr__(self) -> str:
         return str(self)
+
+
+def _shape_of(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return list(value.shape)
+    if isinstance(value, (list, tuple)):
+        shapes = [_shape_of(v) for v in value]
+        return shapes[0] if len(shapes) == 1 else shapes
+    return "?"
+
+
+def _example_sizes(module: nn.Module, layers: list[tuple[str, nn.Module]]) -> dict[str, tuple[Any, Any]] | None:
+    """Each layer's input and output shapes in one forward on ``example_input_array`` (None without one)."""
+    example = getattr(module, "example_input_array", None)
+    if example is None:
+        return None
+    sizes: dict[str, tuple[Any, Any]] = {}
+
+    def recorder(name: str) -> Any:
+        def record(layer: nn.Module, inputs: Any, output: Any) -> None:
+            sizes[name] = (_shape_of(inputs), _shape_of(output))
+
+        return record
+
+    handles = [layer.register_forward_hook(recorder(name)) for name, layer in layers]
+    device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    example = move_data_to_device(example, device)
+    mode = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        with torch.no_grad():
+            if isinstance(example, (list, tuple)):
+                module(*example)
+            elif isinstance(example, dict):
+                module(**example)
+            else:
+                module(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for m, training in mode.items():
+            m.training = training
+    return sizes
 
 
 def summarize(module: nn.Module, max_depth: int = 1) -> Summary:

@@ -9,6 +9,7 @@ the methods that need them (``log`` with ``sync_dist``, ``all_gather``, ``manual
 from __future__ import annotations
 
 import numbers
+import os
 from collections.abc import Callable, Generator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from fulmen.module import export
+from fulmen.module.hooks import ModelHooks
 from fulmen.module.optimizer import LightningOptimizer
 from fulmen.utilities.apply_func import apply_to_collection, move_data_to_device
 from fulmen.utilities.checkpoint_migration import match_module_keys
@@ -30,8 +33,19 @@ if TYPE_CHECKING:
     from fulmen.trainer import Trainer
 
 
-class LightningModule(HyperparametersMixin, nn.Module):
+class LightningModule(ModelHooks, HyperparametersMixin, nn.Module):
     """Subclass it: define ``training_step`` and ``configure_optimizers`` at least."""
+
+    #: Checkpoint keys of the hyperparameters, as Lightning names them.
+    CHECKPOINT_HYPER_PARAMS_KEY = "hyper_parameters"
+    CHECKPOINT_HYPER_PARAMS_NAME = "hparams_name"
+    CHECKPOINT_HYPER_PARAMS_TYPE = "hparams_type"
+    #: Properties TorchScript must not compile (they reach the Trainer): ``torch.jit.script(model)`` works.
+    __jit_unused_properties__: list[str] = [  # noqa: RUF012
+        "trainer", "device", "dtype", "automatic_optimization", "strict_loading", "example_input_array",
+        "current_epoch", "global_step", "global_rank", "local_rank", "logger", "loggers", "hparams",
+        "hparams_initial", "_attached", "_log_hyperparams_enabled",
+    ]  # fmt: skip
 
     #: Run ``prepare_data`` on local rank 0 of every node (True) or only on global rank 0 (False).
     prepare_data_per_node: bool = True
@@ -52,7 +66,7 @@ class LightningModule(HyperparametersMixin, nn.Module):
     @property
     def trainer(self) -> Trainer:
         trainer = self.__dict__.get("_trainer")
-        if trainer is None:
+        if trainer is None and not self.__dict__.get("_jit_is_scripting", False):
             raise RuntimeError(f"{type(self).__qualname__} is not attached to a `Trainer`.")
         return trainer
 
@@ -406,6 +420,22 @@ class LightningModule(HyperparametersMixin, nn.Module):
         else:
             scheduler.step(metric)
 
+    # -------------------------------------------------------------------------------- export
+    @torch.no_grad()
+    def to_torchscript(
+        self, file_path: str | os.PathLike | None = None, method: str = "script", example_inputs: Any = None,
+        **kwargs: Any,
+    ) -> Any:  # fmt: skip
+        """The module as TorchScript (``"script"`` or ``"trace"`` on ``example_inputs`` / ``example_input_array``)."""
+        example = example_inputs if example_inputs is not None else self.example_input_array
+        return export.to_torchscript(self, file_path, method, example, **kwargs)
+
+    @torch.no_grad()
+    def to_onnx(self, file_path: str | os.PathLike, input_sample: Any = None, **kwargs: Any) -> None:
+        """Write the module as ONNX, exported on ``input_sample`` (default: ``example_input_array``)."""
+        sample = input_sample if input_sample is not None else self.example_input_array
+        export.to_onnx(self, file_path, sample, **kwargs)
+
     def freeze(self) -> None:
         """Make every parameter untrainable and switch to eval mode."""
         for param in self.parameters():
@@ -417,121 +447,6 @@ class LightningModule(HyperparametersMixin, nn.Module):
         for param in self.parameters():
             param.requires_grad = True
         self.train()
-
-    # ------------------------------------------------------------------------- model hooks
-    def on_fit_start(self) -> None:
-        """When fit begins."""
-
-    def on_fit_end(self) -> None:
-        """When fit ends."""
-
-    def on_train_start(self) -> None:
-        """When the training loop begins (after the sanity check)."""
-
-    def on_train_end(self) -> None:
-        """When the training loop ends."""
-
-    def on_validation_start(self) -> None:
-        """When a validation run begins."""
-
-    def on_validation_end(self) -> None:
-        """When a validation run ends."""
-
-    def on_test_start(self) -> None:
-        """When testing begins."""
-
-    def on_test_end(self) -> None:
-        """When testing ends."""
-
-    def on_predict_start(self) -> None:
-        """When prediction begins."""
-
-    def on_predict_end(self) -> None:
-        """When prediction ends."""
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
-        """Before ``training_step``; return -1 to skip the rest of this epoch."""
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """After the step (and the optimizer step)."""
-
-    def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Before ``validation_step``."""
-
-    def on_validation_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        """After ``validation_step``."""
-
-    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Before ``test_step``."""
-
-    def on_test_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        """After ``test_step``."""
-
-    def on_predict_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Before ``predict_step``."""
-
-    def on_predict_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        """After ``predict_step``."""
-
-    def on_validation_model_zero_grad(self) -> None:
-        """Before validation during fit: free the gradients' memory."""
-        self.zero_grad(set_to_none=True)
-
-    def on_validation_model_eval(self) -> None:
-        """Before validation: eval mode."""
-        self.trainer.model.eval()
-
-    def on_validation_model_train(self) -> None:
-        """After validation during fit: back to train mode."""
-        self.trainer.model.train()
-
-    def on_test_model_eval(self) -> None:
-        self.trainer.model.eval()
-
-    def on_test_model_train(self) -> None:
-        self.trainer.model.train()
-
-    def on_predict_model_eval(self) -> None:
-        self.trainer.model.eval()
-
-    def on_train_epoch_start(self) -> None:
-        """When a training epoch begins."""
-
-    def on_train_epoch_end(self) -> None:
-        """When a training epoch ends (after the validation run at the end of it, if any)."""
-
-    def on_validation_epoch_start(self) -> None:
-        """When a validation epoch begins."""
-
-    def on_validation_epoch_end(self) -> None:
-        """When a validation epoch ends."""
-
-    def on_test_epoch_start(self) -> None:
-        """When a test epoch begins."""
-
-    def on_test_epoch_end(self) -> None:
-        """When a test epoch ends."""
-
-    def on_predict_epoch_start(self) -> None:
-        """When a prediction epoch begins."""
-
-    def on_predict_epoch_end(self) -> None:
-        """When a prediction epoch ends."""
-
-    def on_before_zero_grad(self, optimizer: Optimizer) -> None:
-        """Before ``optimizer.zero_grad()``."""
-
-    def on_before_backward(self, loss: Tensor) -> None:
-        """Before ``loss.backward()``."""
-
-    def on_after_backward(self) -> None:
-        """After ``loss.backward()``; gradients are available."""
-
-    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
-        """Before the optimizer step and gradient clipping."""
-
-    def on_exception(self, exception: BaseException) -> None:
-        """When fit, validate, test or predict raises; the exception is re-raised afterwards."""
 
     # -------------------------------------------------------------------------- data hooks
     def prepare_data(self) -> None:
@@ -620,7 +535,7 @@ class LightningModule(HyperparametersMixin, nn.Module):
 #: does work, like ``optimizer_step``) done by the Trainer directly.
 MODULE_HOOKS: tuple[str, ...] = tuple(
     name
-    for name, value in vars(LightningModule).items()
+    for name, value in {**vars(ModelHooks), **vars(LightningModule)}.items()
     if callable(value)
     and (
         name.startswith("on_")
