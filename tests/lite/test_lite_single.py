@@ -160,13 +160,16 @@ def test_single_process_collectives_and_properties(capsys):
     ranks = (lite.world_size, lite.global_rank, lite.local_rank, lite.node_rank, lite.is_global_zero)
     assert ranks == (1, 0, 0, 0, True)
     assert lite.device == torch.device("cpu")
-    assert lite.all_gather(torch.tensor([1.0, 2.0])).shape == (1, 2)
+    # One process: the tensor comes back as it is, without a leading world-size dimension (as Fabric).
+    assert lite.all_gather(torch.tensor([1.0, 2.0])).shape == (2,)
     assert torch.equal(lite.all_reduce(torch.tensor(3.0), reduce_op="sum"), torch.tensor(3.0))
     assert lite.broadcast({"a": 1}) == {"a": 1}
     lite.barrier()
-    # The seed's pattern: a list of per-batch losses, gathered and averaged.
+    # A list of per-batch losses stays a list; stacking it gives the mean over every batch.
     losses = [torch.tensor(1.0), torch.tensor(3.0)]
-    assert lite.all_gather(losses).mean() == 2.0
+    gathered = lite.all_gather(losses)
+    assert isinstance(gathered, list) and len(gathered) == 2
+    assert torch.stack(gathered).mean() == 2.0
     lite.print("hello from rank zero")
     assert "hello from rank zero" in capsys.readouterr().out
 

@@ -467,14 +467,15 @@ def test_pickling_and_copying_leave_the_trainer_behind():
         assert torch.equal(clone.layer.weight, model.layer.weight)
 
 
-def test_all_gather_on_one_process_adds_a_leading_dimension():
+def test_all_gather_on_one_process_returns_the_input_unchanged():
     class Gather(BoringModel):
         def on_train_epoch_end(self):
             self.gathered = self.all_gather({"a": torch.tensor([1.0, 2.0]), "b": 3})
 
     model = Gather()
     Trainer(**quiet(max_epochs=1)).fit(model, loader(16))
-    assert model.gathered["a"].shape == (1, 2) and model.gathered["b"].shape == (1,)
+    # As Lightning documents: no leading dimension on one process; numbers become tensors.
+    assert model.gathered["a"].shape == (2,) and torch.equal(model.gathered["b"], torch.tensor(3))
 
 
 def test_configure_callbacks_replaces_trainer_callbacks_of_the_same_type():

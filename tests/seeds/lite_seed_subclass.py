@@ -71,8 +71,9 @@ class Lite(LightningLite):
                 for batch in val_dataloader:
                     val_losses.append(model(batch))
 
-            train_epoch_loss = self.all_gather(train_losses).mean()
-            val_epoch_loss = self.all_gather(val_losses).mean()
+            # all_gather keeps the list: stack it to average over every batch of every rank.
+            train_epoch_loss = torch.stack(self.all_gather(train_losses)).mean()
+            val_epoch_loss = torch.stack(self.all_gather(val_losses)).mean()
 
             print(f"{epoch}/{num_epochs}| Train Epoch Loss: {train_epoch_loss}")
             print(f"{epoch}/{num_epochs}| Valid Epoch Loss: {val_epoch_loss}")

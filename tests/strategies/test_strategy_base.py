@@ -144,10 +144,9 @@ def test_collectives_on_one_process_pass_values_through():
     strategy = _strategy()
     tensor = torch.tensor([1.0, 2.0, 3.0])
 
-    gathered = strategy.all_gather(tensor)
-    # A leading world-size dimension of 1, as with several processes: code indexes it the same way.
-    assert gathered.shape == (1, 3) and torch.equal(gathered[0], tensor)
-    assert strategy.all_gather(torch.tensor(5.0)).shape == (1,)
+    # One process: the tensor as it is, no leading world-size dimension (as Lightning documents).
+    assert strategy.all_gather(tensor) is tensor
+    assert strategy.all_gather(torch.tensor(5.0)).shape == ()
 
     for op in ("sum", "mean", "max", "min"):
         assert strategy.all_reduce(tensor, reduce_op=op) is tensor

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
+from fulmen.lite import reporting, saving
 from fulmen.lite.wrappers import LiteDataLoader, LiteModule, LiteOptimizer
 from fulmen.strategies import (
     Strategy,
@@ -30,6 +31,8 @@ from fulmen.strategies import (
     warn_no_backward_sync_unsupported,
 )
 from fulmen.utilities.apply_func import apply_to_collection, move_data_to_device
+from fulmen.utilities.exceptions import invalid_argument
+from fulmen.utilities.rank_zero import rank_zero_warn
 from fulmen.utilities.seed import seed_everything as _seed_everything
 
 
@@ -38,7 +41,8 @@ class Lite:
 
     Flags (shared with ``Trainer``): ``accelerator``, ``strategy``, ``devices``, ``num_nodes``,
     ``precision``, ``plugins``. Values given to ``fulmen run`` apply where the code leaves a flag
-    unset or ``"auto"``.
+    unset or ``"auto"``. ``callbacks``: objects whose methods ``call("hook", ...)`` runs;
+    ``loggers``: loggers (``fulmen.loggers``) that ``log``/``log_dict`` write to.
     """
 
     def __init__(
@@ -49,7 +53,11 @@ class Lite:
         num_nodes: int | None = None,
         precision: Any = None,
         plugins: Any = None,
+        callbacks: Any = None,
+        loggers: Any = None,
     ) -> None:
+        self._callbacks: list[Any] = reporting.as_list(callbacks, "callbacks")
+        self._loggers: list[Any] = reporting.check_loggers(reporting.as_list(loggers, "loggers"))
         self._strategy: Strategy = select_strategy(
             accelerator=accelerator,
             devices=devices,
@@ -139,8 +147,10 @@ class Lite:
             extra = kwargs.pop("optimizers")
             optimizers = (*optimizers, *(extra if isinstance(extra, (list, tuple)) else [extra]))
         if kwargs:
-            raise TypeError(f"Lite.setup() got unexpected arguments {sorted(kwargs)}. Accepted: model, *optimizers, "
-                            "move_to_device, sync_batchnorm.")
+            raise TypeError(
+                f"Lite.setup() got unexpected arguments {sorted(kwargs)}. Accepted: model, *optimizers, "
+                "move_to_device, sync_batchnorm."
+            )
         self._ensure_ready()
         self._check_not_set_up(model, optimizers)
         prepared = self._prepare_module(model, move_to_device, sync_batchnorm)
@@ -206,6 +216,26 @@ class Lite:
         if any(isinstance(opt, LiteOptimizer) for opt in optimizers):
             raise ValueError("An optimizer was already set up by Lite; pass each original optimizer once.")
 
+    def init_module(self, empty_init: bool | None = None) -> contextlib.AbstractContextManager:
+        """Instantiate the model inside this block: its parameters are created on the device and in
+        the precision's dtype at once, with no copy on the CPU first.
+
+        ``empty_init=True`` skips the weight initialisation (the memory is left as it is), for a
+        model whose weights ``load``/``load_raw`` fill next; ``None`` lets the strategy decide.
+        """
+        self._ensure_ready()
+        return self._strategy.module_init_context(empty_init=empty_init)
+
+    def init_tensor(self) -> contextlib.AbstractContextManager:
+        """Tensors created inside this block land on the device, in the precision's dtype."""
+        self._ensure_ready()
+        return self._strategy.tensor_init_context()
+
+    def sharded_model(self) -> contextlib.AbstractContextManager:
+        """The older name of ``init_module()`` (deprecated, as in Fabric)."""
+        rank_zero_warn("`Lite.sharded_model()` is deprecated; use `Lite.init_module()`.", DeprecationWarning)
+        return self.init_module()
+
     # ------------------------------------------------------------------------------- train
     def backward(self, tensor: Tensor, *args: Any, model: LiteModule | None = None, **kwargs: Any) -> None:
         """Replaces ``loss.backward()``: precision scaling and engine-specific backward."""
@@ -265,6 +295,11 @@ class Lite:
         return self._strategy
 
     @property
+    def accelerator(self) -> Any:
+        """The strategy's ``Accelerator`` (cpu, cuda or mps)."""
+        return self._strategy.accelerator
+
+    @property
     def world_size(self) -> int:
         return self._strategy.world_size
 
@@ -293,27 +328,65 @@ class Lite:
     def seed_everything(seed: int | None = None, workers: bool = True) -> int:
         return _seed_everything(seed, workers=workers)
 
+    # ----------------------------------------------------------------------- loggers, callbacks
+    @property
+    def loggers(self) -> list[Any]:
+        """The loggers given as ``Lite(loggers=...)``."""
+        return self._loggers
+
+    @property
+    def logger(self) -> Any:
+        """The first logger, or ``None`` when there is none."""
+        return self._loggers[0] if self._loggers else None
+
+    def log(self, name: str, value: Any, step: int | None = None) -> None:
+        """Log one value (a number or a one-element tensor) to every logger, at ``step``
+        (``None``: the logger counts the calls)."""
+        self.log_dict({name: value}, step=step)
+
+    def log_dict(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        """Log several values at once; tensors are detached and turned into Python numbers."""
+        metrics = reporting.to_scalars(metrics)
+        for logger in self._loggers:
+            logger.log_metrics(metrics=metrics, step=step)
+
+    def call(self, hook_name: str, *args: Any, **kwargs: Any) -> None:
+        """Call the method ``hook_name`` of every callback that has one, in the order given."""
+        reporting.call_hook(self._callbacks, hook_name, *args, **kwargs)
+
     # -------------------------------------------------------------------------- collectives
     def barrier(self, name: str | None = None) -> None:
         self._ensure_ready()
         self._strategy.barrier(name)
 
-    def all_gather(self, data: Any, group: Any = None, sync_grads: bool = False) -> Any:
-        """Gather tensors from every rank: shape ``(world_size, *shape)`` per tensor.
+    @contextlib.contextmanager
+    def rank_zero_first(self, local: bool = False) -> Generator[None, None, None]:
+        """Rank zero runs the block first (a download, a cache); the others run it once it is done.
 
-        A list of same-shape tensors (e.g. per-batch losses) is gathered as one stacked
-        tensor of shape ``(world_size, len(list), *shape)``; other collections keep their
-        structure with each tensor gathered.
+        ``local=True``: local rank zero of every node goes first (no shared file system). The
+        others wait at most the process-group timeout (``FULMEN_DIST_TIMEOUT``, 1800 s by default).
         """
         self._ensure_ready()
-        data = _stack_tensor_list(data, detach=not sync_grads)
-        return apply_to_collection(
-            data, (Tensor, int, float), self._gather_one, group=group, sync_grads=sync_grads
-        )
+        rank = self.local_rank if local else self.global_rank
+        if rank > 0:
+            self._strategy.barrier("rank_zero_first")
+        yield
+        if rank == 0:
+            self._strategy.barrier("rank_zero_first")
 
-    def _gather_one(self, value: Any, group: Any, sync_grads: bool) -> Any:
-        tensor = value if isinstance(value, Tensor) else torch.tensor(value, device=self.device)
-        return self._strategy.all_gather(tensor, group=group, sync_grads=sync_grads)
+    def all_gather(self, data: Any, group: Any = None, sync_grads: bool = False) -> Any:
+        """Gather every tensor (or number) in ``data`` from all ranks, keeping ``data``'s structure.
+
+        Each tensor becomes ``(world_size, *shape)``; with one process it comes back as it is
+        (numbers as tensors), as Fabric documents. A list of tensors stays a list of gathered
+        tensors: ``torch.stack(lite.all_gather(losses))`` makes one tensor of it.
+        """
+        self._ensure_ready()
+        device = self.device
+        data = apply_to_collection(data, (int, float), lambda x: torch.tensor(x, device=device))
+        return apply_to_collection(
+            data, Tensor, lambda t: self._strategy.all_gather(t.to(device), group=group, sync_grads=sync_grads)
+        )
 
     def all_reduce(self, data: Any, group: Any = None, reduce_op: str = "mean") -> Any:
         """Reduce every tensor (or number) in ``data`` over all ranks: mean, sum, max or min."""
@@ -327,16 +400,22 @@ class Lite:
         return self._strategy.broadcast(obj, src=src)
 
     # ---------------------------------------------------------------------------- save/load
-    def save(self, path: Any, state: Any) -> None:
-        """Save ``state`` (models and optimizers are turned into their state dicts); rank zero writes."""
+    def save(self, path: Any, state: Any, filter: saving.Filter | None = None) -> None:
+        """Save ``state`` (models and optimizers are turned into their state dicts); rank zero writes.
+
+        ``filter``: ``{key: fn(name, value) -> bool}`` keeps only the entries of ``state[key]``'s
+        state dict for which ``fn`` is true (e.g. the trainable weights of a large model).
+        """
         if not isinstance(path, (str, os.PathLike)) and isinstance(state, (str, os.PathLike)):
             path, state = state, path  # the older order: save(content, path)
+        saving.check_filter(filter, state)
         self._ensure_ready()
-        self._strategy.save_checkpoint(self._to_state_dicts(state), str(path))
+        self._strategy.save_checkpoint(saving.apply_filter(self._to_state_dicts(state), filter), str(path))
         self._strategy.barrier()
 
-    def load(self, path: Any, state: dict[str, Any] | None = None, strict: bool = True,
-             weights_only: bool = True) -> Any:
+    def load(
+        self, path: Any, state: dict[str, Any] | None = None, strict: bool = True, weights_only: bool = True
+    ) -> Any:
         """Load a file saved by ``save``. With ``state``, models and optimizers in it are restored
         in place and what the file holds beyond them is returned."""
         self._ensure_ready()
@@ -358,6 +437,20 @@ class Lite:
                 state[key] = value
         return remainder
 
+    def load_raw(self, path: Any, obj: nn.Module | Optimizer, strict: bool = True, weights_only: bool = True) -> None:
+        """Load a plain state-dict file (``torch.save(model.state_dict(), path)``, made without Lite)
+        into a model or optimizer, set up or not. ``strict`` applies to models only."""
+        if isinstance(obj, LiteModule):
+            obj = obj.module
+        if not isinstance(obj, (nn.Module, Optimizer)):
+            raise invalid_argument("obj", type(obj).__name__, "a torch.nn.Module or a torch.optim.Optimizer")
+        self._ensure_ready()
+        state = self._strategy.load_checkpoint(str(path), weights_only=weights_only)
+        if isinstance(obj, nn.Module):
+            self._strategy.load_module_state_dict(obj, state, strict=strict)
+        else:
+            obj.load_state_dict(state)
+
     def _to_state_dicts(self, state: Any) -> Any:
         if isinstance(state, nn.Module):
             return self._strategy.get_module_state_dict(state)
@@ -365,19 +458,9 @@ class Lite:
             return state.state_dict()
         if isinstance(state, dict):
             return {k: self._to_state_dicts(v) for k, v in state.items()}
+        if callable(getattr(state, "state_dict", None)) and callable(getattr(state, "load_state_dict", None)):
+            return state.state_dict()  # LR schedulers, samplers, any stateful object
         return state
 
 
 LightningLite = Lite
-
-
-def _stack_tensor_list(data: Any, detach: bool) -> Any:
-    if (
-        type(data) is list
-        and data
-        and all(isinstance(t, Tensor) for t in data)
-        and all(t.shape == data[0].shape for t in data)
-    ):
-        return torch.stack([t.detach() if detach else t for t in data])
-    return data
-

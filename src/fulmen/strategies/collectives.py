@@ -24,10 +24,14 @@ def all_gather(tensor: Tensor, group: Any = None, sync_grads: bool = False) -> T
 
     Equal shapes give one tensor of shape ``(world_size, *shape)``. Uneven shapes (a short last
     batch) cannot be stacked: they come back as a list with each rank's tensor at its own shape.
+    With one process (no group, or a group of one) the tensor comes back as it is, without a
+    leading dimension, as Lightning and Fabric document it.
     """
     if not is_initialized():
-        return tensor.unsqueeze(0)
+        return tensor
     world_size = dist.get_world_size(group)
+    if world_size == 1:
+        return tensor
     tensor = tensor.contiguous()
     local_shape = torch.tensor(tensor.shape, dtype=torch.long, device=tensor.device)
     # Ranks may differ in the number of dimensions too (a 0-dim tensor vs a 1-dim one).

@@ -23,6 +23,7 @@ from fulmen.strategies.environments import ClusterEnvironment
 from fulmen.strategies.launchers import Launcher
 from fulmen.strategies.precision import Precision
 from fulmen.utilities.apply_func import move_data_to_device
+from fulmen.utilities.init import skip_parameter_init
 from fulmen.utilities.rank_zero import rank_zero_warn
 
 log = logging.getLogger("fulmen")
@@ -133,9 +134,23 @@ class Strategy(ABC):
     def setup_optimizer(self, optimizer: Optimizer) -> Optimizer:
         return optimizer
 
-    def module_init_context(self) -> contextlib.AbstractContextManager:
-        """Where to instantiate a model: on the right device and in the right dtype."""
+    def tensor_init_context(self) -> contextlib.AbstractContextManager:
+        """Where to create tensors: on this process's device, in the precision's dtype."""
         stack = contextlib.ExitStack()
+        stack.enter_context(self.root_device)
+        stack.enter_context(self.precision.tensor_init_context())
+        return stack
+
+    def module_init_context(self, empty_init: bool | None = None) -> contextlib.AbstractContextManager:
+        """Where to instantiate a model: on the right device and in the right dtype.
+
+        ``empty_init=True`` skips the ``torch.nn.init`` calls of the layers' constructors (the
+        weights are left as uninitialised memory), for a model whose weights a checkpoint fills
+        next. ``None`` lets the strategy decide; one process initialises as usual.
+        """
+        stack = contextlib.ExitStack()
+        if empty_init:
+            stack.enter_context(skip_parameter_init())
         stack.enter_context(self.root_device)
         stack.enter_context(self.precision.module_init_context())
         return stack
@@ -194,6 +209,7 @@ class Strategy(ABC):
 
     # ----------------------------------------------------------------------------- collectives
     def all_gather(self, tensor: Tensor, group: Any = None, sync_grads: bool = False) -> Tensor | list[Tensor]:
+        """``(world_size, *shape)`` from every rank; one process returns ``tensor`` as it is."""
         return collectives.all_gather(tensor, group=group, sync_grads=sync_grads)
 
     def all_reduce(self, tensor: Tensor | float, group: Any = None, reduce_op: str | Any = "mean") -> Tensor:
