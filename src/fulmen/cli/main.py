@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run a training script on the given devices, processes and precision",
         description="Run SCRIPT with the flags as defaults of every Lite() and Trainer() it creates. "
-        "Arguments after `--` go to the script.",
+        "Arguments after `--` go to the script. `fulmen run model SCRIPT` (the older spelling) is the same.",
     )
     run.add_argument("script", help="path to the training script")
     run.add_argument("--accelerator", default=None, choices=ACCELERATOR_NAMES)
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _accept_run_model(list(sys.argv[1:] if argv is None else argv))
     own, script_args = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     parser = build_parser()
     args, unknown = parser.parse_known_args(own)
@@ -60,6 +60,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if processes == 1 and args.num_nodes == 1:
         return _run_in_process(args.script, script_args)
     return _run_with_torchrun(args, processes, script_args)
+
+
+def _accept_run_model(argv: list[str]) -> list[str]:
+    """``fulmen run model SCRIPT``, the older spelling (``lightning run model``), means ``fulmen run SCRIPT``.
+
+    A file named ``model`` in the working directory is still taken as the script.
+    """
+    if argv[:2] == ["run", "model"] and len(argv) > 2 and not os.path.isfile("model"):
+        return ["run", *argv[2:]]
+    return argv
 
 
 def _validate(args: argparse.Namespace) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from fulmen.strategies.ddp import DDPStrategy
@@ -16,7 +17,14 @@ _FACTORIES: dict[str, Callable[[], Strategy]] = {
     "dp": DataParallelStrategy,
     "ddp_sharded": lambda: _sharded(),
     "fsdp": lambda: _fsdp(),
+    "fsdp_cpu_offload": lambda: _fsdp(cpu_offload=True),
 }
+# Lightning's spellings of DDP with `find_unused_parameters` set, for each way of starting processes.
+for _name, _start_method in (("ddp", "popen"), ("ddp_spawn", "spawn"), ("ddp_fork", "fork"), ("ddp_notebook", "fork")):
+    for _find in (True, False):
+        _FACTORIES[f"{_name}_find_unused_parameters_{str(_find).lower()}"] = functools.partial(
+            DDPStrategy, start_method=_start_method, find_unused_parameters=_find
+        )
 
 
 def _sharded() -> Strategy:
@@ -25,10 +33,10 @@ def _sharded() -> Strategy:
     return DDPShardedStrategy(start_method="popen")
 
 
-def _fsdp() -> Strategy:
+def _fsdp(cpu_offload: bool = False) -> Strategy:
     from fulmen.strategies.fsdp import FSDPStrategy
 
-    return FSDPStrategy()
+    return FSDPStrategy(cpu_offload=cpu_offload)
 
 
 def strategy_names() -> tuple[str, ...]:
