@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from torch.utils.data import DataLoader, SequentialSampler
 
 from fulmen.strategies import has_len, prepare_dataloader, rebuild_dataloader, set_sampler_epoch
+from fulmen.utilities.combined_loader import CombinedLoader
 from fulmen.utilities.exceptions import MisconfigurationException, invalid_argument
 from fulmen.utilities.rank_zero import rank_zero_warn
 
@@ -39,10 +40,9 @@ def prepare(loader: Any, sampler_kwargs: dict[str, int] | None, use_distributed_
     if isinstance(loader, DataLoader):
         return prepare_dataloader(loader, sampler_kwargs, use_distributed_sampler)
     if isinstance(loader, CombinedLoader):
-        return CombinedLoader(
-            {k: prepare(v, sampler_kwargs, use_distributed_sampler) for k, v in loader.loaders.items()},
-            as_list=loader.as_list,
-        )
+        prepared = CombinedLoader(loader.iterables, loader.mode)  # a copy: the user's object stays as it was
+        prepared.flattened = [prepare(inner, sampler_kwargs, use_distributed_sampler) for inner in loader.flattened]
+        return prepared
     return loader
 
 
@@ -86,7 +86,12 @@ def iterate(loader: Any, limit: int | float, epoch: int = 0) -> Iterator[tuple[i
     With a known length the last batch is known from its index; otherwise one batch is read
     ahead to find out (only then, so that data and model randomness interleave as in a plain loop).
     """
-    set_sampler_epoch(loader, epoch)
+    if isinstance(loader, CombinedLoader):
+        for inner in loader.flattened:
+            set_sampler_epoch(inner, epoch)
+        loader = _batches(loader)
+    else:
+        set_sampler_epoch(loader, epoch)
     if limit == 0:
         return
     if limit != math.inf:
@@ -109,50 +114,23 @@ def iterate(loader: Any, limit: int | float, epoch: int = 0) -> Iterator[tuple[i
         yield batch_idx, batch, False
 
 
-class CombinedLoader:
-    """Several training loaders stepped together ("max_size_cycle"): each batch is a list/dict of
-    one batch per loader, and shorter loaders start over until the longest is exhausted."""
-
-    def __init__(self, loaders: Mapping[Any, Any] | Sequence[Any], as_list: bool | None = None) -> None:
-        if isinstance(loaders, Mapping):
-            self.loaders = dict(loaders)
-            self.as_list = bool(as_list)
-        else:
-            self.loaders = dict(enumerate(loaders))
-            self.as_list = True if as_list is None else as_list
-
-    def __len__(self) -> int:
-        lengths = [len(loader) for loader in self.loaders.values()]
-        return max(lengths) if lengths else 0
-
-    def __iter__(self) -> Iterator[Any]:
-        longest = len(self)
-        iterators = {key: iter(loader) for key, loader in self.loaders.items()}
-        for _ in range(longest):
-            batch = {}
-            for key, loader in self.loaders.items():
-                try:
-                    batch[key] = next(iterators[key])
-                except StopIteration:
-                    iterators[key] = iter(loader)
-                    batch[key] = next(iterators[key])
-            yield list(batch.values()) if self.as_list else batch
-
-    @property
-    def sampler(self) -> Any:
-        return None
-
-    def set_epoch(self, epoch: int) -> None:
-        for loader in self.loaders.values():
-            set_sampler_epoch(loader, epoch)
+def _batches(loader: CombinedLoader) -> Iterator[Any]:
+    """The batches of a ``CombinedLoader``, without the ``batch_idx``/``dataloader_idx`` it adds."""
+    for batch, _, _ in loader:
+        yield batch
 
 
 def train_loader_from(value: Any) -> Any:
     """One training loader from what ``train_dataloader`` returned (several become a ``CombinedLoader``)."""
-    if isinstance(value, Mapping):
-        return CombinedLoader(value)
-    if isinstance(value, (list, tuple)):
-        return CombinedLoader(list(value))
+    if isinstance(value, (Mapping, list, tuple)):
+        return CombinedLoader(value, "max_size_cycle")  # Lightning's default for training
+    if isinstance(value, CombinedLoader) and value.mode == "sequential":
+        raise invalid_argument(
+            "train_dataloaders",
+            value,
+            "a CombinedLoader in mode 'min_size', 'max_size_cycle' or 'max_size' (training "
+            "steps see one batch of every loader at once; 'sequential' is for evaluation)",
+        )
     if value is None or isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
         raise invalid_argument("train_dataloaders", value, "a DataLoader, a list or a dict of DataLoaders")
     return value

@@ -1,0 +1,37 @@
+"""``load_hparams_from_yaml``: read back the ``hparams.yaml`` a logger wrote next to its metrics."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any
+
+from fulmen.utilities.cloud_io import get_filesystem
+from fulmen.utilities.rank_zero import rank_zero_warn
+
+
+def load_hparams_from_yaml(config_yaml: str | os.PathLike, use_omegaconf: bool = True) -> Any:
+    """The hyperparameters in ``config_yaml`` (a local path or a URL) as a dict.
+
+    A missing file warns (``RuntimeWarning``) and gives ``{}``, as in Lightning. With
+    ``use_omegaconf`` and omegaconf installed the result is an ``omegaconf.DictConfig``. The file
+    is read with ``yaml.safe_load``: a YAML tag that would build a Python object is refused.
+    """
+    import yaml
+
+    path = os.fspath(config_yaml)
+    fs = get_filesystem(path)
+    if not fs.exists(path):
+        rank_zero_warn(f"`config_yaml={path}` does not exist; no hyperparameters were loaded.", RuntimeWarning)
+        return {}
+    with fs.open(path, "r") as f:
+        hparams = yaml.safe_load(f)
+    if hparams is None:
+        hparams = {}
+    if not isinstance(hparams, dict):
+        raise ValueError(f"`config_yaml={path}` holds a {type(hparams).__name__}; Accepted: a YAML mapping.")
+    if use_omegaconf and importlib.util.find_spec("omegaconf") is not None:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.create(hparams)
+    return hparams
