@@ -18,6 +18,7 @@ _BUILTINS = {
     "ModelCheckpoint": "fulmen.callbacks.model_checkpoint",
     "OnExceptionCheckpoint": "fulmen.callbacks.on_exception_checkpoint",
     "EarlyStopping": "fulmen.callbacks.early_stopping",
+    "EarlyStoppingReason": "fulmen.callbacks.early_stopping",
     "LearningRateMonitor": "fulmen.callbacks.lr_monitor",
     "ProgressBar": "fulmen.callbacks.progress",
     "TQDMProgressBar": "fulmen.callbacks.progress",

@@ -44,6 +44,20 @@ class Callback:
         return f"{self.__class__.__qualname__}{repr(kwargs)}"
 
     # ------------------------------------------------------------------------ set up / tear down
+    def log(self, name: str, value: Any, **kwargs: Any) -> None:
+        """``self.log`` from a callback hook: recorded as the module's ``self.log`` is, in the running hook.
+
+        Takes ``LightningModule.log``'s keyword arguments (``prog_bar``, ``on_step``, ...).
+        """
+        trainer = self.__dict__.get("_trainer")
+        module = trainer.lightning_module if trainer is not None else None
+        if module is None:
+            raise RuntimeError(
+                f"`{type(self).__name__}.log({name!r}, ...)` was called outside the hooks a Trainer runs: log from a "
+                "callback hook such as on_train_batch_end."
+            )
+        module.log(name, value, **kwargs)
+
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """When fit, validate, test or predict begins; ``stage`` names which ("fit", "validate", ...)."""
 

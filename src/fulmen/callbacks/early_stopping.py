@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+from enum import Enum
 from typing import Any
 
 import torch
@@ -35,6 +36,18 @@ log = logging.getLogger("fulmen")
 
 _MODES = {"min": torch.lt, "max": torch.gt}
 _ORDER = {"min": "<", "max": ">"}
+
+
+class EarlyStoppingReason(Enum):
+    """Why ``EarlyStopping`` stopped training (``early_stopping.stopping_reason``)."""
+
+    NOT_STOPPED = 0
+    STOPPING_THRESHOLD = 1
+    DIVERGENCE_THRESHOLD = 2
+    PATIENCE_EXHAUSTED = 3
+    NON_FINITE_METRIC = 4
+    #: Another process's EarlyStopping decided; every rank stops together.
+    OTHER_RANK = 5
 
 
 class EarlyStopping(Callback):
@@ -99,6 +112,9 @@ class EarlyStopping(Callback):
         self.min_delta = abs(min_delta) if mode == "max" else -abs(min_delta)
         self.wait_count = 0
         self.stopped_epoch = 0
+        #: Why training was stopped (``EarlyStoppingReason.NOT_STOPPED`` while it was not), and the message.
+        self.stopping_reason = EarlyStoppingReason.NOT_STOPPED
+        self.stopping_reason_message: str | None = None
         self.best_score = torch.tensor(math.inf if mode == "min" else -math.inf)
 
     @property
@@ -171,44 +187,47 @@ class EarlyStopping(Callback):
         if getattr(trainer, "fast_dev_run", False) or not self._validate_condition_metric(logs):
             return
         current = torch.as_tensor(logs[self.monitor]).detach().squeeze()
-        should_stop, reason = self._evaluate_stopping_criteria(current)
+        should_stop, reason, why = self._evaluate_stopping_criteria(current)
         # Any rank that wants to stop stops them all, so none waits in a collective the others skip.
         should_stop = trainer.strategy.reduce_boolean_decision(should_stop, all=False)
         trainer.should_stop = trainer.should_stop or should_stop
         if should_stop:
             self.stopped_epoch = trainer.current_epoch
+            # Another rank's decision stops this one too: its own reason may be "not stopped".
+            self.stopping_reason = why if why is not EarlyStoppingReason.NOT_STOPPED else EarlyStoppingReason.OTHER_RANK
+            self.stopping_reason_message = reason
         if reason and self.verbose:
             self._log_info(trainer, reason)
 
-    def _evaluate_stopping_criteria(self, current: Tensor) -> tuple[bool, str | None]:
+    def _evaluate_stopping_criteria(self, current: Tensor) -> tuple[bool, str | None, EarlyStoppingReason]:
         best = self.best_score.to(current.device)
         if self.check_finite and not torch.isfinite(current):
             return True, (
                 f"Monitored metric {self.monitor} = {current.item()} is not finite. Previous best value was "
                 f"{best.item():.3f}. Signaling Trainer to stop."
-            )
+            ), EarlyStoppingReason.NON_FINITE_METRIC
         if self.stopping_threshold is not None and self.monitor_op(current, self.stopping_threshold):
             return True, (
                 f"Stopping threshold reached: {self.monitor} = {current.item()} {_ORDER[self.mode]} "
                 f"{self.stopping_threshold}. Signaling Trainer to stop."
-            )
+            ), EarlyStoppingReason.STOPPING_THRESHOLD
         if self.divergence_threshold is not None and self.monitor_op(-current, -self.divergence_threshold):
             return True, (
                 f"Divergence threshold reached: {self.monitor} = {current.item()} "
                 f"{'>' if self.mode == 'min' else '<'} {self.divergence_threshold}. Signaling Trainer to stop."
-            )
+            ), EarlyStoppingReason.DIVERGENCE_THRESHOLD
         if self.monitor_op(current - self.min_delta, best):
             reason = self._improvement_message(current, best)
             self.best_score = current
             self.wait_count = 0
-            return False, reason
+            return False, reason, EarlyStoppingReason.NOT_STOPPED
         self.wait_count += 1
         if self.wait_count >= self.patience:
             return True, (
                 f"Monitored metric {self.monitor} did not improve in the last {self.wait_count} records. "
                 f"Best score: {best.item():.3f}. Signaling Trainer to stop."
-            )
-        return False, None
+            ), EarlyStoppingReason.PATIENCE_EXHAUSTED
+        return False, None, EarlyStoppingReason.NOT_STOPPED
 
     def _improvement_message(self, current: Tensor, best: Tensor) -> str:
         if torch.isfinite(best):

@@ -83,6 +83,21 @@ class ProgressBar(Callback):
         """Training batches in one epoch (``None`` when the loader has no length)."""
         return _total(getattr(self.trainer, "num_training_batches", None))
 
+    @property
+    def total_val_batches(self) -> int | float:
+        """Validation batches over every val dataloader in one validation run (``inf`` when unknown).
+
+        Counted only when this epoch validates; 0 otherwise (as Lightning's progress bars count).
+        """
+        trainer = self.trainer
+        if trainer.sanity_checking:
+            counts = trainer.num_sanity_val_batches
+        elif not trainer.enable_validation:
+            return 0
+        else:
+            counts = trainer.num_val_batches
+        return sum(counts) if counts else 0
+
     def _eval_counts(self) -> list[Any]:
         trainer = self.trainer
         if trainer.sanity_checking:

@@ -18,6 +18,7 @@ from fulmen.utilities.apply_func import move_data_to_device
 from fulmen.utilities.exceptions import MisconfigurationException
 from fulmen.utilities.hparams import HyperparametersMixin
 from fulmen.utilities.load_from_checkpoint import instantiate, read_checkpoint, restricted_classmethod
+from fulmen.utilities.overrides import is_overridden
 
 if TYPE_CHECKING:
     from fulmen.trainer import Trainer
@@ -138,7 +139,35 @@ class LightningDataModule(HyperparametersMixin):
             datamodule.predict_dataloader = lambda: loaders(predict_dataset)  # type: ignore[method-assign]
         return datamodule
 
+    def __str__(self) -> str:
+        """Which dataloaders this datamodule defines and the size of each one's dataset."""
+        lines = []
+        for label, method in (("Train", "train_dataloader"), ("Validation", "val_dataloader"),
+                              ("Test", "test_dataloader"), ("Predict", "predict_dataloader")):  # fmt: skip
+            if not is_overridden(self, LightningDataModule, method):
+                lines.append(f"{label} dataloader: None")
+                continue
+            try:
+                loaders = getattr(self, method)()
+            except Exception as err:  # e.g. setup() has not run yet
+                lines.append(f"{label} dataloader: unavailable ({type(err).__name__}: {err})")
+                continue
+            lines.append(f"{label} dataloader: {_describe_loaders(loaders)}")
+        return "\n".join(lines)
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["trainer"] = None
         return state
+
+
+def _describe_loaders(loaders: Any) -> str:
+    if isinstance(loaders, Mapping):
+        return "{" + ", ".join(f"{key}: {_describe_loaders(value)}" for key, value in loaders.items()) + "}"
+    if isinstance(loaders, Sequence) and not isinstance(loaders, (str, bytes)):
+        return "[" + ", ".join(_describe_loaders(loader) for loader in loaders) + "]"
+    dataset = getattr(loaders, "dataset", None)
+    try:
+        return f"size={len(dataset if dataset is not None else loaders)}"
+    except TypeError:
+        return "size=unknown"

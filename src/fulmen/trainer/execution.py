@@ -42,6 +42,8 @@ def execute(run: Run) -> Any:
         run.results = run.new_store(training=False)
 
         trainer.callbacks = merge_model_callbacks(trainer.callbacks, module.configure_callbacks())
+        for callback in trainer.callbacks:  # what Callback.log reaches the module through
+            callback.__dict__["_trainer"] = trainer
         run.hooks = hooks = Hooks(trainer, module, trainer.callbacks, run.datamodule, monitor_types(), run=run)
         setup.check_loop_configuration(run)
         setup.prepare_data(run)
@@ -59,7 +61,8 @@ def execute(run: Run) -> Any:
                 setup.log_hyperparams(run)
             run.results = run.train_results = run.new_store(training=True)
             run.state.stage = RunningStage.TRAINING
-            run.model.train()
+            # No model.train() here: each submodule keeps the mode its owner set (a frozen, eval-mode
+            # backbone stays so), as in Lightning; evaluation restores the modes it found.
             with torch.autograd.set_detect_anomaly(run.config.detect_anomaly), setup.signal_watch(run) as watch:
                 run.signals = watch
                 fit_loop(run)
