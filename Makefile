@@ -22,6 +22,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests examples benchmarks
+	$(VENV)/bin/ruff format --check --quiet src tests examples benchmarks
 	$(VENV)/bin/lint-imports
 
 test: lint

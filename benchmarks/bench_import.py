@@ -23,8 +23,10 @@ def main() -> int:
         "import time, torch; t = time.perf_counter(); import fulmen; fulmen.Lite; print(time.perf_counter() - t)", runs
     )
     print(f"import torch:                    {torch_time:.3f} s")
-    print(f"import fulmen (after torch):     {fulmen_time:.3f} s   target <= 0.150 s  "
-          f"{'OK' if fulmen_time <= 0.15 else 'MISSED'}")
+    print(
+        f"import fulmen (after torch):     {fulmen_time:.3f} s   target <= 0.150 s  "
+        f"{'OK' if fulmen_time <= 0.15 else 'MISSED'}"
+    )
     print(f"import fulmen + fulmen.Lite:     {access:.3f} s")
     return 0
 

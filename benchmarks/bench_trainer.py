@@ -105,10 +105,16 @@ def main() -> int:
     rounds = 3 if args.quick else args.rounds
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
-    ok = compare("tiny Linear(32, 2)", tiny, 32, 8192, 16, rounds,
-                 {"fulmen default": 1.25, "fulmen barebones": 1.10})
-    ok &= compare("compute-bound MLP", mlp, 512, 16384, 256, max(rounds // 2, 3),
-                  {"fulmen default": 1.01, "fulmen barebones": 1.01})
+    ok = compare("tiny Linear(32, 2)", tiny, 32, 8192, 16, rounds, {"fulmen default": 1.25, "fulmen barebones": 1.10})
+    ok &= compare(
+        "compute-bound MLP",
+        mlp,
+        512,
+        16384,
+        256,
+        max(rounds // 2, 3),
+        {"fulmen default": 1.01, "fulmen barebones": 1.01},
+    )
     print("\nall targets met" if ok else "\nsome targets missed")
     return 0
 

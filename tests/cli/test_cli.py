@@ -65,16 +65,18 @@ def test_missing_script(tmp_path):
 def test_two_processes_and_a_crashing_rank(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
-    proc = run_python("-m", "fulmen", "run", str(script), "--devices=2", "--strategy=ddp", "--accelerator=cpu",
-                      timeout=80)
+    proc = run_python(
+        "-m", "fulmen", "run", str(script), "--devices=2", "--strategy=ddp", "--accelerator=cpu", timeout=80
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("CONFIG DDPStrategy 32-true 2 []") == 2
 
     failing = tmp_path / "fail.py"
     failing.write_text(FAILING)
     start = time.monotonic()
-    proc = run_python("-m", "fulmen", "run", str(failing), "--devices=2", "--strategy=ddp", "--accelerator=cpu",
-                      timeout=80)
+    proc = run_python(
+        "-m", "fulmen", "run", str(failing), "--devices=2", "--strategy=ddp", "--accelerator=cpu", timeout=80
+    )
     assert proc.returncode == 1 and time.monotonic() - start < 60
     assert "ValueError: rank one broke on purpose" in proc.stderr
     assert "unreachable" not in proc.stdout

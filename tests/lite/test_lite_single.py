@@ -59,15 +59,18 @@ def test_same_losses_and_bit_equal_weights_as_raw_pytorch(optimizer):
 
     lite_model, lite_opt = _model_and_optimizer(optimizer=optimizer)
     torch.manual_seed(3)
-    lite_losses, wrapped = _lite_loop(Lite(accelerator="cpu"), lite_model, lite_opt,
-                                      DataLoader(_data(), batch_size=8, shuffle=True))
+    lite_losses, wrapped = _lite_loop(
+        Lite(accelerator="cpu"), lite_model, lite_opt, DataLoader(_data(), batch_size=8, shuffle=True)
+    )
     assert lite_losses == raw_losses
     for raw_p, lite_p in zip(raw_model.parameters(), wrapped.parameters()):
         assert torch.equal(raw_p, lite_p)
 
 
-@pytest.mark.parametrize(("precision", "param_dtype"), [("bf16-mixed", torch.float32), ("64-true", torch.float64),
-                                                        ("bf16-true", torch.bfloat16)])
+@pytest.mark.parametrize(
+    ("precision", "param_dtype"),
+    [("bf16-mixed", torch.float32), ("64-true", torch.float64), ("bf16-true", torch.bfloat16)],
+)
 def test_precision_modes_train_on_cpu(precision, param_dtype):
     lite = Lite(accelerator="cpu", precision=precision)
     model, optimizer = _model_and_optimizer()

@@ -30,8 +30,16 @@ def test_subclass_style_seed_trains_in_process(capsys):
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_subclass_style_seed_on_two_processes_via_the_cli():
-    proc = run_python("-m", "fulmen", "run", str(HERE / "lite_seed_subclass.py"), "--accelerator=cpu",
-                      "--devices=2", "--strategy=ddp", timeout=110)
+    proc = run_python(
+        "-m",
+        "fulmen",
+        "run",
+        str(HERE / "lite_seed_subclass.py"),
+        "--accelerator=cpu",
+        "--devices=2",
+        "--strategy=ddp",
+        timeout=110,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Both ranks print (the seed uses print, not lite.print): 10 epochs each.
     assert proc.stdout.count("Train Epoch Loss") == 20
@@ -40,8 +48,20 @@ def test_subclass_style_seed_on_two_processes_via_the_cli():
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_direct_style_seed_with_fulmen_run_ddp():
-    proc = run_python("-m", "fulmen", "run", str(HERE / "lite_seed_direct.py"), "--accelerator=cpu",
-                      "--devices=2", "--strategy=ddp", "--precision=bf16", "--", "--num-epochs", "4", timeout=110)
+    proc = run_python(
+        "-m",
+        "fulmen",
+        "run",
+        str(HERE / "lite_seed_direct.py"),
+        "--accelerator=cpu",
+        "--devices=2",
+        "--strategy=ddp",
+        "--precision=bf16",
+        "--",
+        "--num-epochs",
+        "4",
+        timeout=110,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Two processes share one pipe, so their lines may interleave: match records, not lines.
     lines = sorted(re.findall(r"rank=\d .*?precision=(?:bf16|16|32|64)-(?:mixed|true)", proc.stdout))

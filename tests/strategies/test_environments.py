@@ -50,8 +50,15 @@ def test_slurm_array_job_id_and_requeue_defaults(monkeypatch):
 
 
 def test_torchelastic(monkeypatch):
-    for name, value in {"RANK": "5", "GROUP_RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4",
-                        "WORLD_SIZE": "8", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29511"}.items():
+    for name, value in {
+        "RANK": "5",
+        "GROUP_RANK": "1",
+        "LOCAL_RANK": "1",
+        "LOCAL_WORLD_SIZE": "4",
+        "WORLD_SIZE": "8",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29511",
+    }.items():
         monkeypatch.setenv(name, value)
     assert TorchElasticEnvironment.detect()
     env = detect_environment()
@@ -64,8 +71,13 @@ def test_torchelastic(monkeypatch):
 
 
 def test_kubeflow(monkeypatch):
-    for name, value in {"KUBERNETES_PORT": "tcp://x", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "23456",
-                        "WORLD_SIZE": "3", "RANK": "2"}.items():
+    for name, value in {
+        "KUBERNETES_PORT": "tcp://x",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "23456",
+        "WORLD_SIZE": "3",
+        "RANK": "2",
+    }.items():
         monkeypatch.setenv(name, value)
     assert KubeflowEnvironment.detect()
     env = KubeflowEnvironment()
@@ -75,8 +87,13 @@ def test_kubeflow(monkeypatch):
 def test_lsf(monkeypatch, tmp_path):
     rankfile = tmp_path / "rankfile"
     rankfile.write_text("launch\nhostA\nhostA\nhostB\nhostB\n")
-    for name, value in {"LSB_JOBID": "98765", "LSB_DJOB_RANKFILE": str(rankfile), "JSM_NAMESPACE_LOCAL_RANK": "1",
-                        "JSM_NAMESPACE_SIZE": "4", "JSM_NAMESPACE_RANK": "3"}.items():
+    for name, value in {
+        "LSB_JOBID": "98765",
+        "LSB_DJOB_RANKFILE": str(rankfile),
+        "JSM_NAMESPACE_LOCAL_RANK": "1",
+        "JSM_NAMESPACE_SIZE": "4",
+        "JSM_NAMESPACE_RANK": "3",
+    }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("MASTER_PORT", raising=False)
     assert LSFEnvironment.detect()

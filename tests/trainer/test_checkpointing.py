@@ -83,8 +83,11 @@ def test_a_schema_1_checkpoint_still_loads_and_resumes(tmp_path):
 
     data = torch.utils.data.TensorDataset(torch.randn(16, 4), torch.randint(0, 2, (16,)))
     trainer = L.Trainer(**quiet(max_epochs=3))
-    trainer.fit(fixture.BoringClassifier(), torch.utils.data.DataLoader(data, batch_size=4),
-                ckpt_path=str(FIXTURES / "checkpoint_v1.ckpt"))
+    trainer.fit(
+        fixture.BoringClassifier(),
+        torch.utils.data.DataLoader(data, batch_size=4),
+        ckpt_path=str(FIXTURES / "checkpoint_v1.ckpt"),
+    )
     assert (trainer.current_epoch, trainer.global_step) == (3, 12)  # one more epoch of 4 steps
 
 
@@ -179,8 +182,13 @@ def test_ckpt_path_last_best_and_errors(tmp_path):
     trainer.fit(HParamModel(), loader(32))
     assert os.path.exists(checkpoint.last_model_path) and checkpoint.best_model_path
 
-    resumed = L.Trainer(**quiet(max_epochs=3, enable_checkpointing=True,
-                                callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpts", save_last=True)]))
+    resumed = L.Trainer(
+        **quiet(
+            max_epochs=3,
+            enable_checkpointing=True,
+            callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpts", save_last=True)],
+        )
+    )
     resumed.fit(HParamModel(), loader(32), ckpt_path="last")
     assert resumed.ckpt_path == checkpoint.last_model_path and resumed.global_step == 12
 

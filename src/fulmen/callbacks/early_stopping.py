@@ -202,20 +202,32 @@ class EarlyStopping(Callback):
     def _evaluate_stopping_criteria(self, current: Tensor) -> tuple[bool, str | None, EarlyStoppingReason]:
         best = self.best_score.to(current.device)
         if self.check_finite and not torch.isfinite(current):
-            return True, (
-                f"Monitored metric {self.monitor} = {current.item()} is not finite. Previous best value was "
-                f"{best.item():.3f}. Signaling Trainer to stop."
-            ), EarlyStoppingReason.NON_FINITE_METRIC
+            return (
+                True,
+                (
+                    f"Monitored metric {self.monitor} = {current.item()} is not finite. Previous best value was "
+                    f"{best.item():.3f}. Signaling Trainer to stop."
+                ),
+                EarlyStoppingReason.NON_FINITE_METRIC,
+            )
         if self.stopping_threshold is not None and self.monitor_op(current, self.stopping_threshold):
-            return True, (
-                f"Stopping threshold reached: {self.monitor} = {current.item()} {_ORDER[self.mode]} "
-                f"{self.stopping_threshold}. Signaling Trainer to stop."
-            ), EarlyStoppingReason.STOPPING_THRESHOLD
+            return (
+                True,
+                (
+                    f"Stopping threshold reached: {self.monitor} = {current.item()} {_ORDER[self.mode]} "
+                    f"{self.stopping_threshold}. Signaling Trainer to stop."
+                ),
+                EarlyStoppingReason.STOPPING_THRESHOLD,
+            )
         if self.divergence_threshold is not None and self.monitor_op(-current, -self.divergence_threshold):
-            return True, (
-                f"Divergence threshold reached: {self.monitor} = {current.item()} "
-                f"{'>' if self.mode == 'min' else '<'} {self.divergence_threshold}. Signaling Trainer to stop."
-            ), EarlyStoppingReason.DIVERGENCE_THRESHOLD
+            return (
+                True,
+                (
+                    f"Divergence threshold reached: {self.monitor} = {current.item()} "
+                    f"{'>' if self.mode == 'min' else '<'} {self.divergence_threshold}. Signaling Trainer to stop."
+                ),
+                EarlyStoppingReason.DIVERGENCE_THRESHOLD,
+            )
         if self.monitor_op(current - self.min_delta, best):
             reason = self._improvement_message(current, best)
             self.best_score = current
@@ -223,10 +235,14 @@ class EarlyStopping(Callback):
             return False, reason, EarlyStoppingReason.NOT_STOPPED
         self.wait_count += 1
         if self.wait_count >= self.patience:
-            return True, (
-                f"Monitored metric {self.monitor} did not improve in the last {self.wait_count} records. "
-                f"Best score: {best.item():.3f}. Signaling Trainer to stop."
-            ), EarlyStoppingReason.PATIENCE_EXHAUSTED
+            return (
+                True,
+                (
+                    f"Monitored metric {self.monitor} did not improve in the last {self.wait_count} records. "
+                    f"Best score: {best.item():.3f}. Signaling Trainer to stop."
+                ),
+                EarlyStoppingReason.PATIENCE_EXHAUSTED,
+            )
         return False, None, EarlyStoppingReason.NOT_STOPPED
 
     def _improvement_message(self, current: Tensor, best: Tensor) -> str:

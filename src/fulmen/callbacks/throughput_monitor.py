@@ -304,4 +304,3 @@ class ThroughputMonitor(Callback):
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         self._eval_batch_end(trainer, pl_module, "predict", batch)
-

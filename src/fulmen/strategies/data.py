@@ -37,8 +37,9 @@ class DistributedSamplerWrapper(DistributedSampler):
     """Splits the indices of any sampler between ranks: rank r takes every world_size-th one."""
 
     def __init__(self, sampler: Sampler, num_replicas: int, rank: int, drop_last: bool = False) -> None:
-        super().__init__(_SamplerAsDataset(sampler), num_replicas=num_replicas, rank=rank, shuffle=False,
-                         drop_last=drop_last)
+        super().__init__(
+            _SamplerAsDataset(sampler), num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=drop_last
+        )
         self.sampler = sampler
 
     def __iter__(self) -> Iterator[int]:
@@ -74,7 +75,11 @@ def distributed_sampler(dataloader: DataLoader, num_replicas: int, rank: int) ->
     if isinstance(sampler, (RandomSampler, SequentialSampler)):
         shuffle = isinstance(sampler, RandomSampler)
         return DistributedSampler(
-            dataloader.dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=global_seed(),
+            dataloader.dataset,
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=shuffle,
+            seed=global_seed(),
             drop_last=drop_last,
         )
     return DistributedSamplerWrapper(sampler, num_replicas=num_replicas, rank=rank, drop_last=drop_last)

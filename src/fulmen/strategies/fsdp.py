@@ -143,8 +143,14 @@ class FSDPStrategy(DDPStrategy):
         finally:
             target.set_requires_gradient_sync(True)
 
-    def clip_gradients_norm(self, module: nn.Module, optimizer: Optimizer, max_norm: float, norm_type: float = 2.0,
-                            error_if_nonfinite: bool = False) -> Tensor:
+    def clip_gradients_norm(
+        self,
+        module: nn.Module,
+        optimizer: Optimizer,
+        max_norm: float,
+        norm_type: float = 2.0,
+        error_if_nonfinite: bool = False,
+    ) -> Tensor:
         norm = super().clip_gradients_norm(module, optimizer, max_norm, norm_type, error_if_nonfinite)
         return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 

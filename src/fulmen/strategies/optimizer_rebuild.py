@@ -17,8 +17,9 @@ def parameter_names(module: nn.Module) -> dict[int, str]:
     return {id(p): name for name, p in module.named_parameters(remove_duplicate=False)}
 
 
-def rebuild_optimizer(optimizer: Optimizer, old_names: dict[int, str], module: nn.Module,
-                      factory: Callable[..., Optimizer] | None = None) -> Optimizer:
+def rebuild_optimizer(
+    optimizer: Optimizer, old_names: dict[int, str], module: nn.Module, factory: Callable[..., Optimizer] | None = None
+) -> Optimizer:
     """A fresh optimizer of the same kind whose groups hold ``module``'s current parameters."""
     if any(optimizer.state.values()):
         raise ValueError(

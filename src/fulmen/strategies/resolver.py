@@ -221,8 +221,10 @@ def _strategy_for(
     name: str, accel: Accelerator, indices: list[int], num_nodes: int, environment: ClusterEnvironment
 ) -> Strategy:
     if name == "auto":
-        distributed = len(indices) > 1 or num_nodes > 1 or (
-            environment.creates_processes_externally and environment.world_size() > 1
+        distributed = (
+            len(indices) > 1
+            or num_nodes > 1
+            or (environment.creates_processes_externally and environment.world_size() > 1)
         )
         name = "ddp" if distributed else "single_device"
     if name == "single_device":

@@ -88,9 +88,17 @@ def main() -> None:
     if args.mode == "kill":
         callbacks.insert(0, KillAt(args.kill_at, rank=devices - 1))
     trainer = L.Trainer(
-        accelerator="cpu", devices=devices, strategy=args.strategy, max_epochs=3, val_check_interval=5,
-        callbacks=callbacks, logger=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, default_root_dir=args.out,
+        accelerator="cpu",
+        devices=devices,
+        strategy=args.strategy,
+        max_epochs=3,
+        val_check_interval=5,
+        callbacks=callbacks,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=args.out,
     )
     trainer.fit(model, train, val, ckpt_path="last" if args.mode == "resume" else None)
     torch.save(model.state_dict(), os.path.join(args.out, "final.pt"))

@@ -51,9 +51,15 @@ def main():
     L.seed_everything(0)
     data = TensorDataset(torch.randn(32 * args.devices, 4), torch.randn(32 * args.devices, 1))
     trainer = L.Trainer(
-        accelerator="cpu", devices=args.devices, strategy="ddp_spawn" if args.devices > 1 else "auto",
-        max_epochs=args.max_epochs, default_root_dir=args.root, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, enable_checkpointing=False,
+        accelerator="cpu",
+        devices=args.devices,
+        strategy="ddp_spawn" if args.devices > 1 else "auto",
+        max_epochs=args.max_epochs,
+        default_root_dir=args.root,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
         callbacks=[SignalAt(signum, args.step, rank=args.devices - 1)],
     )
     trainer.fit(Model(), DataLoader(data, batch_size=4))
