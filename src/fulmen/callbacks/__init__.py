@@ -29,6 +29,14 @@ _BUILTINS = {
     "BasePredictionWriter": "fulmen.callbacks.prediction_writer",
     "StochasticWeightAveraging": "fulmen.callbacks.stochastic_weight_avg",
     "ThroughputMonitor": "fulmen.callbacks.throughput_monitor",
+    "RichProgressBar": "fulmen.callbacks.rich_progress",
+    "RichModelSummary": "fulmen.callbacks.rich_model_summary",
+    "WeightAveraging": "fulmen.callbacks.weight_averaging",
+    "EMAWeightAveraging": "fulmen.callbacks.weight_averaging",
+    "BaseFinetuning": "fulmen.callbacks.finetuning",
+    "BackboneFinetuning": "fulmen.callbacks.finetuning",
+    "ModelPruning": "fulmen.callbacks.pruning",
+    "DeviceStatsMonitor": "fulmen.callbacks.device_stats_monitor",
 }
 
 __all__ = ["Callback", *_BUILTINS]
