@@ -74,4 +74,4 @@ class SaveConfigCallback(Callback):
                 )
         if trainer.is_global_zero:
             fs.makedirs(log_dir, exist_ok=True)
-            self.parser.save(self.config, path, skip_none=False, overwrite=self.overwrite, multifile=self.multifile)
+            self.parser.save(self.config, path, skip_unset=False, overwrite=self.overwrite, multifile=self.multifile)
