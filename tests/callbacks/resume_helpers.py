@@ -121,6 +121,9 @@ def run(
     **trainer_flags: Any,
 ) -> Result:
     torch.manual_seed(seed)  # initial weights and data order
+    make_logger = trainer_flags.pop("make_logger", None)
+    if make_logger is not None:  # one logger per run, in the run's folder
+        trainer_flags["logger"] = make_logger(root)
     module, callbacks = make_module(), make_callbacks()
     trainer = quiet_trainer(root, [*callbacks, *extra], **trainer_flags)
     trainer.fit(module, *loaders(), ckpt_path=ckpt_path)
