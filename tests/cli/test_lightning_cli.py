@@ -554,6 +554,17 @@ def test_validate_test_predict_with_ckpt_path(tmp_path):
     assert all(torch.equal(v, trained[k]) for k, v in cli.model.state_dict().items())
 
 
+def test_ckpt_path_brings_the_models_hyperparameters(tmp_path):
+    _cli(tmp_path, ["fit", "--model.hidden=6", "--model.lr=0.3", "--trainer.enable_checkpointing=true"])
+    (checkpoint,) = (tmp_path / "checkpoints").glob("*.ckpt")
+    # Without the saved hidden=6 the weights would not fit a model built with the default 4.
+    cli = _cli(tmp_path / "t", ["test", f"--ckpt_path={checkpoint}", "--model.lr=0.2"])
+    assert cli.model.body.out_features == 6 and cli.model.hparams["lr"] == 0.2  # the command line still wins
+    assert cli.config.test.model.hidden == 6
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        _cli(tmp_path / "off", ["test", f"--ckpt_path={checkpoint}"], load_from_checkpoint_support=False)
+
+
 def test_help_lists_the_subcommands_and_the_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         _cli(tmp_path, ["--help"])

@@ -13,6 +13,7 @@ uses ``cli.trainer``, ``cli.model``, ``cli.datamodule`` and ``cli.config``.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from functools import partial, update_wrapper
@@ -26,6 +27,7 @@ from fulmen.cli.save_config import SaveConfigCallback
 from fulmen.datamodule import LightningDataModule
 from fulmen.module import LightningModule
 from fulmen.trainer import Trainer
+from fulmen.utilities.cloud_io import safe_load
 from fulmen.utilities.exceptions import MisconfigurationException
 from fulmen.utilities.overrides import is_overridden
 from fulmen.utilities.rank_zero import rank_zero_warn
@@ -47,7 +49,8 @@ class LightningCLI:
     (``{"fit": {"default_config_files": [...]}}``). ``args``: arguments instead of ``sys.argv``
     (a list of strings, a dict or a Namespace). ``run=False``: parse and instantiate only.
     ``auto_configure_optimizers``: build ``--optimizer``/``--lr_scheduler`` into the model's
-    ``configure_optimizers``.
+    ``configure_optimizers``. ``load_from_checkpoint_support``: with ``--ckpt_path``, the model's
+    hyperparameters saved in the checkpoint become the defaults of ``--model.*``.
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class LightningCLI:
         args: ArgsType = None,
         run: bool = True,
         auto_configure_optimizers: bool = True,
+        load_from_checkpoint_support: bool = True,
     ) -> None:
         _check_seed_default(seed_everything_default)
         self.save_config_callback = save_config_callback
@@ -86,6 +90,8 @@ class LightningCLI:
         main_kwargs, subparser_kwargs = self._setup_parser_kwargs(self.parser_kwargs)
         self.setup_parser(run, main_kwargs, subparser_kwargs)
         self.parse_arguments(self.parser, args)
+        if load_from_checkpoint_support and run:
+            self._model_defaults_from_checkpoint(args)
 
         self.subcommand: str | None = self.config["subcommand"] if run else None
         self._set_seed()
@@ -209,10 +215,26 @@ class LightningCLI:
                 "LightningCLI's `args` runs it from Python as if from the command line; the command line is ignored "
                 f"then, to avoid mixing the two. Got sys.argv[1:]={sys.argv[1:]} and args={args}."
             )
-        if isinstance(args, (dict, Namespace)):
-            self.config = parser.parse_object(args)
-        else:
-            self.config = parser.parse_args(args)
+        self.config = _parse(parser, args)
+
+    def _model_defaults_from_checkpoint(self, args: ArgsType) -> None:
+        """The checkpoint's model hyperparameters as defaults, so ``--ckpt_path`` rebuilds the model that saved it.
+
+        The command line and config files still win. Subclass mode is left alone: the checkpoint
+        does not record which class saved it.
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if self.subclass_mode_model or not ckpt_path or not os.path.isfile(ckpt_path):
+            return  # "best", "last" and remote paths are resolved by the Trainer, later
+        hparams = safe_load(ckpt_path, map_location="cpu").get("hyper_parameters") or {}
+        parser = self._parser(subcommand)
+        known = parser.get_defaults().get("model") or {}
+        defaults = {f"model.{k}": v for k, v in hparams.items() if k in known}
+        if not defaults:
+            return
+        parser.set_defaults(defaults)
+        self.config = _parse(self.parser, args)
 
     # ------------------------------------------------------------------------ instantiation
     def before_instantiate_classes(self) -> None:
@@ -344,6 +366,12 @@ class LightningCLI:
         config = self.config_init[subcommand]
         kwargs.update({key: config[key] for key in self._subcommand_method_arguments[subcommand]})
         return kwargs
+
+
+def _parse(parser: LightningArgumentParser, args: ArgsType) -> Namespace:
+    if isinstance(args, (dict, Namespace)):
+        return parser.parse_object(args)
+    return parser.parse_args(args)
 
 
 def _automatic_keys(register: dict[str, tuple[Any, str]]) -> list[str]:
