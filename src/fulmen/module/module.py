@@ -306,7 +306,10 @@ class LightningModule(ModelHooks, HyperparametersMixin, nn.Module):
 
     # ---------------------------------------------------------------------------- distributed
     def all_gather(self, data: Any, group: Any | None = None, sync_grads: bool = False) -> Any:
-        """Gather tensors (or collections of them) from every process: each gains a leading dim of world size."""
+        """Gather tensors (or collections of them) from every process.
+
+        With several processes each tensor gains a leading dim of world size; one process returns it unchanged.
+        """
         strategy = self.trainer.strategy
 
         def gather(tensor: Tensor) -> Any:

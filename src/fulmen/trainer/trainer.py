@@ -528,9 +528,9 @@ class Trainer:
     def init_module(self, empty_init: bool | None = None) -> contextlib.AbstractContextManager:
         """Create the model inside: on the right device, in the right dtype, sharded where the strategy shards.
 
-        ``empty_init`` is accepted for Lightning's signature; the strategy decides what to skip.
+        ``empty_init=True`` skips the layers' weight initialisation (weights a checkpoint will overwrite).
         """
-        return self._strategy.module_init_context()
+        return self._strategy.module_init_context(empty_init=empty_init)
 
     def print(self, *args: Any, **kwargs: Any) -> None:
         """``print`` on global rank 0 only."""
