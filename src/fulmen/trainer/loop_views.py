@@ -35,6 +35,14 @@ class Progress:
     is_last_batch: bool = False
 
 
+def _state(name: str) -> property:
+    return property(lambda self: getattr(self._trainer.state, name), doc=f"``trainer.state.{name}``.")
+
+
+def _flag(name: str) -> property:
+    return property(lambda self: getattr(self._trainer, name), doc=f"``trainer.{name}``.")
+
+
 class TrainingEpochLoopView:
     def __init__(self, trainer: Trainer) -> None:
         self._trainer = trainer
@@ -49,24 +57,13 @@ class TrainingEpochLoopView:
         )
 
     @property
-    def global_step(self) -> int:
-        return self._trainer.state.global_step
-
-    @property
-    def total_batch_idx(self) -> int:
-        return self._trainer.state.total_batch_idx
-
-    @property
-    def batch_idx(self) -> int:
-        return self._trainer.state.batch_idx
-
-    @property
-    def max_steps(self) -> int:
-        return self._trainer.max_steps
-
-    @property
     def val_loop(self) -> EvaluationLoopView:
         return self._trainer.validate_loop
+
+    global_step = _state("global_step")
+    total_batch_idx = _state("total_batch_idx")
+    batch_idx = _state("batch_idx")
+    max_steps = _flag("max_steps")
 
 
 class FitLoopView:
@@ -79,33 +76,13 @@ class FitLoopView:
         epochs = self._trainer.state.current_epoch
         return Progress(total=ProgressCounts.of(epochs), current=ProgressCounts.of(epochs))
 
-    @property
-    def max_epochs(self) -> int:
-        return self._trainer.max_epochs
-
-    @property
-    def min_epochs(self) -> int | None:
-        return self._trainer.min_epochs
-
-    @property
-    def max_steps(self) -> int:
-        return self._trainer.max_steps
-
-    @property
-    def min_steps(self) -> int | None:
-        return self._trainer.min_steps
-
-    @property
-    def current_epoch(self) -> int:
-        return self._trainer.state.current_epoch
-
-    @property
-    def total_batch_idx(self) -> int:
-        return self._trainer.state.total_batch_idx
-
-    @property
-    def batch_idx(self) -> int:
-        return self._trainer.state.batch_idx
+    current_epoch = _state("current_epoch")
+    total_batch_idx = _state("total_batch_idx")
+    batch_idx = _state("batch_idx")
+    max_epochs = _flag("max_epochs")
+    min_epochs = _flag("min_epochs")
+    max_steps = _flag("max_steps")
+    min_steps = _flag("min_steps")
 
 
 class EvaluationLoopView:
