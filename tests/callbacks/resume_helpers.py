@@ -53,8 +53,9 @@ class StopAt(Callback):
 class NoisyDataset(Dataset):
     """Draws from torch's generator in ``__getitem__``, as augmentations do."""
 
-    def __init__(self, n: int = 32, features: int = 6, seed: int = 0) -> None:
+    def __init__(self, n: int = 32, features: int = 6, seed: int = 0, noise: float = 0.01) -> None:
         g = torch.Generator().manual_seed(seed)
+        self.noise = noise
         self.x = torch.randn(n, features, generator=g)
         self.y = torch.randn(n, 1, generator=g)
 
@@ -62,12 +63,14 @@ class NoisyDataset(Dataset):
         return len(self.x)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.x[index] + 0.01 * torch.randn(self.x.shape[1]), self.y[index]
+        if not self.noise:
+            return self.x[index], self.y[index]
+        return self.x[index] + self.noise * torch.randn(self.x.shape[1]), self.y[index]
 
 
-def loaders(n: int = 32, batch_size: int = 4) -> tuple[DataLoader, DataLoader]:
+def loaders(n: int = 32, batch_size: int = 4, val_noise: float = 0.01) -> tuple[DataLoader, DataLoader]:
     train = DataLoader(NoisyDataset(n), batch_size=batch_size, shuffle=True)
-    val = DataLoader(NoisyDataset(8, seed=1), batch_size=4)
+    val = DataLoader(NoisyDataset(8, seed=1, noise=val_noise), batch_size=4)
     return train, val
 
 
@@ -118,6 +121,7 @@ def run(
     extra: list[Callback] = (),
     ckpt_path: Path | None = None,
     seed: int = 0,
+    val_noise: float = 0.01,
     **trainer_flags: Any,
 ) -> Result:
     torch.manual_seed(seed)  # initial weights and data order
@@ -126,7 +130,7 @@ def run(
         trainer_flags["logger"] = make_logger(root)
     module, callbacks = make_module(), make_callbacks()
     trainer = quiet_trainer(root, [*callbacks, *extra], **trainer_flags)
-    trainer.fit(module, *loaders(), ckpt_path=ckpt_path)
+    trainer.fit(module, *loaders(val_noise=val_noise), ckpt_path=ckpt_path)
     return Result(trainer, module, callbacks)
 
 

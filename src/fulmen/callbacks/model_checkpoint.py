@@ -70,6 +70,14 @@ class ModelCheckpoint(Checkpoint):
             a full file when no top-k file was written at that step.
         save_top_k: how many checkpoints to keep: ``-1`` all, ``0`` none (only ``last``), ``k``
             the best ``k`` by ``monitor`` (with ``monitor=None``, ``1`` keeps the latest).
+        save_on_exception: when fit raises, save the state of that moment to
+            ``<dirpath>/exception-<filename>.ckpt`` (and ``last`` with ``save_last``) so that the
+            run can resume from it; never during the sanity check or on the step a checkpoint was
+            just saved. A failure to save is a warning: the original error is what is raised.
+            Resuming is exact when the failure came between batches (in ``on_train_batch_end``,
+            say); after a failure inside a batch or a validation run, the run continues after the
+            last finished batch (an interrupted validation is not run again) with the random
+            state of the moment of failure.
         save_weights_only: save only the model's weights (no optimizer, scheduler or loop state).
         mode: ``"min"`` or ``"max"``: whether a lower or higher ``monitor`` value is better.
         auto_insert_metric_name: ``{val_loss:.2f}`` becomes ``val_loss=0.12``; turn off for metric
@@ -87,6 +95,8 @@ class ModelCheckpoint(Checkpoint):
     CHECKPOINT_JOIN_CHAR = "-"
     CHECKPOINT_EQUALS_CHAR = "="
     CHECKPOINT_NAME_LAST = "last"
+    #: What ``save_on_exception`` puts in front of the file name.
+    CHECKPOINT_NAME_EXCEPTION = "exception"
     FILE_EXTENSION = ".ckpt"
     STARTING_VERSION = 1
 
@@ -98,6 +108,7 @@ class ModelCheckpoint(Checkpoint):
         verbose: bool = False,
         save_last: bool | Literal["link"] | None = None,
         save_top_k: int = 1,
+        save_on_exception: bool = False,
         save_weights_only: bool = False,
         mode: str = "min",
         auto_insert_metric_name: bool = True,
@@ -120,6 +131,8 @@ class ModelCheckpoint(Checkpoint):
             )
         if mode not in _MODES:
             raise invalid_argument("mode", mode, _MODES)
+        if not isinstance(save_on_exception, bool):
+            raise invalid_argument("save_on_exception", save_on_exception, (True, False))
         if save_on_train_epoch_end not in (None, True, False):
             raise invalid_argument("save_on_train_epoch_end", save_on_train_epoch_end, (None, True, False))
         every_n_train_steps = _check_every_n("every_n_train_steps", every_n_train_steps)
@@ -151,6 +164,7 @@ class ModelCheckpoint(Checkpoint):
         self.verbose = verbose
         self.save_last = save_last
         self.save_top_k = save_top_k
+        self.save_on_exception = save_on_exception
         self.save_weights_only = save_weights_only
         self.mode = mode
         self.auto_insert_metric_name = auto_insert_metric_name
@@ -263,6 +277,37 @@ class ModelCheckpoint(Checkpoint):
         self._validation_has_run = True
         if not self._should_skip_saving_checkpoint(trainer) and not self._should_save_on_train_epoch_end(trainer):
             self._save_at_epoch_end(trainer)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if not self._should_save_on_exception(trainer):
+            return
+        try:
+            candidates = self._monitor_candidates(trainer)
+            # Named on this process alone: another rank may never reach this hook, so no broadcast.
+            name = self._format_checkpoint_name(self.filename, dict(candidates), self.auto_insert_metric_name)
+            name = self.CHECKPOINT_JOIN_CHAR.join((self.CHECKPOINT_NAME_EXCEPTION, name))
+            filepath = _join(self.dirpath, name + self.FILE_EXTENSION)
+            self._save_checkpoint(trainer, filepath)
+            for path in self._save_last_checkpoint(trainer, candidates, filepath):
+                if self._should_remove_checkpoint(trainer, path):
+                    self._remove_checkpoint(trainer, path)
+        except Exception as err:  # the user must see the original error, not the rescue's
+            rank_zero_warn(f"ModelCheckpoint(save_on_exception=True) could not save: {type(err).__name__}: {err}")
+            return
+        rank_zero_info(
+            f"{type(exception).__name__} raised during fit ({exception}); saved the state of that moment to {filepath}"
+        )
+
+    def _should_save_on_exception(self, trainer: Trainer) -> bool:
+        return (
+            self.save_on_exception
+            and self.dirpath is not None
+            and getattr(trainer, "lightning_module", None) is not None
+            and not bool(getattr(trainer, "fast_dev_run", False))
+            and trainer.state.fn == TrainerFn.FITTING
+            and not _sanity_checking(trainer)
+            and self._last_global_step_saved != trainer.global_step
+        )
 
     # ---------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
