@@ -466,6 +466,15 @@ def test_callbacks_by_short_name_in_the_config(tmp_path):
     assert list((tmp_path / "ckpt").glob("*.ckpt"))
 
 
+def test_profiler_by_name_or_class(tmp_path):
+    profilers = pytest.importorskip("fulmen.profilers")
+    cli = _cli(tmp_path, ["--trainer.profiler=SimpleProfiler", "--trainer.profiler.filename=perf"], run=False)
+    assert isinstance(cli.config_init.trainer.profiler, profilers.SimpleProfiler)
+    assert cli.config.trainer.profiler.init_args.filename == "perf"
+    cli = _cli(tmp_path, ["--trainer.profiler=simple"], run=False)
+    assert cli.config.trainer.profiler == "simple"
+
+
 def test_parser_kwargs_for_all_parsers_and_per_subcommand(tmp_path, monkeypatch):
     defaults = _write(tmp_path / "defaults.yaml", {"model": {"hidden": 11}})
     monkeypatch.setenv("PL_FIT__TRAINER__MAX_EPOCHS", "2")

@@ -13,6 +13,7 @@ uses ``cli.trainer``, ``cli.model``, ``cli.datamodule`` and ``cli.config``.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Callable
@@ -406,14 +407,17 @@ __all__ = ["ArgsType", "LightningArgumentParser", "LightningCLI", "SaveConfigCal
 
 
 def _import_builtin_classes() -> None:
-    """Import the built-in callbacks, so a config can name them briefly (``class_path: EarlyStopping``)."""
-    import fulmen.callbacks as callbacks
-
-    for name in callbacks.__all__:
+    """Import the built-in callbacks and profilers, so a config can name them briefly (``EarlyStopping``)."""
+    for package_name in ("fulmen.callbacks", "fulmen.profilers"):
         try:
-            getattr(callbacks, name)
-        except (ImportError, AttributeError):  # a built-in not written yet
-            pass
+            package = importlib.import_module(package_name)
+        except ImportError:
+            continue
+        for name in package.__all__:
+            try:
+                getattr(package, name)
+            except (ImportError, AttributeError):  # a built-in not written yet, or an extra not installed
+                pass
 
 
 _import_builtin_classes()

@@ -6,6 +6,7 @@ load it; the ``fulmen`` command never does.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -150,11 +151,23 @@ def _trainer_argument_types() -> dict[str, Any]:
     from fulmen.strategies.precision import Precision
 
     plugin = ClusterEnvironment | Precision
-    return {
+    types = {
         "strategy": str | Strategy,
         "logger": bool | Logger | list[Logger] | None,
         "plugins": plugin | list[plugin] | None,
     }
+    profiler = _optional_class("fulmen.profilers", "Profiler")
+    if profiler is not None:
+        types["profiler"] = profiler | str | None
+    return types
+
+
+def _optional_class(module: str, name: str) -> type | None:
+    """A class of a fulmen package that may not be there (packages land one at a time)."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
 
 
 def _sort_in_place(actions: list[Any], position: dict[str, int]) -> None:
