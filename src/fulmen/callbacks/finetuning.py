@@ -174,6 +174,15 @@ class BaseFinetuning(Callback):
     # ---------------------------------------------------------------------------- hooks
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.freeze_before_training(pl_module)
+        if stage == TrainerFn.FITTING and trainer.world_size > 1:
+            # torch's DistributedDataParallel registers for gradient averaging only the parameters
+            # that require grad when it wraps the model; ones unfrozen later are left out.
+            rank_zero_warn(
+                f"{type(self).__name__} with {trainer.world_size} processes: parameters unfrozen after the model "
+                "was wrapped for distributed training may not have their gradients averaged across processes "
+                "(DistributedDataParallel registers only the trainable ones at wrapping time), so the processes "
+                "can drift apart. Check your strategy, or unfreeze before `fit` starts."
+            )
         if stage == TrainerFn.FITTING:
             # A new fit starts its schedule anew; a resumed one gets its place back from the checkpoint.
             self._last_finetuned_epoch = -1

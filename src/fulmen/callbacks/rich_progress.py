@@ -272,11 +272,14 @@ class RichProgressBar(ProgressBar):
 
     # ---------------------------------------------------------------------------- training
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._leave and self._train_task is not None:
+            # The finished epoch's row stays printed; a new display keeps each redraw one row long.
+            self._stop()
         if not self._start():
             return
         description = f"Epoch {trainer.current_epoch}"
         total = self.total_train_batches
-        if self._train_task is None or self._leave:
+        if self._train_task is None:
             self._train_task = self._add(description, total)
         else:
             self.progress.reset(self._train_task, total=total, description=description, visible=True)

@@ -7,8 +7,9 @@ chosen by :meth:`WeightAveraging.should_update`.
 
 What the user sees, as in Lightning 2.x:
 
-* validation runs on the averaged weights (they are swapped in at ``on_validation_epoch_start``
-  and swapped back at ``on_validation_epoch_end``; a swap is an exact copy both ways);
+* validation during fit runs on the averaged weights (they are swapped in at
+  ``on_validation_epoch_start`` and back at ``on_validation_epoch_end``; a swap is an exact copy
+  both ways);
 * when training ends the module holds the averaged weights;
 * a checkpoint's ``"state_dict"`` holds the averaged weights (so ``load_from_checkpoint`` and
   ``validate(ckpt_path=...)`` use them), ``"current_model_state"`` the weights being trained and
@@ -146,7 +147,9 @@ class WeightAveraging(Callback):
             self._copy_average_to(pl_module)
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.n_averaged > 0 and not self._swapped:
+        # During fit only: afterwards the module already holds the average, and a later
+        # `validate` may be given another module.
+        if self.n_averaged > 0 and not self._swapped and trainer.state.fn == TrainerFn.FITTING:
             self._swap(pl_module)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
