@@ -134,8 +134,6 @@ def configure(
         )
         logger, enable_checkpointing, enable_progress_bar, enable_model_summary = False, False, False, False
         log_every_n_steps, num_sanity_val_steps = 0, 0
-    if profiler is not None:
-        rank_zero_warn(f"`profiler={profiler!r}` is not supported by fulmen yet and is ignored.")
 
     fast_dev_run = _check_fast_dev_run(fast_dev_run)
     max_epochs, max_steps = _check_max_limits(max_epochs, max_steps, max_time)

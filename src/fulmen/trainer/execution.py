@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from fulmen.trainer import checkpoint as checkpoint_io
-from fulmen.trainer import setup
+from fulmen.trainer import profiling, setup
 from fulmen.trainer.configuration import set_torch_flags
 from fulmen.trainer.defaults import merge_model_callbacks, monitor_types
 from fulmen.trainer.hooks import Hooks
@@ -37,6 +37,7 @@ def execute(run: Run) -> Any:
         if run.datamodule is not None:
             run.datamodule.trainer = trainer
         strategy.setup_environment()
+        profiling.setup_profiler(run)
         set_torch_flags(run.config.deterministic, run.config.benchmark)
         trainer.should_stop = False
         run.results = run.new_store(training=False)
@@ -82,6 +83,7 @@ def execute(run: Run) -> Any:
         hooks.call_module("teardown", fn.value)
         for logger in trainer.loggers:
             logger.finalize("success")
+        trainer.profiler.describe()
         run.state.status = TrainerStatus.FINISHED
         run.state.stage = None
         return result
@@ -93,6 +95,7 @@ def execute(run: Run) -> Any:
         run.metrics.fold(run.results)
         run.results = run.train_results = None
         run.strategy.teardown()
+        run.trainer.profiler.teardown(run.fn.value)
 
 
 def handle_exception(trainer: Trainer, exception: BaseException) -> None:

@@ -198,6 +198,7 @@ from fulmen.callbacks.callback import CALLBACK_HOOKS, Callback
 from fulmen.datamodule import LightningDataModule
 from fulmen.module import LightningModule
 from fulmen.module.module import MODULE_HOOKS
+from fulmen.trainer import profiling
 from fulmen.utilities.overrides import is_overridden
 
 if TYPE_CHECKING:
@@ -257,6 +258,9 @@ class Hooks:
             name: bool(self.callbacks.get(name)) or self.module.get(name) is not None
             for name in {*self.callbacks, *self.module}
         }
+        profiler = trainer.profiler
+        if profiling.active(profiler):  # chosen once here: the calls themselves never test for a profiler
+            profiling.profile_hooks(self, profiler, module, callbacks, datamodule)
 
     def any(self, name: str) -> bool:
         """Whether a call of ``name`` would run anything."""

@@ -34,9 +34,11 @@ from fulmen.trainer.execution import execute, execute_spawned, handle_exception,
 from fulmen.trainer.loaders import load_train_dataloader, validation_enabled
 from fulmen.trainer.loop_views import EvaluationLoopView, FitLoopView
 from fulmen.trainer.metrics import Metrics
+from fulmen.trainer.profiling import select_profiler
 from fulmen.trainer.run import Run
 from fulmen.trainer.setup import lightning_optimizers
 from fulmen.trainer.state import TrainerState
+from fulmen.trainer.tuning import run_trial
 from fulmen.utilities.exceptions import MisconfigurationException
 from fulmen.utilities.rank_zero import rank_zero_info
 from fulmen.utilities.stages import STAGE_OF, RunningStage, TrainerFn, TrainerStatus
@@ -215,6 +217,8 @@ class Trainer:
         #: The latest call's run state (``fulmen.trainer.run.Run``); a LightningModule uses it
         #: only through ``fulmen.module.run_link.RunLink``.
         self.current_run: Run | None = None
+        #: Times the loops' phases and hooks; a PassThroughProfiler (nothing per step) when off.
+        self.profiler = select_profiler(profiler)
 
     # ============================================================================ entry points
     def fit(
@@ -371,6 +375,10 @@ class Trainer:
                 rank_zero_info("Detected KeyboardInterrupt: the run was stopped; exiting with status 1.")
                 raise SystemExit(1) from exception
             raise
+
+    def _tuning_trial(self, callbacks: list[Callback], max_steps: int) -> None:
+        """For ``fulmen.tuner``: a few training steps inside the running fit (see ``tuning.run_trial``)."""
+        run_trial(self.current_run, callbacks, max_steps)
 
     # ============================================================================ checkpoints
     def save_checkpoint(

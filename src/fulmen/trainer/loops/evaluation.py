@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from fulmen.trainer import data
+from fulmen.trainer import data, profiling
 from fulmen.trainer.loaders import load_eval_dataloaders, reload_due
 from fulmen.trainer.loops.transfer import batch_mover
 from fulmen.trainer.metrics import log_to_loggers
@@ -52,6 +52,7 @@ def evaluation_run(
     sanity = stage == RunningStage.SANITY_CHECKING
     prefix = "test" if stage == RunningStage.TESTING else "validation"
     step_name = f"{prefix}_step"
+    step = profiling.eval_step(run, step_name)
     previous_results, previous_stage = run.results, state.stage
     store = run.new_store(training=False)
     run.results = store
@@ -70,7 +71,7 @@ def evaluation_run(
         hooks.call(f"on_{prefix}_epoch_start")
         for dataloader_idx, (loader, limit) in enumerate(zip(loaders, limits)):
             store.dataloader_idx = dataloader_idx if several else None
-            for batch_idx, batch, _ in data.iterate(loader, limit):
+            for batch_idx, batch, _ in profiling.eval_batches(run, data.iterate(loader, limit), prefix):
                 if to_device is not None:
                     batch = to_device(batch, dataloader_idx)
                 store.batch = batch
@@ -78,7 +79,7 @@ def evaluation_run(
                 args = (batch, batch_idx, dataloader_idx) if several else (batch, batch_idx)
                 if batch_start:
                     hooks.call(f"on_{prefix}_batch_start", *args)
-                output = run.step(step_name, *args)
+                output = step(step_name, *args)
                 run.eval_batches += 1
                 if batch_end:
                     hooks.call(f"on_{prefix}_batch_end", output, *args)
@@ -118,6 +119,7 @@ def predict_loop(run: Run, loaders: list[Any], limits: list[int | float], keep: 
     to_device = batch_mover(run)
     several = len(loaders) > 1
     predictions: list[list[Any]] = [[] for _ in loaders]
+    step = profiling.eval_step(run, "predict_step")
     batch_start = hooks.any("on_predict_batch_start")
     batch_end = hooks.any("on_predict_batch_end")
     modes = _training_modes(run.module)
@@ -128,13 +130,13 @@ def predict_loop(run: Run, loaders: list[Any], limits: list[int | float], keep: 
         hooks.call("on_predict_start")
         hooks.call("on_predict_epoch_start")
         for dataloader_idx, (loader, limit) in enumerate(zip(loaders, limits)):
-            for batch_idx, batch, _ in data.iterate(loader, limit):
+            for batch_idx, batch, _ in profiling.eval_batches(run, data.iterate(loader, limit), "predict"):
                 if to_device is not None:
                     batch = to_device(batch, dataloader_idx)
                 args = (batch, batch_idx, dataloader_idx) if several else (batch, batch_idx)
                 if batch_start:
                     hooks.call("on_predict_batch_start", *args)
-                prediction = run.step("predict_step", *args)
+                prediction = step("predict_step", *args)
                 run.eval_batches += 1
                 if batch_end:
                     hooks.call("on_predict_batch_end", prediction, *args)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from fulmen.trainer import data
+from fulmen.trainer import data, profiling
 from fulmen.trainer.loaders import load_train_dataloader, reload_due, validation_enabled
 from fulmen.trainer.loops import resume
 from fulmen.trainer.loops.evaluation import run_sanity_check, run_validation
@@ -41,7 +41,8 @@ def fit_loop(run: Run) -> None:
     hooks.call("on_train_start")
     while not _fit_done(run):
         state.stage = RunningStage.TRAINING
-        train_epoch(run)
+        with run.trainer.profiler.profile("run_training_epoch"):
+            train_epoch(run)
     hooks.call("on_train_end")
     hooks.call("on_fit_end")
 
@@ -88,7 +89,7 @@ def train_epoch(run: Run) -> None:
     plan = EpochPlan(run)
     resume.restore_epoch_start_rng(run)
     run.epoch_start_rng = capture_rng()
-    batches = data.iterate(loader, limit, state.current_epoch)
+    batches = profiling.train_batches(plan, data.iterate(loader, limit, state.current_epoch))
     epoch_complete = False
     if skip or phase is not None:
 
@@ -195,6 +196,10 @@ class EpochPlan:
             self.backward = run.backward
         else:
             self.backward = functools.partial(run.strategy.backward, module=run.model)
+        self.optimizer_step = run.strategy.optimizer_step
+        #: The profiler when one is on (the callables above are then timed ones), else None.
+        self.profiler: Any = None
+        profiling.profile_epoch_plan(self, run)
 
     def is_stepping(self, batch_idx: int, is_last: bool) -> bool:
         return not self.automatic or is_last or (batch_idx + 1) % self.accumulate == 0

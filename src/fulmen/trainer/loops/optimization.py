@@ -71,7 +71,7 @@ def automatic_step(run: Run, plan: EpochPlan, batch: Any, batch_idx: int, steppi
         )
     else:
         closure()
-        run.strategy.optimizer_step(optimizer)
+        plan.optimizer_step(optimizer)
         run.state.global_step += 1
 
     if result[0] is None:  # an optimizer_step override that never ran the closure
