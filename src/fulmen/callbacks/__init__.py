@@ -37,6 +37,8 @@ _BUILTINS = {
     "BackboneFinetuning": "fulmen.callbacks.finetuning",
     "ModelPruning": "fulmen.callbacks.pruning",
     "DeviceStatsMonitor": "fulmen.callbacks.device_stats_monitor",
+    "LearningRateFinder": "fulmen.callbacks.lr_finder",
+    "BatchSizeFinder": "fulmen.callbacks.batch_size_finder",
 }
 
 __all__ = ["Callback", *_BUILTINS]
