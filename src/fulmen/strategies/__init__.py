@@ -19,9 +19,11 @@ __all__ = [
     "DDPShardedStrategy",
     "DDPStrategy",
     "DataParallelStrategy",
+    "DeepSpeedStrategy",
     "FSDPStrategy",
     "SingleDeviceStrategy",
     "Strategy",
+    "consolidate_checkpoint",
     "has_len",
     "prepare_dataloader",
     "rebuild_dataloader",
@@ -30,3 +32,19 @@ __all__ = [
     "unwrap_module",
     "warn_no_backward_sync_unsupported",
 ]
+
+_LAZY = {
+    # DeepSpeed's strategy imports the deepspeed package only when used; its module stays out of
+    # `import fulmen` all the same.
+    "DeepSpeedStrategy": "fulmen.strategies.deepspeed",
+    "consolidate_checkpoint": "fulmen.strategies.consolidate",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fulmen.strategies' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

@@ -18,6 +18,12 @@ _FACTORIES: dict[str, Callable[[], Strategy]] = {
     "ddp_sharded": lambda: _sharded(),
     "fsdp": lambda: _fsdp(),
     "fsdp_cpu_offload": lambda: _fsdp(cpu_offload=True),
+    "deepspeed": lambda: _deepspeed(),
+    "deepspeed_stage_1": lambda: _deepspeed(stage=1),
+    "deepspeed_stage_2": lambda: _deepspeed(stage=2),
+    "deepspeed_stage_2_offload": lambda: _deepspeed(stage=2, offload_optimizer=True),
+    "deepspeed_stage_3": lambda: _deepspeed(stage=3),
+    "deepspeed_stage_3_offload": lambda: _deepspeed(stage=3, offload_optimizer=True, offload_parameters=True),
 }
 # Lightning's spellings of DDP with `find_unused_parameters` set, for each way of starting processes.
 for _name, _start_method in (("ddp", "popen"), ("ddp_spawn", "spawn"), ("ddp_fork", "fork"), ("ddp_notebook", "fork")):
@@ -37,6 +43,12 @@ def _fsdp(cpu_offload: bool = False) -> Strategy:
     from fulmen.strategies.fsdp import FSDPStrategy
 
     return FSDPStrategy(cpu_offload=cpu_offload)
+
+
+def _deepspeed(**options: object) -> Strategy:
+    from fulmen.strategies.deepspeed import DeepSpeedStrategy  # the deepspeed package loads only when used
+
+    return DeepSpeedStrategy(**options)
 
 
 def strategy_names() -> tuple[str, ...]:

@@ -134,6 +134,23 @@ class Strategy(ABC):
     def setup_optimizer(self, optimizer: Optimizer) -> Optimizer:
         return optimizer
 
+    def setup_module_for_evaluation(self, module: nn.Module) -> nn.Module:
+        """The module as validate/test/predict run it; engines whose parameters are partitioned
+        (ZeRO-3) wrap it so that forward can gather them. Others run it as it is."""
+        return module
+
+    def configure_training(
+        self,
+        accumulate_grad_batches: int = 1,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: Any = None,
+    ) -> None:
+        """The front end's accumulation and clipping, told before ``setup_module_and_optimizers``.
+
+        Engines that accumulate and clip inside their own step (DeepSpeed) write them into their
+        config; every other strategy lets the front end do it and ignores this.
+        """
+
     def tensor_init_context(self) -> contextlib.AbstractContextManager:
         """Where to create tensors: on this process's device, in the precision's dtype."""
         stack = contextlib.ExitStack()
@@ -258,8 +275,14 @@ class Strategy(ABC):
         self, filepath: str, map_location: Any = None, weights_only: bool = True, storage_options: dict | None = None
     ) -> dict[str, Any]:
         """Every rank reads the file itself, mapped onto the CPU unless told otherwise."""
+        from fulmen.utilities import checkpoint_dir
         from fulmen.utilities.cloud_io import safe_load
 
+        if not storage_options and checkpoint_dir.is_checkpoint_dir(filepath):
+            # A sharded directory (DeepSpeed, FSDP): its weights merged, as one file would hold them.
+            from fulmen.strategies.consolidate import load_consolidated
+
+            return load_consolidated(filepath, weights_only=weights_only)
         location = map_location if map_location is not None else torch.device("cpu")
         return safe_load(filepath, map_location=location, weights_only=weights_only, storage_options=storage_options)
 

@@ -109,8 +109,13 @@ def setup_model(run: Run) -> None:
         strategy.convert_sync_batchnorm(module)
     strategy.module_to_device(module)
     if run.fn != TrainerFn.FITTING:
+        run.model = strategy.setup_module_for_evaluation(module)
         return
     optimizers, run.lr_scheduler_configs = _configure_optimizers(run)
+    config = run.config
+    strategy.configure_training(
+        config.accumulate_grad_batches, config.gradient_clip_val, config.gradient_clip_algorithm
+    )
     router = StepRouter(module)
     wrapped, run.optimizers = strategy.setup_module_and_optimizers(router, optimizers)
     if wrapped is not router:

@@ -86,9 +86,17 @@ def makedirs(path: _PATH, exist_ok: bool = True, storage_options: dict[str, Any]
 
 
 def remove_file(path: _PATH, storage_options: dict[str, Any] | None = None) -> None:
-    """Delete the file (or the link itself, for a symlink) at ``path``; a missing file is fine."""
+    """Delete the file (or the link itself, for a symlink) at ``path``; a missing file is fine.
+
+    A local checkpoint directory (sharded strategies) is deleted whole, renamed away first.
+    """
     local = _local_path(path)
     if local is not None:
+        if os.path.isdir(local) and not os.path.islink(local):
+            from fulmen.utilities import checkpoint_dir
+
+            checkpoint_dir.remove(local)
+            return
         with contextlib.suppress(FileNotFoundError):
             os.remove(local)
         return
@@ -178,7 +186,7 @@ def save_link(target: _PATH, link_path: _PATH, storage_options: dict[str, Any] |
 def _save_link_local(target: str, link: str) -> None:
     if os.path.abspath(target) == os.path.abspath(link):
         return
-    if not os.path.isfile(target):
+    if not os.path.exists(target):  # a file, or a sharded checkpoint directory
         raise CheckpointNotFoundError(f"Cannot link to checkpoint {target!r}: it does not exist.")
     link_dir = os.path.dirname(link)
     os.makedirs(link_dir, exist_ok=True)

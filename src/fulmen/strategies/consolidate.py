@@ -1,0 +1,81 @@
+"""Sharded checkpoint directory -> one ordinary fulmen checkpoint (weights gathered, fp32).
+
+The result loads anywhere, on one process, without the engine that wrote the shards:
+``Model.load_from_checkpoint``, ``Trainer(...).validate(ckpt_path=...)`` with any strategy,
+``torch.load``. It keeps fulmen's own state (loop position, callbacks, hyperparameters) and
+drops the sharded optimizer state, so training resumes from it only on the strategy that wrote
+the directory. Each sharded format registers a reader: ``reader(directory, sharded_meta)``
+returns the module's full state dict.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from torch import Tensor
+
+from fulmen.utilities import checkpoint_dir, cloud_io
+from fulmen.utilities.exceptions import CheckpointError
+
+Reader = Callable[[str, dict[str, Any]], dict[str, Tensor]]
+
+
+def _deepspeed_reader(directory: str, meta: dict[str, Any]) -> dict[str, Tensor]:
+    from fulmen.strategies.zero_checkpoint import consolidated_state_dict
+
+    return consolidated_state_dict(
+        os.path.join(directory, meta.get("tag", "checkpoint")), meta.get("module_prefix", "")
+    )
+
+
+_READERS: dict[str, Reader] = {"deepspeed": _deepspeed_reader}
+
+
+def register_checkpoint_format(name: str, reader: Reader) -> None:
+    """Teach consolidation a sharded layout (``meta["format"] == name``), e.g. torch's distributed checkpoint."""
+    _READERS[name] = reader
+
+
+def read_sharded_state(path: str | os.PathLike, weights_only: bool = True) -> tuple[str, dict[str, Any]]:
+    """The directory's OS path and fulmen's state from it (sharded entries still as placeholders)."""
+    local = checkpoint_dir.check_complete(path)
+    state = cloud_io.safe_load(os.path.join(local, checkpoint_dir.STATE_FILE), weights_only=weights_only)
+    meta = state.get(checkpoint_dir.SHARDED_KEY)
+    if not isinstance(meta, dict) or meta.get("format") not in _READERS:
+        known = sorted(_READERS)
+        raise CheckpointError(
+            f"{local!r} does not say how its shards are laid out (format {meta and meta.get('format')!r}; "
+            f"fulmen reads {known})."
+        )
+    return local, state
+
+
+def load_consolidated(path: str | os.PathLike, weights_only: bool = True) -> dict[str, Any]:
+    """The checkpoint in ``path`` as one dict, as if a single-process strategy had written it."""
+    local, state = read_sharded_state(path, weights_only)
+    meta = state.pop(checkpoint_dir.SHARDED_KEY)
+    weights = _READERS[meta["format"]](local, meta)
+
+    result = {}
+    for key, value in state.items():
+        ref = checkpoint_dir.ShardedStateRef.from_placeholder(value)
+        if ref is not None:
+            if ref.kind == "module":
+                result[key] = weights
+            continue  # a sharded optimizer's state is not carried over
+        if isinstance(value, list) and any(checkpoint_dir.ShardedStateRef.from_placeholder(v) for v in value):
+            continue  # "optimizer_states": the same
+        result[key] = value
+    return result
+
+
+def consolidate_checkpoint(path: str | os.PathLike, output: str | os.PathLike) -> None:
+    """Write the sharded checkpoint directory ``path`` as one checkpoint file ``output`` (atomically).
+
+    ``Model.load_from_checkpoint(output)`` then works on one process without DeepSpeed or FSDP.
+    """
+    if os.path.abspath(os.fspath(path)) == os.path.abspath(os.fspath(output)):
+        raise CheckpointError(f"`output` must differ from the checkpoint directory {os.fspath(path)!r}.")
+    cloud_io.atomic_save(load_consolidated(path), output)
