@@ -52,7 +52,7 @@ class LRFinder:
         return self.lr_min * (self.lr_max / self.lr_min) ** fraction
 
     def suggestion(self, skip_begin: int = 10, skip_end: int = 1) -> float | None:
-        """The learning rate at the steepest fall of the loss (None with fewer than 2 usable points).
+        """The learning rate at the steepest fall of the loss curve as plotted (None with fewer than 2 usable points).
 
         ``skip_begin``/``skip_end`` leave out the first and last points: the start is noisy and
         the end is where the loss blows up.
@@ -68,8 +68,12 @@ class LRFinder:
             self._optimal_idx = None
             return None
         loss = torch.tensor([losses[i] for i in indices], dtype=torch.float64)
-        lr = torch.tensor([lrs[i] for i in indices], dtype=torch.float64)
-        slopes = torch.gradient(loss, spacing=(lr,))[0]
+        axis = torch.tensor([lrs[i] for i in indices], dtype=torch.float64)
+        if self.mode == "exponential":
+            # The slope along the plot's log axis: against the rate itself, the tiny steps between
+            # the first rates turn noise into the steepest "fall" and the suggestion into ~min_lr.
+            axis = axis.log()
+        slopes = torch.gradient(loss, spacing=(axis,))[0]
         self._optimal_idx = indices[int(torch.argmin(slopes))]
         return lrs[self._optimal_idx]
 
