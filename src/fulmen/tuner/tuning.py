@@ -51,8 +51,10 @@ class Tuner:
         ``attr_name``), attribute or ``hparams`` key.
         """
         from fulmen.callbacks.lr_finder import LearningRateFinder
+        from fulmen.tuner.lr_finder import check_arguments
 
         _check_method(method, "lr_find")
+        check_arguments(min_lr, max_lr, num_training, mode, early_stop_threshold)  # named as given here
         _check_dataloaders(dataloaders)
         self._refuse_own(LearningRateFinder)
         finder = LearningRateFinder(
