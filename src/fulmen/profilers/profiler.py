@@ -143,7 +143,3 @@ class Profiler(ABC):
         state = self.__dict__.copy()
         state["_output_file"] = None
         return state
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self.teardown(self._stage)
