@@ -332,8 +332,9 @@ class DeepSpeedStrategy(DDPStrategy):
     def setup_module_and_optimizers(
         self, module: nn.Module, optimizers: list[Optimizer]
     ) -> tuple[nn.Module, list[Optimizer]]:
-        """One engine for the model and its optimizer; the optimizer handed back is the user's own
-        (``isinstance`` and LR schedulers keep working), stepped through the engine."""
+        """One engine for the model and its optimizer. The optimizer handed back is DeepSpeed's (as in
+        Lightning): its ``zero_grad`` keeps the engine's gradient buffers; LR schedulers built on the
+        user's optimizer keep working, as it holds the same parameter groups."""
         if not optimizers:
             return self.setup_module(module), []
         if len(optimizers) > 1:
@@ -361,7 +362,7 @@ class DeepSpeedStrategy(DDPStrategy):
         if self._owns_boundary:
             engine.set_gradient_accumulation_boundary(True)
         self._engine, self._engine_config = engine, config
-        return engine, [optimizer]
+        return engine, [engine.optimizer]
 
     def setup_module(self, module: nn.Module) -> nn.Module:
         """A model without an optimizer (evaluation, ``Lite.setup_module``): ZeRO-3 partitioned

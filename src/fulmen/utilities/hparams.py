@@ -142,7 +142,10 @@ def _init_args_of_frame(frame: types.FrameType, obj: Any) -> dict[str, Any] | No
     code = frame.f_code
     if code.co_name != "__init__":
         return None
-    owner = next((c for c in type(obj).__mro__ if getattr(c.__dict__.get("__init__"), "__code__", None) is code), None)
+    # inspect.unwrap: an __init__ wrapped with functools.wraps (DeepSpeed's zero.Init) still counts.
+    owner = next(
+        (c for c in type(obj).__mro__ if getattr(_unwrap(c.__dict__.get("__init__")), "__code__", None) is code), None
+    )
     if owner is None:
         return None
     local_vars = frame.f_locals
@@ -158,6 +161,10 @@ def _init_args_of_frame(frame: types.FrameType, obj: Any) -> dict[str, Any] | No
         elif param.name in local_vars:
             args[param.name] = local_vars[param.name]
     return args
+
+
+def _unwrap(fn: Any) -> Any:
+    return inspect.unwrap(fn) if callable(fn) else fn
 
 
 def _ignore_set(ignore: str | Iterable[str] | None) -> set[str]:
