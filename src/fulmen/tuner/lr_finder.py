@@ -55,7 +55,8 @@ class LRFinder:
         """The learning rate at the steepest fall of the loss curve as plotted (None with fewer than 2 usable points).
 
         ``skip_begin``/``skip_end`` leave out the first and last points: the start is noisy and
-        the end is where the loss blows up.
+        the end is where the loss blows up. The slope at a point is taken over the points within
+        a twentieth of the curve on either side (the neighbours, on short curves).
         """
         losses, lrs = self.results["loss"], self.results["lr"]
         indices = [i for i in range(max(skip_begin, 0), len(losses) - max(skip_end, 0)) if math.isfinite(losses[i])]
@@ -73,8 +74,16 @@ class LRFinder:
             # The slope along the plot's log axis: against the rate itself, the tiny steps between
             # the first rates turn noise into the steepest "fall" and the suggestion into ~min_lr.
             axis = axis.log()
-        slopes = torch.gradient(loss, spacing=(axis,))[0]
-        self._optimal_idx = indices[int(torch.argmin(slopes))]
+        half = len(indices) // 20
+        if half >= 1:
+            # Over a window of 2 * half steps, so that one noisy step of a short-memory average
+            # (the first smoothed losses average a few batches only) cannot pass for the fall.
+            window = 2 * half
+            slopes = (loss[window:] - loss[:-window]) / (axis[window:] - axis[:-window])
+            best = int(torch.argmin(slopes)) + half
+        else:
+            best = int(torch.argmin(torch.gradient(loss, spacing=(axis,))[0]))
+        self._optimal_idx = indices[best]
         return lrs[self._optimal_idx]
 
     def plot(self, suggest: bool = False, show: bool = False, ax: Axes | None = None) -> Figure:
