@@ -67,6 +67,42 @@ def parse_api_table(text: str) -> list[dict[str, Any]]:
     return rows
 
 
+def _section(text: str, title: str) -> str:
+    match = re.search(rf"^## {re.escape(title)}\b.*?(?=^## |\Z)", text, re.MULTILINE | re.DOTALL)
+    return match.group(0) if match else ""
+
+
+def _member_tokens(text: str) -> list[str]:
+    """``name`` of each backticked ``name``, ``name()`` or ``name(args)``; others are dropped."""
+    names = []
+    for token in _TICKED.findall(text):
+        name = token.split("(", 1)[0].strip()
+        if _IDENT.match(name):
+            names.append(name)
+    return names
+
+
+def parse_member_lists(text: str) -> dict[str, list[str]]:
+    """Members API.md names for its classes: "`Trainer` (`fit`, ...)" under "Trainer side",
+    and Lite's "Methods and properties:" paragraph."""
+    members: dict[str, list[str]] = {}
+    prose = " ".join(_section(text, "Trainer side").split())
+    for match in re.finditer(r"`(\w+)`[^`(]*\(", prose):
+        depth, i, in_tick = 1, match.end(), False
+        while i < len(prose) and depth:  # the group's end; parentheses inside backticks do not count
+            char = prose[i]
+            if char == "`":
+                in_tick = not in_tick
+            elif not in_tick:
+                depth += {"(": 1, ")": -1}.get(char, 0)
+            i += 1
+        members.setdefault(match.group(1), []).extend(_member_tokens(prose[match.end() : i - 1]))
+    lite = re.search(r"Methods and properties:(.*?)(?:\n\s*\n|\Z)", _section(text, "Lite"), re.DOTALL)
+    if lite:
+        members["Lite"] = _member_tokens(lite.group(1))
+    return members
+
+
 def resolve(ident: str) -> Any:
     """The object a dotted path names: the longest importable module, then attributes."""
     parts = ident.split(".")
@@ -100,6 +136,9 @@ ROWS = _contract()
 PAIRS = [(row["path"], name) for row in ROWS for name in row["names"]]
 MEMBERS = [(row["path"], owner, member) for row in ROWS for owner, ms in row["members"].items() for member in ms]
 MEMBERS = [m for m in MEMBERS if (m[0], m[2]) not in set(PAIRS)]  # `LightningLite` (= `Lite`) is a name
+_CLASS_MEMBERS = parse_member_lists(API_MD.read_text(encoding="utf-8")) if ROWS else {}
+_PATH_OF = {name: path for path, name in PAIRS if path == "fulmen"}
+MEMBERS += [(_PATH_OF[owner], owner, m) for owner, ms in _CLASS_MEMBERS.items() if owner in _PATH_OF for m in ms]
 COMMANDS = [(row["path"], command) for row in ROWS for command in row["commands"]]
 needs_contract = pytest.mark.skipif(not ROWS, reason=f"{API_MD} is absent (it lies beside the repository in CI)")
 
@@ -186,6 +225,20 @@ def test_parse_api_table():
     assert rows["fulmen.tuner"]["members"] == {"Tuner": ["lr_find", "scale_batch_size"]}
     assert rows["fulmen.cli"]["names"] == ["LightningCLI"] and rows["fulmen.cli"]["commands"] == ["fulmen"]
     assert rows["fulmen.loggers"]["names"] == ["TensorBoardLogger", "CSVLogger"]
+
+
+def test_parse_member_lists():
+    text = (
+        "## Lite (raw loops)\n\nMethods and properties: `setup(model, *optimizers)`, `setup_dataloaders(*loaders)`\n"
+        "(`replace_sampler=` the older name), `barrier()`, `device`.\n\n"
+        "## Trainer side\n\n`LightningModule` hooks and API (`training_step`, `optimizers()`, the `on_*` hooks),\n"
+        "`Trainer` (`fit`, `callback_metrics`) and the `Callback` hooks behave as documented.\n\n## Next\n"
+    )
+    assert parse_member_lists(text) == {
+        "LightningModule": ["training_step", "optimizers"],
+        "Trainer": ["fit", "callback_metrics"],
+        "Lite": ["setup", "setup_dataloaders", "barrier", "device"],
+    }
 
 
 def test_reference_blocks_all_resolve():
