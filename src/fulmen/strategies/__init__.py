@@ -11,6 +11,7 @@ from fulmen.strategies.ddp import DDPStrategy
 from fulmen.strategies.dp import DataParallelStrategy
 from fulmen.strategies.fsdp import FSDPStrategy
 from fulmen.strategies.resolver import select_strategy
+from fulmen.strategies.resumable_sampler import ResumableSampler, make_resumable, resumable_sampler
 from fulmen.strategies.sharded import DDPShardedStrategy
 from fulmen.strategies.single_device import SingleDeviceStrategy
 from fulmen.strategies.strategy import Strategy, unwrap_module, warn_no_backward_sync_unsupported
@@ -21,12 +22,15 @@ __all__ = [
     "DataParallelStrategy",
     "DeepSpeedStrategy",
     "FSDPStrategy",
+    "ResumableSampler",
     "SingleDeviceStrategy",
     "Strategy",
     "consolidate_checkpoint",
     "has_len",
+    "make_resumable",
     "prepare_dataloader",
     "rebuild_dataloader",
+    "resumable_sampler",
     "select_strategy",
     "set_sampler_epoch",
     "unwrap_module",

@@ -17,6 +17,8 @@ A fulmen checkpoint is one dict (``torch.save``d, loaded with ``weights_only=Tru
             "ranks": [{"python", "numpy", "torch", "cuda"?}, ...],   # at the moment of saving
             "epoch_start": [...] | None,     # when the current epoch drew its data order
         },
+        "loader": [{...} | None, ...],       # every rank's training-loader place in its epoch order
+                                             # (ResumableSampler.state_dict); absent when not resumable
         "optimizer_states": [...], "lr_schedulers": [...],
         "precision": {...},                  # the GradScaler's state under 16-mixed
         "callbacks": {state_key: state},
@@ -33,6 +35,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from fulmen.strategies import resumable_sampler
 from fulmen.trainer.rng import capture_rng
 from fulmen.trainer.signals import latest_hpc_checkpoint
 from fulmen.trainer.state import TrainerFn
@@ -73,6 +76,11 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, A
             "ranks": strategy.all_gather_object(capture_rng()),
             "epoch_start": strategy.all_gather_object(run.epoch_start_rng) if run.epoch_start_rng is not None else None,
         }
+        sampler = resumable_sampler(run.train_dataloader)
+        # Gathered whether or not this rank's loader is resumable: every rank takes part alike.
+        loader_states = strategy.all_gather_object(sampler.state_dict() if sampler is not None else None)
+        if any(state is not None for state in loader_states):
+            checkpoint["loader"] = loader_states
         checkpoint["callbacks"] = {}
         for callback in trainer.callbacks:
             state = callback.state_dict()
@@ -153,9 +161,12 @@ def restore_checkpoint(run: Run, checkpoint: dict[str, Any], fn: TrainerFn) -> N
                 f"The checkpoint was written by {len(ranks)} process(es) and is resumed on {strategy.world_size}: "
                 "random streams restart from rank 0's, so the run is not bit-identical to an uninterrupted one."
             )
-        run.resume_rng = ranks[rank] if rank < len(ranks) else ranks[0]
+        # On another number of processes every rank takes rank 0's: they draw one epoch order alike.
+        same_world = len(ranks) == strategy.world_size
+        run.resume_rng = ranks[rank] if same_world else ranks[0]
         epoch_start = rng.get("epoch_start")
-        run.resume_epoch_start_rng = epoch_start[rank] if epoch_start and rank < len(epoch_start) else None
+        run.resume_epoch_start_rng = (epoch_start[rank] if same_world else epoch_start[0]) if epoch_start else None
+    run.resume_loader = checkpoint.get("loader")
 
 
 def resolve_checkpoint_path(trainer: Trainer, ckpt_path: str | os.PathLike | None, fn: TrainerFn) -> str | None:

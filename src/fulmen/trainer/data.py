@@ -13,7 +13,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader, SequentialSampler
 
-from fulmen.strategies import has_len, prepare_dataloader, rebuild_dataloader, set_sampler_epoch
+from fulmen.strategies import has_len, make_resumable, prepare_dataloader, rebuild_dataloader, set_sampler_epoch
 from fulmen.utilities.combined_loader import CombinedLoader
 from fulmen.utilities.exceptions import MisconfigurationException, invalid_argument
 from fulmen.utilities.rank_zero import rank_zero_warn
@@ -44,6 +44,14 @@ def prepare(loader: Any, sampler_kwargs: dict[str, int] | None, use_distributed_
         prepared.flattened = [prepare(inner, sampler_kwargs, use_distributed_sampler) for inner in loader.flattened]
         return prepared
     return loader
+
+
+def prepare_train(loader: Any, sampler_kwargs: dict[str, int] | None, use_distributed_sampler: bool) -> Any:
+    """``prepare``, then make a DataLoader resumable by sample index (see ``strategies.resumable_sampler``)."""
+    prepared = prepare(loader, sampler_kwargs, use_distributed_sampler)
+    if isinstance(prepared, DataLoader):
+        return make_resumable(prepared, origin=loader.sampler if isinstance(loader, DataLoader) else None)
+    return prepared
 
 
 def without_shuffle(loader: Any) -> Any:
@@ -112,6 +120,16 @@ def iterate(loader: Any, limit: int | float, epoch: int = 0) -> Iterator[tuple[i
             yield batch_idx, batch, True
             return
         yield batch_idx, batch, False
+
+
+def iterate_from(iterator: Iterator[Any], start: int, limit: int | float) -> Iterator[tuple[int, Any, bool]]:
+    """``iterate`` for an epoch resumed at batch ``start``: ``iterator`` yields that batch first.
+
+    ``limit`` is the epoch's batch count (finite: a loader resumed by index has a length).
+    """
+    last = int(limit) - 1
+    for batch_idx, batch in zip(range(start, int(limit)), iterator):
+        yield batch_idx, batch, batch_idx == last
 
 
 def _batches(loader: CombinedLoader) -> Iterator[Any]:

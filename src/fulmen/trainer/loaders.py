@@ -33,7 +33,7 @@ def load_train_dataloader(run: Run) -> None:
     loader = data.train_loader_from(source)
     if config.overfit_batches:
         loader = data.without_shuffle(loader)
-    loader = data.prepare(loader, run.strategy.distributed_sampler_kwargs, config.use_distributed_sampler)
+    loader = data.prepare_train(loader, run.strategy.distributed_sampler_kwargs, config.use_distributed_sampler)
     run.train_dataloader = loader
     run.num_training_batches = data.count_batches(loader, config.limit_train_batches, "limit_train_batches")
     run.last_reload["train"] = run.state.current_epoch

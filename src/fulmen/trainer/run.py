@@ -88,6 +88,8 @@ class Run:
         self.epoch_start_rng: dict[str, Any] | None = None
         self.resume_rng: dict[str, Any] | None = None
         self.resume_epoch_start_rng: dict[str, Any] | None = None
+        #: Each rank's training-loader position from the checkpoint (``ResumableSampler.state_dict``).
+        self.resume_loader: list[dict[str, Any] | None] | None = None
 
         self.signals: SignalWatch | None = None
         self.received_signal: int | None = None

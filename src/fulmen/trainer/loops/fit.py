@@ -89,7 +89,7 @@ def train_epoch(run: Run) -> None:
     plan = EpochPlan(run)
     resume.restore_epoch_start_rng(run)
     run.epoch_start_rng = capture_rng()
-    batches = profiling.train_batches(plan, data.iterate(loader, limit, state.current_epoch))
+    batches = data.iterate(loader, limit, state.current_epoch)
     epoch_complete = False
     if skip or phase is not None:
 
@@ -97,6 +97,7 @@ def train_epoch(run: Run) -> None:
             _finish_batch(run, plan, batch_idx, is_last, plan.is_stepping(batch_idx, is_last), resumed=True)
 
         batches, epoch_complete = resume.catch_up(run, batches, limit, finish_pending)
+    batches = profiling.train_batches(plan, batches)
 
     to_device, batch_step, accumulate = plan.to_device, plan.batch_step, plan.accumulate
     while not epoch_complete:

@@ -1,10 +1,15 @@
 """Continuing an epoch from a mid-epoch checkpoint, and the signal that ends fit with one.
 
-A checkpoint records how many batches of the epoch are done (``state.batch_idx``) and where
-inside the last one it was taken (``state.phase``). The resumed epoch redraws its data order
-from the generators it had at its start, discards the finished batches (so dataloader workers
-and datasets draw exactly as before), then takes the generators of the moment of saving and
-finishes what that moment still had pending.
+A checkpoint records how many batches of the epoch are done (``state.batch_idx``), where inside
+the last one it was taken (``state.phase``) and the training loader's place in its epoch order
+(``ResumableSampler.state_dict``, one per rank). The resumed epoch redraws its data order from
+the generators it had at its start, skips the finished samples by index (none is loaded again;
+on another number of processes the unfed rest is spread over the new ones), then takes the
+generators of the moment of saving and finishes what that moment still had pending.
+
+A loader that cannot skip by index (an iterable dataset, a custom batch sampler, a DataLoader
+subclass, a ``CombinedLoader``) reads the finished batches again instead, without training on
+them, so that its workers and dataset draw exactly as before.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import signal
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from fulmen.strategies import resumable_sampler, set_sampler_epoch
+from fulmen.trainer import data
 from fulmen.trainer.rng import restore_rng
 from fulmen.trainer.signals import hpc_checkpoint_path
 from fulmen.utilities.rank_zero import rank_zero_info
@@ -62,16 +69,70 @@ def catch_up(
         return iter(()), skip >= limit
     if skip == 0:
         return batches, False
-    for _ in range(skip):  # replay the finished batches' data draws, without training on them
-        if next(batches, None) is None:
-            break
-    restore_resume_rng(run)
+    resumed = _fast_forward(run, skip, limit)
+    if resumed is not None:
+        batches, limit = resumed
+    else:
+        for _ in range(skip):  # replay the finished batches' data draws, without training on them
+            if next(batches, None) is None:
+                break
+        restore_resume_rng(run)
     if phase is None:
         return batches, False
     last = skip - 1
     is_last = limit != math.inf and last == int(limit) - 1
     finish_pending(last, is_last)
     return batches, is_last
+
+
+def _fast_forward(run: Run, skip: int, limit: int | float) -> tuple[Iterator[tuple[int, Any, bool]], int] | None:
+    """The rest of the epoch from batch ``skip``, by sample index; None when the loader or checkpoint cannot say.
+
+    The data order is drawn where the uninterrupted epoch drew it (after the loader's iterator
+    drew its workers' base seed, unless persistent workers were started in an earlier epoch),
+    then the generators of the moment of saving come back, before any remaining batch is loaded.
+    """
+    loader, states, strategy = run.train_dataloader, run.resume_loader, run.strategy
+    run.resume_loader = None
+    sampler = resumable_sampler(loader)
+    if sampler is None or not states:
+        return None
+    saved = states[strategy.global_rank] if len(states) == strategy.world_size else states[0]
+    epoch = run.state.current_epoch
+    if saved is None or saved["epoch"] != epoch:
+        return None
+    set_sampler_epoch(loader, epoch)
+    left = sampler.resume(saved, skip)
+    rest = min(limit, skip + left)
+    if _iterator_started_earlier(run, loader, epoch):
+        sampler.draw()
+        iterator = iter(loader)
+    else:
+        iterator = iter(loader)
+        sampler.draw()  # on one process: workers (if any) have drawn it while prefetching
+    restore_resume_rng(run)
+    batches = data.iterate_from(iterator, skip, rest)
+    if rest != limit:  # another number of processes: this epoch has another length
+        batches = _with_epoch_length(run, batches, rest)
+    return batches, rest
+
+
+def _iterator_started_earlier(run: Run, loader: Any, epoch: int) -> bool:
+    """Whether, uninterrupted, this epoch reused persistent workers started in an earlier one (no seed drawn)."""
+    if not (getattr(loader, "persistent_workers", False) and loader.num_workers > 0):
+        return False
+    every = run.config.reload_dataloaders_every_n_epochs
+    first = (epoch // every) * every if every else 0
+    return epoch != first
+
+
+def _with_epoch_length(run: Run, batches: Iterator[Any], length: int) -> Iterator[Any]:
+    """``trainer.num_training_batches`` is the resumed epoch's length while it runs, the loader's after."""
+    full, run.num_training_batches = run.num_training_batches, length
+    try:
+        yield from batches
+    finally:
+        run.num_training_batches = full
 
 
 def signal_received(run: Run, distributed: bool) -> bool:

@@ -1,0 +1,245 @@
+"""Resume at scale: skipping by sample index (bit-exact, nothing loaded twice), elastic N→M resume,
+two nodes on one machine, failures that end every rank, and signals agreed without a per-step collective.
+
+The single-process cases run in this process (a crash is an exception raised in a callback); the
+multi-process ones run scripts from ``scripts/`` on loopback, each rank writing its own file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
+
+import fulmen as L
+from fulmen.callbacks import Callback, ModelCheckpoint
+from fulmen.strategies import make_resumable, resumable_sampler
+from fulmen.strategies.resumable_sampler import Layout, spread
+
+# ----------------------------------------------------------------------------- the sampler alone
+
+
+@pytest.mark.parametrize(
+    ("size", "replicas", "drop_last"), [(10, 3, False), (10, 3, True), (12, 4, False), (2, 3, False)]
+)
+def test_a_fresh_layout_is_what_distributed_sampler_yields(size, replicas, drop_last):
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(5 + 2)).tolist()  # seed + epoch
+    for rank in range(replicas):
+        sampler = DistributedSampler(range(size), replicas, rank, shuffle=True, seed=5, drop_last=drop_last)
+        sampler.set_epoch(2)
+        assert list(sampler) == spread(order, Layout({}, size, drop_last, 0, replicas, 0), rank)
+
+
+def _resumable(size: int, batch_size: int, replicas: int, rank: int, workers: int = 0) -> DataLoader:
+    data = list(range(size))
+    user = DataLoader(data, batch_size=batch_size, shuffle=True)
+    if replicas == 1:
+        return make_resumable(user, origin=user.sampler)
+    sharded = DataLoader(data, batch_size=batch_size, num_workers=workers,
+                         sampler=DistributedSampler(data, replicas, rank, shuffle=True, seed=3))  # fmt: skip
+    return make_resumable(sharded, origin=user.sampler)
+
+
+def _epoch(loader: DataLoader, epoch: int) -> list[list[int]]:
+    resumable_sampler(loader).set_epoch(epoch)
+    return [batch.tolist() for batch in loader]
+
+
+def _resume(loader: DataLoader, saved: dict, batches_done: int, epoch: int) -> list[list[int]]:
+    sampler = resumable_sampler(loader)
+    sampler.set_epoch(epoch)
+    left = sampler.resume(saved, batches_done)
+    batches = [batch.tolist() for batch in loader]
+    assert len(batches) == left
+    return batches
+
+
+@pytest.mark.parametrize(("before", "after"), [(2, 2), (2, 1), (1, 2), (2, 3), (3, 2)])
+def test_every_sample_of_the_epoch_once_across_a_change_of_world_size(before, after):
+    batch_size, done = 2, 2
+    size = done * batch_size * before + 12  # neither run pads: 12 is a multiple of 1, 2 and 3
+    torch.manual_seed(0)  # the single-process order draws from torch's generator
+    first = [_resumable(size, batch_size, before, rank) for rank in range(before)]
+    generator_state = torch.get_rng_state()
+    fed = [index for loader in first for batch in _epoch(loader, 1)[:done] for index in batch]
+    saved = resumable_sampler(first[0]).state_dict()
+    rest = []
+    for rank in range(after):
+        torch.set_rng_state(generator_state)  # every rank redraws a one-process order from rank 0's generators
+        rest += [
+            index for batch in _resume(_resumable(size, batch_size, after, rank), saved, done, 1) for index in batch
+        ]
+    assert sorted(fed + rest) == list(range(size))
+
+
+def test_same_world_size_skips_to_where_the_rank_stood():
+    loaders = [_resumable(20, 2, 2, rank) for rank in (0, 1)]
+    full = [_epoch(loader, 3) for loader in loaders]
+    saved = resumable_sampler(loaders[0]).state_dict()
+    for rank, loader in enumerate(loaders):
+        assert _resume(loader, saved, 3, epoch=3) == full[rank][3:]
+
+
+def test_workers_get_the_epoch_seed_with_the_first_index_of_every_batch():
+    loader = _resumable(16, 4, 2, 0, workers=2)
+    sampler = resumable_sampler(loader)
+    sampler.set_epoch(0)
+    indices = list(sampler)
+    tagged = [position for position, index in enumerate(indices) if hasattr(index, "epoch_seed")]
+    assert tagged == [0, 4]  # 8 indices on this rank, batches of 4
+    assert isinstance(loader.sampler, DistributedSampler)  # what users see is unchanged
+
+
+class RandomSample(Dataset):
+    """Draws its sample with torch, python and numpy generators inside ``__getitem__``."""
+
+    def __len__(self) -> int:
+        return 12
+
+    def __getitem__(self, index: int):
+        import random
+
+        import numpy as np
+
+        return torch.tensor([index, torch.rand(()).item(), random.random(), np.random.rand()])
+
+
+@pytest.mark.timeout(60)
+def test_a_sample_draws_alike_whichever_worker_loads_it():
+    def draws(workers: int) -> dict[int, list[float]]:
+        user = DataLoader(RandomSample(), batch_size=3, shuffle=True, num_workers=workers)
+        loader = make_resumable(user, origin=user.sampler)
+        return {int(row[0]): row[1:].tolist() for batch in loader for row in batch}
+
+    one, two = draws(1), draws(2)
+    assert one == two and len(one) == 12
+    assert len({values[0] for values in one.values()}) == 12  # each sample its own draw
+
+
+def test_loaders_that_cannot_skip_by_index_are_left_as_they_are():
+    class MyLoader(DataLoader):
+        pass
+
+    subclass = MyLoader(list(range(8)), batch_size=2)
+    assert make_resumable(subclass) is subclass
+    custom_batches = DataLoader(list(range(8)), batch_sampler=[[0, 1], [2, 3]])
+    assert make_resumable(custom_batches) is custom_batches
+    plain = DataLoader(list(range(8)), batch_size=2, shuffle=True)
+    copy = make_resumable(plain, origin=plain.sampler)
+    assert copy is not plain and copy.sampler is plain.sampler and isinstance(copy.sampler, RandomSampler)
+    assert copy.batch_size == 2 and len(copy) == 4
+
+
+# --------------------------------------------------------------------- exact resume in one process
+
+
+class NoisyDataset(Dataset):
+    """Random noise drawn in ``__getitem__`` (as augmentations do); every load appends to ``log``."""
+
+    def __init__(self, n: int, log: str | None = None) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 8, generator=generator)
+        self.y = torch.randn(n, 1, generator=generator)
+        self.log = log
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int):
+        if self.log is not None:
+            with open(self.log, "a") as file:  # workers are other processes: a file counts for all
+                file.write(f"{index}\n")
+        return self.x[index] + 0.01 * torch.randn(8), self.y[index]
+
+
+class DropoutRegressor(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 1))
+
+    def training_step(self, batch, batch_idx):
+        return nn.functional.mse_loss(self.net(batch[0]), batch[1])
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", nn.functional.mse_loss(self.net(batch[0]), batch[1]))
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.Adam(self.parameters(), lr=0.01)
+        return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, step_size=7)}
+
+
+class CrashAt(Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise RuntimeError("crashed on purpose")
+
+
+SAMPLES, BATCH = 64, 4  # 16 batches an epoch, 8 optimizer steps (accumulating 2)
+
+
+def _fit(root: Path, workers: int, crash_at: int | None = None, resume: bool = False, log: str | None = None):
+    L.seed_everything(1234, workers=True)
+    model = DropoutRegressor()
+    train = DataLoader(NoisyDataset(SAMPLES, log), shuffle=True, batch_size=BATCH, num_workers=workers)
+    callbacks: list[Callback] = [ModelCheckpoint(dirpath=root, every_n_train_steps=3, save_top_k=0, save_last=True)]
+    if crash_at is not None:
+        callbacks.insert(0, CrashAt(crash_at))
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=2, val_check_interval=4, accumulate_grad_batches=2, callbacks=callbacks,
+        logger=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        default_root_dir=root,
+    )  # fmt: skip
+    ckpt_path = str(root / "last.ckpt") if resume else None
+    trainer.fit(model, train, DataLoader(NoisyDataset(16), batch_size=BATCH), ckpt_path=ckpt_path)
+    return model.state_dict()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    cache: dict[int, dict[str, torch.Tensor]] = {}
+
+    def weights(workers: int) -> dict[str, torch.Tensor]:
+        if workers not in cache:
+            cache[workers] = _fit(tmp_path_factory.mktemp(f"full_{workers}"), workers)
+        return cache[workers]
+
+    return weights
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("workers", "crash_at", "left_in_epoch"),
+    [
+        (0, 4, 40),  # last checkpoint at step 3 (batch 6 of epoch 0, after a step)
+        (0, 11, 48),  # step 9: epoch 1 after its 4th batch, saved after the validation there
+        (2, 13, 32),  # step 12: epoch 1 after its 8th batch
+    ],
+)
+def test_a_resumed_run_ends_bit_equal_and_loads_only_the_samples_left(tmp_path, uninterrupted, workers, crash_at,
+                                                                      left_in_epoch):  # fmt: skip
+    with pytest.raises(RuntimeError, match="crashed on purpose"):
+        _fit(tmp_path, workers, crash_at=crash_at)
+    log = tmp_path / "loads.txt"
+    resumed = _fit(tmp_path, workers, resume=True, log=str(log))
+    expected = uninterrupted(workers)
+    for key, value in expected.items():
+        assert torch.equal(value, resumed[key]), f"{key} differs after resuming at step {crash_at}"
+    loads = log.read_text().split()
+    later_epochs = SAMPLES if crash_at < 8 else 0
+    assert len(loads) == left_in_epoch + later_epochs  # no finished sample was loaded again
+
+
+def test_the_loader_users_see_keeps_its_sampler(tmp_path):
+    user = DataLoader(NoisyDataset(8), batch_size=4)
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(DropoutRegressor(), user)
+    assert isinstance(trainer.train_dataloader.sampler, SequentialSampler)
+    assert trainer.train_dataloader.sampler is user.sampler and trainer.train_dataloader.batch_size == 4
+    assert resumable_sampler(trainer.train_dataloader) is not None and trainer.num_training_batches == 2
