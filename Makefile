@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_trainer.py
 	$(PY) benchmarks/bench_import.py
 	$(PY) benchmarks/bench_calls.py
+	$(PY) benchmarks/bench_profiler.py
 	$(PY) benchmarks/bench_resume.py
 
 # The documentation site (mkdocs.yml, docs/). `make test` builds it strictly too (tests/docs).
