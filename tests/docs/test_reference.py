@@ -147,7 +147,7 @@ def _public(path: str, name: str) -> Any:
     try:
         module = importlib.import_module(path)
     except ModuleNotFoundError as error:
-        pytest.skip(f"{path} is not built yet ({error}); its reference page comes with it")
+        pytest.skip(f"{path} cannot be imported here ({error})")
     if not hasattr(module, name):
         pytest.fail(f"API.md lists {path}.{name}, but `from {path} import {name}` fails")
     return getattr(module, name)
