@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
 os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
 os.environ.setdefault("FULMEN_DIST_TIMEOUT", "20")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# DeepSpeed builds a communication op on first use (~90 s): one build directory for every test.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(tempfile.gettempdir(), "fulmen-torch-extensions"))
 
 
 def run_python(*args: str, timeout: float = 120, cwd: str | Path | None = None, env: dict | None = None):

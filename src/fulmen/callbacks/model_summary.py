@@ -41,7 +41,7 @@ def _count(params: Any) -> tuple[int, int, int]:
     for p in params:
         if _is_uninitialized(p):
             continue
-        n = p.numel()
+        n = getattr(p, "ds_numel", None) or p.numel()  # ZeRO-3 partitions hold a slice; ds_numel is the whole
         total += n
         size += n * p.element_size()
         if p.requires_grad:

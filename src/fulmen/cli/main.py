@@ -1,5 +1,7 @@
 """``fulmen run SCRIPT [flags] [-- script args]``: start the processes and hand the flags to the script.
 
+(``fulmen checkpoint consolidate DIR OUT`` lives in :mod:`fulmen.cli.checkpoint_tools`.)
+
 The flags become the defaults of every ``Lite()`` and ``Trainer()`` the script creates
 (through ``FULMEN_*`` environment variables read by the shared resolver). More than one
 process per node is started by torchrun (``torch.distributed.run``), so every rank sees the
@@ -14,6 +16,7 @@ import runpy
 import sys
 from collections.abc import Sequence
 
+from fulmen.cli import checkpoint_tools
 from fulmen.strategies.environments.lightning import find_free_network_port
 from fulmen.strategies.registry import strategy_names
 from fulmen.strategies.resolver import ACCELERATOR_NAMES, CLI_ENV, normalize_precision
@@ -40,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--node-rank", "--node_rank", dest="node_rank", type=int, default=0)
     run.add_argument("--main-address", "--main_address", dest="main_address", default="127.0.0.1")
     run.add_argument("--main-port", "--main_port", dest="main_port", type=int, default=None)
+    checkpoint_tools.add_parser(commands)
     return parser
 
 
@@ -48,6 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     own, script_args = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     parser = build_parser()
     args, unknown = parser.parse_known_args(own)
+    if args.command == "checkpoint":
+        if unknown or script_args:
+            parser.error(f"unrecognized arguments: {' '.join([*unknown, *script_args])}")
+        return checkpoint_tools.run(args)
     script_args = [*unknown, *script_args]
     try:
         _validate(args)

@@ -65,7 +65,9 @@ def load_consolidated(path: str | os.PathLike, weights_only: bool = True) -> dic
             if ref.kind == "module":
                 result[key] = weights
             continue  # a sharded optimizer's state is not carried over
-        if isinstance(value, list) and any(checkpoint_dir.ShardedStateRef.from_placeholder(v) for v in value):
+        if isinstance(value, list) and any(
+            checkpoint_dir.ShardedStateRef.from_placeholder(v) is not None for v in value
+        ):
             continue  # "optimizer_states": the same
         result[key] = value
     return result

@@ -78,6 +78,11 @@ class DeepSpeedStrategy(DDPStrategy):
     disagrees with it is an error. The Trainer's ``accumulate_grad_batches``,
     ``gradient_clip_val`` and ``precision`` are written into the config (a clash with a value the
     config sets is an error naming both). Gradient clipping is off unless one of them sets it.
+
+    Checkpoints are directories, one shard per rank written in parallel, published at once
+    (:mod:`fulmen.utilities.checkpoint_dir`). ``sync_files=False`` skips the fsync of the shards:
+    a crashed process still never leaves a torn checkpoint, but a power cut right after a save
+    might.
     """
 
     supports_no_backward_sync = True
@@ -130,6 +135,7 @@ class DeepSpeedStrategy(DDPStrategy):
         process_group_backend: str | None = None,
         timeout: timedelta | float | None = None,
         exclude_frozen_parameters: bool = False,
+        sync_files: bool = True,
         num_nodes: int = 1,
     ) -> None:
         super().__init__(
@@ -209,6 +215,7 @@ class DeepSpeedStrategy(DDPStrategy):
         self.logging_level = logging_level
         self.load_full_weights = load_full_weights
         self.exclude_frozen_parameters = exclude_frozen_parameters
+        self.sync_files = sync_files
         self.loss_scaling = {
             "loss_scale": loss_scale,
             "initial_scale_power": initial_scale_power,
@@ -262,9 +269,13 @@ class DeepSpeedStrategy(DDPStrategy):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: Any = None,
     ) -> None:
+        """Take the Trainer's accumulation and clipping into the config; a clash with it fails here."""
         self._accumulate_grad_batches = accumulate_grad_batches if isinstance(accumulate_grad_batches, int) else None
         self._gradient_clip_val = gradient_clip_val
         self._gradient_clip_algorithm = getattr(gradient_clip_algorithm, "value", gradient_clip_algorithm)
+        cfg.with_training_flags(
+            self.config, self._accumulate_grad_batches, self._gradient_clip_val, self._gradient_clip_algorithm
+        )
 
     def _full_config(self) -> dict[str, Any]:
         """The config handed to ``deepspeed.initialize``: the user's/arguments' plus precision and flags."""
@@ -530,9 +541,7 @@ class DeepSpeedStrategy(DDPStrategy):
             save_latest=False,
             exclude_frozen_parameters=self.exclude_frozen_parameters,
         )
-        checkpoint_dir.fsync_share(staging, self.global_rank, self.world_size)
-        self.barrier("deepspeed_save")
-        if self.is_global_zero:
+        if self.is_global_zero:  # while the other ranks still write: the folder is not published yet
             state = checkpoint_dir.to_placeholders(checkpoint)
             state[checkpoint_dir.SHARDED_KEY] = {
                 "format": "deepspeed",
@@ -542,7 +551,11 @@ class DeepSpeedStrategy(DDPStrategy):
                 "module_prefix": _module_prefix(engine.module),
             }
             checkpoint_dir.write_state(staging, state)
-            checkpoint_dir.publish(staging, filepath)
+        if self.sync_files:
+            checkpoint_dir.fsync_share(staging, self.global_rank, self.world_size)
+        self.barrier("deepspeed_save")
+        if self.is_global_zero:
+            checkpoint_dir.publish(staging, filepath, sync=self.sync_files)
 
     def load_checkpoint(
         self, filepath: str, map_location: Any = None, weights_only: bool = True, storage_options: dict | None = None

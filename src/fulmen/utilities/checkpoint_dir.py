@@ -6,13 +6,14 @@ hyperparameters) in one directory that stands where a checkpoint file would. The
 :mod:`fulmen.utilities.cloud_io` hold for it too:
 
 - every rank writes into a hidden staging directory next to the target
-  (``.NAME.partial-TOKEN``); once all shards are on disk (fsynced, a share per rank) rank zero
-  publishes it with one rename, so a crash at any moment leaves the previous checkpoint as it
-  was and a half-written directory never carries a checkpoint's name;
+  (``.NAME.partial-TOKEN``); once all shards are written (and fsynced, a share per rank, so
+  that a power cut cannot publish data that never reached the disk) rank zero publishes it
+  with one rename, so a crash at any moment leaves the previous checkpoint as it was and a
+  half-written directory never carries a checkpoint's name;
 - replacing an existing checkpoint (``last.ckpt``) swaps the two directory entries atomically
   (``renameat2(RENAME_EXCHANGE)`` on Linux) before the old one is deleted;
-- a directory counts as a checkpoint only when it holds ``fulmen_checkpoint.pt``, which rank
-  zero writes last.
+- a directory counts as a checkpoint only when it holds ``fulmen_checkpoint.pt`` (published
+  directories always do).
 
 Sharded directories live on local (or mounted) filesystems; remote URLs are refused by name.
 """
@@ -25,6 +26,7 @@ import ctypes.util
 import os
 import secrets
 import shutil
+import threading
 from typing import Any
 
 from fulmen.utilities import cloud_io
@@ -145,8 +147,9 @@ def remove_stale_staging(target: str | os.PathLike) -> None:
 
 # -------------------------------------------------------------------------------------- writing
 def write_state(directory: str, state: dict[str, Any]) -> None:
-    """Write fulmen's state into ``directory`` (durably); call it after every shard is written."""
-    cloud_io.atomic_save(state, os.path.join(directory, STATE_FILE))
+    """Write fulmen's state into the staging ``directory`` (rank zero; :func:`fsync_share` makes it durable)."""
+    with open(os.path.join(directory, STATE_FILE), "wb") as f:
+        cloud_io._torch_save(state, f)
 
 
 def fsync_share(directory: str, rank: int, world_size: int) -> None:
@@ -160,27 +163,38 @@ def fsync_share(directory: str, rank: int, world_size: int) -> None:
             os.close(fd)
 
 
-def publish(staging: str, target: str | os.PathLike) -> None:
+def publish(staging: str, target: str | os.PathLike, sync: bool = True) -> None:
     """Make the finished ``staging`` directory the checkpoint ``target`` in one step (rank zero only).
 
     A missing target is one rename. An existing one (a file, a link or a directory) is swapped
-    with the new directory atomically where the OS can (Linux), then deleted; elsewhere it is
-    moved aside first, so only a crash between the two renames leaves no entry under ``target``.
+    with the new directory atomically where the OS can (Linux) and deleted in the background
+    (a leftover is hidden and cleared by the next save); elsewhere it is moved aside first, so
+    only a crash between the two renames leaves no entry under ``target``. ``sync``: fsync the
+    directory entries, so that the rename survives a power cut (the files are fsynced before).
     """
     target = local_path(target).rstrip(os.sep)
     parent = os.path.dirname(target) or "."
-    for directory, _, _ in os.walk(staging):
-        cloud_io._fsync_dir(directory)
+    if sync:
+        for directory, _, _ in os.walk(staging):
+            cloud_io._fsync_dir(directory)
     if not os.path.lexists(target):
         os.rename(staging, target)
     elif _exchange(staging, target):
-        remove(staging)  # now the previous checkpoint
+        _remove_in_background(staging)  # now the previous checkpoint, under the hidden staging name
     else:
         aside = f"{staging}{_DELETING}old"
         os.rename(target, aside)
         os.rename(staging, target)
-        remove(aside)
-    cloud_io._fsync_dir(parent)
+        _remove_in_background(aside)
+    if sync:
+        cloud_io._fsync_dir(parent)
+
+
+def _remove_in_background(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        threading.Thread(target=shutil.rmtree, args=(path,), kwargs={"ignore_errors": True}, daemon=True).start()
+    else:
+        remove(path)
 
 
 def remove(path: str | os.PathLike) -> None:

@@ -2,10 +2,11 @@
 
     python deepspeed_worker.py OUT [PART ...]
 
-PARTS (all by default): ``trainer`` (DDP, then ZeRO 1, 2, 2-offload, 3, 3-offload through the
+PARTS (``trainer lite`` by default): ``trainer`` (DDP, then ZeRO 1, 2, 2-offload, 3, 3-offload through the
 Trainer: fit/validate/test/predict, checkpoints, a run stopped mid-epoch and resumed from "last"
 for stages 1-3; ZeRO-3 built under ``init_module``; bf16), ``lite`` (a Lite loop with
-accumulation and save/load for each stage, against DDP). Each rank writes each result to
+accumulation and save/load for each stage, against DDP), ``kill`` (ZeRO-2, rank 0 SIGKILLed
+between writing the shards of "last" and publishing them) then ``resume`` (from "last"). Each rank writes each result to
 ``OUT/results/NAME_rankR.pt`` as soon as it has it; the tests read those files.
 """
 
@@ -27,14 +28,15 @@ from fulmen.callbacks import Callback, ModelCheckpoint  # noqa: E402
 from fulmen.lite import Lite  # noqa: E402
 from fulmen.strategies import DeepSpeedStrategy, consolidate_checkpoint  # noqa: E402
 
-# Loading must never run code from a file: count every torch.load that is not weights-only.
+# Loading must never run code from a file: record every file that torch.load reads with full pickle.
+# (torch.distributed's object collectives unpickle what the job's own ranks sent: not files.)
 UNSAFE_LOADS: list[str] = []
 _torch_load = torch.load
 
 
 def _recording_load(f, *args, **kwargs):
-    if kwargs.get("weights_only") is False:
-        UNSAFE_LOADS.append(str(f))
+    if kwargs.get("weights_only") is False and isinstance(f, (str, os.PathLike)):
+        UNSAFE_LOADS.append(os.fspath(f))
     return _torch_load(f, *args, **kwargs)
 
 
@@ -171,6 +173,35 @@ def trainer_part() -> None:
     write("zero2_bf16", {"losses": torch.tensor(model.losses), "param_dtype": str(model.net[0].weight.dtype)})
 
 
+def kill_part() -> None:
+    """ZeRO-2 whose rank 0 is SIGKILLed while it saves "last" at step 10: shards written, not yet published."""
+    from fulmen.utilities import checkpoint_dir
+
+    publish = checkpoint_dir.publish
+    saves = []
+
+    def publish_or_die(staging, target, **options):
+        if os.path.basename(os.fspath(target)) == "last.ckpt":
+            saves.append(target)
+            if len(saves) == 2:
+                os.kill(os.getpid(), 9)
+        publish(staging, target, **options)
+
+    checkpoint_dir.publish = publish_or_die
+    trainer = make_trainer(DeepSpeedStrategy(stage=2), os.path.join(OUT, "zero2", "killed"))
+    trainer.fit(build(trainer, partitioned=False), train_loader(), eval_loader())
+
+
+def resume_part() -> None:
+    folder = os.path.join(OUT, "zero2", "killed")
+    leftovers = sorted(os.listdir(os.path.join(folder, "steps")))
+    trainer = make_trainer(DeepSpeedStrategy(stage=2), folder)
+    model = build(trainer, partitioned=False)
+    trainer.fit(model, train_loader(), eval_loader(), ckpt_path="last")
+    after = sorted(os.listdir(os.path.join(folder, "steps")))
+    write("zero2_killed", {"leftovers": leftovers, "after": after, "weights": full_weights(trainer, model)})
+
+
 def lite_run(strategy, name: str) -> None:
     """A raw loop: 2 micro-batches per step (no_backward_sync), a scheduler, save, more steps, load, the same steps."""
     lite = Lite(accelerator="cpu", devices=2, strategy=strategy)
@@ -226,4 +257,8 @@ if __name__ == "__main__":
         trainer_part()
     if "lite" in PARTS:
         lite_part()
-    write("done", {"seconds": time.perf_counter() - started, "unsafe_loads": UNSAFE_LOADS})
+    if "kill" in PARTS:
+        kill_part()
+    if "resume" in PARTS:
+        resume_part()
+    write("done_" + "_".join(PARTS), {"seconds": time.perf_counter() - started, "unsafe_loads": UNSAFE_LOADS})
