@@ -18,6 +18,8 @@ from fulmen.loggers.logger import _DummyExperiment
 from fulmen.utilities.exceptions import MisconfigurationException
 from fulmen.utilities.rank_zero import rank_zero_only
 
+# MLflow 3 reports usage from a background thread unless told not to; tests stay off the network.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 pytest.importorskip("mlflow")
 
 

@@ -28,6 +28,8 @@ from fulmen.loggers.logger import _DummyExperiment
 from fulmen.utilities.exceptions import MisconfigurationException
 from fulmen.utilities.rank_zero import rank_zero_only
 
+# MLflow 3 reports usage from a background thread unless told not to; tests stay off the network.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 pytest.importorskip("wandb")
 
 _outside: list[object] = []
@@ -285,6 +287,42 @@ def test_a_spawned_process_attaches_to_the_same_run(tmp_path):
 
     (run,) = _offline_runs(save_dir, "shared")
     assert run.series("where") == [(0, 0.0), (1, 1.0), (2, 2.0)]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_ddp_spawn_one_run_per_tracker_written_by_rank_zero(tmp_path, monkeypatch):
+    """Two spawned processes: each tracker gets one run, rank 0's metrics once, every checkpoint."""
+    import mlflow.tracking._tracking_service.utils as tracking_utils
+    import wandb
+    from mlflow.tracking import MlflowClient
+
+    from fulmen.loggers import MLFlowLogger
+
+    monkeypatch.setenv("FULMEN_DIST_TIMEOUT", "30")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
+    uri = f"file:{tmp_path / 'store'}"
+    mlflow_logger = MLFlowLogger(tracking_uri=uri, log_model="all")
+    wandb_logger = WandbLogger(save_dir=tmp_path / "runs", version="ddp", log_model="all")
+    trainer = L.Trainer(
+        accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=2, log_every_n_steps=1,
+        logger=[mlflow_logger, wandb_logger], enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(BoringModel(), loader(32))  # 16 samples and 2 steps per rank and epoch
+    wandb.finish()
+
+    client = MlflowClient(uri)
+    assert [r.info.run_id for r in client.search_runs([mlflow_logger.experiment_id])] == [mlflow_logger.run_id]
+    assert client.get_run(mlflow_logger.run_id).info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(mlflow_logger.run_id, "train_loss")] == [0, 1, 2, 3]
+    assert sorted(a.path for a in client.list_artifacts(mlflow_logger.run_id)) == ["epoch=0-step=2", "epoch=1-step=4"]
+
+    (run,) = _offline_runs(tmp_path / "runs", "ddp")
+    assert [step for step, _ in run.series("train_loss")] == [0, 1, 2, 3]
+    assert len(run.artifacts) == 2
 
 
 def test_other_ranks_create_and_log_nothing(tmp_path):
