@@ -7,6 +7,7 @@ multi-process ones run scripts from ``scripts/`` on loopback, each rank writing 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ import fulmen as L
 from fulmen.callbacks import Callback, ModelCheckpoint
 from fulmen.strategies import make_resumable, resumable_sampler
 from fulmen.strategies.resumable_sampler import Layout, spread
+from tests.conftest import run_python
 
 # ----------------------------------------------------------------------------- the sampler alone
 
@@ -186,7 +188,9 @@ SAMPLES, BATCH = 64, 4  # 16 batches an epoch, 8 optimizer steps (accumulating 2
 def _fit(root: Path, workers: int, crash_at: int | None = None, resume: bool = False, log: str | None = None):
     L.seed_everything(1234, workers=True)
     model = DropoutRegressor()
-    train = DataLoader(NoisyDataset(SAMPLES, log), shuffle=True, batch_size=BATCH, num_workers=workers)
+    persistent = workers < 0  # -2: two persistent workers
+    train = DataLoader(NoisyDataset(SAMPLES, log), shuffle=True, batch_size=BATCH, num_workers=abs(workers),
+                       persistent_workers=persistent)  # fmt: skip
     callbacks: list[Callback] = [ModelCheckpoint(dirpath=root, every_n_train_steps=3, save_top_k=0, save_last=True)]
     if crash_at is not None:
         callbacks.insert(0, CrashAt(crash_at))
@@ -219,6 +223,7 @@ def uninterrupted(tmp_path_factory):
         (0, 4, 40),  # last checkpoint at step 3 (batch 6 of epoch 0, after a step)
         (0, 11, 48),  # step 9: epoch 1 after its 4th batch, saved after the validation there
         (2, 13, 32),  # step 12: epoch 1 after its 8th batch
+        (-2, 13, 32),  # the same with persistent workers, started in epoch 0 in the uninterrupted run
     ],
 )
 def test_a_resumed_run_ends_bit_equal_and_loads_only_the_samples_left(tmp_path, uninterrupted, workers, crash_at,
@@ -243,3 +248,42 @@ def test_the_loader_users_see_keeps_its_sampler(tmp_path):
     assert isinstance(trainer.train_dataloader.sampler, SequentialSampler)
     assert trainer.train_dataloader.sampler is user.sampler and trainer.train_dataloader.batch_size == 4
     assert resumable_sampler(trainer.train_dataloader) is not None and trainer.num_training_batches == 2
+
+
+# ------------------------------------------------------------------------ elastic resume: N → M
+
+ELASTIC = str(Path(__file__).parent / "scripts" / "elastic_worker.py")
+
+
+def _ranks(out: Path, phase: str) -> list[dict]:
+    return [json.loads(path.read_text()) for path in sorted(out.glob(f"{phase}_rank*.json"))]
+
+
+def _elastic_run(out: Path, phase: str, devices: int, strategy: str, *extra: str) -> list[dict]:
+    strategy = "auto" if strategy == "ddp" and devices == 1 else strategy  # FSDP shards over one process too
+    proc = run_python(ELASTIC, str(out), phase, "--devices", str(devices), "--strategy", strategy, *extra,
+                      timeout=100)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reports = _ranks(out, phase)
+    assert [r["rank"] for r in reports] == list(range(devices)) and all(r["world"] == devices for r in reports)
+    return reports
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(
+    ("before", "after", "strategy", "workers"),
+    [(2, 1, "ddp", 0), (1, 2, "ddp", 2), (2, 1, "fsdp", 0), (1, 2, "fsdp", 0)],
+    ids=["ddp-2to1", "ddp-1to2-workers", "fsdp-2to1", "fsdp-1to2"],
+)
+def test_a_mid_epoch_checkpoint_resumed_on_another_number_of_processes_feeds_every_sample_once(
+    tmp_path, before, after, strategy, workers
+):
+    first = _elastic_run(tmp_path, "first", before, strategy, "--stop-after", "3", "--workers", str(workers))
+    assert all(len(r["indices"]) == 3 * 4 for r in first)  # 3 batches of 4 on every rank, then the checkpoint
+    rest = _elastic_run(tmp_path, "resume", after, strategy, "--workers", str(workers))
+    fed = [i for r in first for i in r["indices"]] + [i for r in rest for i in r["indices"]]
+    assert sorted(fed) == list(range(48))  # every sample of the epoch, once
+    # The rest of the epoch is split evenly over the new processes.
+    left = 48 - 12 * before
+    assert all(len(r["indices"]) == left // after for r in rest)

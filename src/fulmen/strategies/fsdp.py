@@ -161,7 +161,9 @@ class FSDPStrategy(DDPStrategy):
         target = _find_fsdp(module)
         if target is None:
             return super().get_module_state_dict(module)
-        return get_model_state_dict(target, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        state = get_model_state_dict(target, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        prefix = _wrapper_prefix(target)
+        return {name[len(prefix) :]: value for name, value in state.items()} if prefix else state
 
     def load_module_state_dict(self, module: nn.Module, state_dict: dict[str, Any], strict: bool = True) -> Any:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
@@ -169,6 +171,9 @@ class FSDPStrategy(DDPStrategy):
         target = _find_fsdp(module)
         if target is None:
             return super().load_module_state_dict(module, state_dict, strict)
+        prefix = _wrapper_prefix(target)
+        if prefix:
+            state_dict = {prefix + name: value for name, value in state_dict.items()}
         return set_model_state_dict(target, state_dict, options=StateDictOptions(full_state_dict=True, strict=strict))
 
     def get_optimizer_state(self, optimizer: Optimizer) -> dict[str, Any]:
@@ -186,8 +191,14 @@ class FSDPStrategy(DDPStrategy):
         module = self._module_of(optimizer)
         if module is None:
             return super().load_optimizer_state(optimizer, state)
-        options = StateDictOptions(full_state_dict=True)
-        set_optimizer_state_dict(module, _unwrap_optimizer(optimizer), state, options=options)
+        optimizer = _unwrap_optimizer(optimizer)
+        if not state.get("state"):
+            # A stateless optimizer (SGD without momentum): torch's loader finds no tensor to place
+            # the state by and fails, yet only the hyperparameters are there to restore.
+            for group, saved in zip(optimizer.param_groups, state["param_groups"]):
+                group.update({key: value for key, value in saved.items() if key != "params"})
+            return None
+        set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
     def _module_of(self, optimizer: Optimizer) -> nn.Module | None:
         params = {id(p) for group in _unwrap_optimizer(optimizer).param_groups for p in group["params"]}
@@ -201,6 +212,12 @@ class FSDPStrategy(DDPStrategy):
             f"FSDPStrategy(sharding_strategy={self.sharding_strategy!r}, cpu_offload={self.cpu_offload}, "
             f"devices={self.num_processes}, num_nodes={self.num_nodes}, precision={self.precision!r})"
         )
+
+
+def _wrapper_prefix(target: nn.Module) -> str:
+    """``"module."`` when the sharded root is a fulmen wrapper around the user's module (the Trainer's step
+    router): checkpoints hold the module's own names, loadable without the wrapper."""
+    return "module." if getattr(target, "_fulmen_wrapper", False) and hasattr(target, "module") else ""
 
 
 def _find_fsdp(module: nn.Module) -> nn.Module | None:

@@ -118,7 +118,8 @@ def setup_model(run: Run) -> None:
     )
     router = StepRouter(module)
     wrapped, run.optimizers = strategy.setup_module_and_optimizers(router, optimizers)
-    if wrapped is not router:
+    # A strategy may wrap in place (FSDP's fully_shard swaps the class): its hooks run on forward too.
+    if wrapped is not router or type(wrapped) is not StepRouter:
         run.model, run.router = wrapped, router
     run.lightning_optimizers = lightning_optimizers(run)
     # The 32-bit default opens no autocast: skip entering an empty context on every step.

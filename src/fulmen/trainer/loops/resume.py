@@ -102,8 +102,9 @@ def _fast_forward(run: Run, skip: int, limit: int | float) -> tuple[Iterator[tup
     if saved is None or saved["epoch"] != epoch:
         return None
     set_sampler_epoch(loader, epoch)
+    whole_epoch = limit >= len(loader)  # no limit_train_batches cutting this run's epochs short
     left = sampler.resume(saved, skip)
-    rest = min(limit, skip + left)
+    rest = skip + left if whole_epoch else min(limit, skip + left)
     if _iterator_started_earlier(run, loader, epoch):
         sampler.draw()
         iterator = iter(loader)
