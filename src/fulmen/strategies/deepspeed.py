@@ -79,6 +79,10 @@ class DeepSpeedStrategy(DDPStrategy):
     ``gradient_clip_val`` and ``precision`` are written into the config (a clash with a value the
     config sets is an error naming both). Gradient clipping is off unless one of them sets it.
 
+    ``logging_batch_size_per_gpu`` only feeds DeepSpeed's throughput logs (1 unless given or set in
+    the config). ``load_full_weights`` is accepted as in Lightning; fulmen loads a single-file
+    checkpoint (full weights) into any stage, ZeRO-3 included, whatever its value.
+
     Checkpoints are directories, one shard per rank written in parallel, published at once
     (:mod:`fulmen.utilities.checkpoint_dir`). ``sync_files=False`` skips the fsync of the shards:
     a crashed process still never leaves a torn checkpoint, but a power cut right after a save
@@ -228,6 +232,7 @@ class DeepSpeedStrategy(DDPStrategy):
         self._gradient_clip_val: float | None = None
         self._gradient_clip_algorithm: str | None = None
         self._engine: Any = None
+        self._inference_engines: list[Any] = []
         self._engine_config: dict[str, Any] | None = None
         self._owns_boundary = True
         self._warned_backward_fn = False
@@ -384,6 +389,7 @@ class DeepSpeedStrategy(DDPStrategy):
         config = self._full_config()
         config["zero_optimization"] = {**config.get("zero_optimization", {}), "stage": 3}
         engine, _, _, _ = deepspeed.initialize(model=module, config=config, dist_init_required=False)
+        self._inference_engines.append(engine)  # its hooks come off at teardown
         return engine
 
     def setup_module_for_evaluation(self, module: nn.Module) -> nn.Module:
@@ -593,9 +599,12 @@ class DeepSpeedStrategy(DDPStrategy):
 
     # ----------------------------------------------------------------------------- teardown
     def teardown(self) -> None:
-        engine, self._engine, self._engine_config = self._engine, None, None
-        if engine is not None and hasattr(engine, "destroy"):
-            engine.destroy()
+        engines = [self._engine, *self._inference_engines]
+        self._engine, self._engine_config, self._inference_engines = None, None, []
+        for engine in engines:
+            if engine is not None and hasattr(engine, "destroy"):
+                engine.destroy()  # removes its hooks from the module, which may be set up again
+        checkpoint_dir.wait_for_removals()  # the run ends with no replaced checkpoint left behind
         super().teardown()
 
     def __repr__(self) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -275,10 +276,11 @@ class Strategy(ABC):
         self, filepath: str, map_location: Any = None, weights_only: bool = True, storage_options: dict | None = None
     ) -> dict[str, Any]:
         """Every rank reads the file itself, mapped onto the CPU unless told otherwise."""
-        from fulmen.utilities import checkpoint_dir
+        from fulmen.utilities import cloud_io
         from fulmen.utilities.cloud_io import safe_load
 
-        if not storage_options and checkpoint_dir.is_checkpoint_dir(filepath):
+        local = None if storage_options else cloud_io._local_path(filepath)
+        if local is not None and os.path.isdir(local):
             # A sharded directory (DeepSpeed, FSDP): its weights merged, as one file would hold them.
             from fulmen.strategies.consolidate import load_consolidated
 

@@ -190,11 +190,24 @@ def publish(staging: str, target: str | os.PathLike, sync: bool = True) -> None:
         cloud_io._fsync_dir(parent)
 
 
+_removals: list[threading.Thread] = []
+
+
 def _remove_in_background(path: str) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
-        threading.Thread(target=shutil.rmtree, args=(path,), kwargs={"ignore_errors": True}, daemon=True).start()
+        # Not a daemon: the interpreter finishes the deletion before it exits.
+        thread = threading.Thread(target=shutil.rmtree, args=(path,), kwargs={"ignore_errors": True})
+        thread.start()
+        _removals[:] = [t for t in _removals if t.is_alive()]
+        _removals.append(thread)
     else:
         remove(path)
+
+
+def wait_for_removals() -> None:
+    """Wait until the checkpoints replaced by :func:`publish` are deleted (a strategy's teardown calls it)."""
+    while _removals:
+        _removals.pop().join()
 
 
 def remove(path: str | os.PathLike) -> None:
