@@ -137,3 +137,12 @@ def test_clipping_in_the_loop_must_match_the_engine():
         strategy.clip_gradients_norm(None, None, max_norm=0.5)
     with pytest.raises(MisconfigurationException, match="by their total norm only"):
         strategy.clip_gradients_value(None, None, clip_val=0.5)
+
+
+def test_a_missing_deepspeed_names_the_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # as if it were not installed
+    strategy = select_strategy(accelerator="cpu", devices=1, strategy="deepspeed")
+    with pytest.raises(ModuleNotFoundError, match=r"pip install fulmen\[deepspeed\]"):
+        strategy._deepspeed()
