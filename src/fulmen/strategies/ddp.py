@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from fulmen.strategies import existing_group
 from fulmen.strategies.accelerators import Accelerator
 from fulmen.strategies.environments import ClusterEnvironment, LightningEnvironment
 from fulmen.strategies.launchers import MultiprocessingLauncher, SubprocessScriptLauncher
@@ -83,7 +84,7 @@ class DDPStrategy(Strategy):
         """Choose who starts the ranks; called once flags are resolved."""
         if self.cluster_environment is None:
             self.cluster_environment = LightningEnvironment()
-        if self.cluster_environment.creates_processes_externally:
+        if self.cluster_environment.creates_processes_externally or existing_group.found():
             self.launcher = None
             return
         # Known before launching, so that the launching process reports the job's size too.
@@ -108,10 +109,14 @@ class DDPStrategy(Strategy):
         env = self.cluster_environment
         env.set_global_rank(self.node_rank * self.num_processes + self.local_rank)
         env.set_world_size(self.num_nodes * self.num_processes)
+        if existing_group.found():  # Ray Train or the user's own init_process_group made it
+            existing_group.join(env, self.num_nodes, self.num_processes)
         rank_zero.rank_zero_only.rank = env.global_rank()
 
     def _init_process_group(self) -> None:
         env = self.cluster_environment
+        if existing_group.found():
+            return  # joined in _set_ranks
         if dist.is_initialized():
             if dist.get_world_size() != env.world_size():
                 raise RuntimeError(
@@ -128,6 +133,7 @@ class DDPStrategy(Strategy):
             world_size=env.world_size(),
             timeout=self.timeout or default_timeout(),
         )
+        existing_group.mark_created()
         atexit.register(_destroy_process_group)
 
     def setup_module(self, module: nn.Module) -> nn.Module:
