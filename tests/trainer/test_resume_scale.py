@@ -8,6 +8,9 @@ multi-process ones run scripts from ``scripts/`` on loopback, each rank writing 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 import fulmen as L
 from fulmen.callbacks import Callback, ModelCheckpoint
 from fulmen.strategies import make_resumable, resumable_sampler
+from fulmen.strategies.environments.lightning import find_free_network_port
 from fulmen.strategies.resumable_sampler import Layout, spread
 from tests.conftest import run_python
 
@@ -287,3 +291,73 @@ def test_a_mid_epoch_checkpoint_resumed_on_another_number_of_processes_feeds_eve
     # The rest of the epoch is split evenly over the new processes.
     left = 48 - 12 * before
     assert all(len(r["indices"]) == left // after for r in rest)
+
+
+# ----------------------------------------------------------------------- two nodes on one machine
+
+TWO_NODES = str(Path(__file__).parent / "scripts" / "two_nodes.py")
+SLURM_TWO_NODES = {
+    "SLURM_NTASKS": "2", "SLURM_NNODES": "2", "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_ID": "4242",
+    "SLURM_JOB_NAME": "train", "SLURM_NODELIST": "node[1-2]", "SLURM_LOCALID": "0",
+}  # fmt: skip
+
+
+def _run_nodes(commands: list[list[str]], envs: list[dict[str, str]], timeout: float) -> list[tuple[int, str]]:
+    """Start one process per node at once; their return codes and stderr (each node its own pipe)."""
+    procs = [
+        subprocess.Popen(
+            command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )  # fmt: skip
+        for command, env in zip(commands, envs)
+    ]
+    results = []
+    try:
+        for proc in procs:
+            _, stderr = proc.communicate(timeout=timeout)
+            results.append((proc.returncode, stderr))
+    finally:
+        for proc in procs:  # ours: the node processes this test started
+            if proc.poll() is None:
+                proc.kill()
+    return results
+
+
+def _check_two_nodes(out: Path, environment: str) -> None:
+    reports = [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    for rank, report in enumerate(reports):
+        assert (report["node_rank"], report["global_rank"], report["local_rank"]) == (rank, rank, 0)
+        assert report["world_size"] == 2 and report["num_nodes"] == 2 and report["environment"] == environment
+    for rank, report in enumerate(reports):  # each node trained on its DistributedSampler shard of the epoch
+        shard = DistributedSampler(range(24), num_replicas=2, rank=rank, shuffle=True, seed=3)
+        assert report["indices"] == list(shard)
+    assert reports[0]["weight"] == reports[1]["weight"]  # gradients were averaged across the nodes
+    checkpoint = torch.load(out / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 3 and set(checkpoint["state_dict"]) == {"net.weight", "net.bias"}
+    assert len(checkpoint["rng"]["ranks"]) == 2  # both nodes' generators
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_two_nodes_started_with_fulmen_run_train_and_checkpoint(tmp_path):
+    port = str(find_free_network_port())
+    commands = [
+        [sys.executable, "-m", "fulmen.cli.main", "run", "--num-nodes", "2", "--node-rank", str(rank),
+         "--main-address", "127.0.0.1", "--main-port", port, "--devices", "1", "--strategy", "ddp",
+         "--accelerator", "cpu", TWO_NODES, "--", str(tmp_path)]
+        for rank in (0, 1)
+    ]  # fmt: skip
+    results = _run_nodes(commands, [{}, {}], timeout=150)
+    assert [code for code, _ in results] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
+    _check_two_nodes(tmp_path, "TorchElasticEnvironment")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_two_nodes_under_slurm_variables_train_and_checkpoint(tmp_path):
+    port = str(find_free_network_port())
+    envs = [{**SLURM_TWO_NODES, "SLURM_PROCID": str(rank), "SLURM_NODEID": str(rank), "MASTER_PORT": port}
+            for rank in (0, 1)]  # fmt: skip
+    commands = [[sys.executable, TWO_NODES, str(tmp_path), "--flags"]] * 2
+    results = _run_nodes(commands, envs, timeout=150)
+    assert [code for code, _ in results] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
+    _check_two_nodes(tmp_path, "SLURMEnvironment")
