@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -361,3 +363,88 @@ def test_two_nodes_under_slurm_variables_train_and_checkpoint(tmp_path):
     results = _run_nodes(commands, envs, timeout=150)
     assert [code for code, _ in results] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
     _check_two_nodes(tmp_path, "SLURMEnvironment")
+
+
+# ------------------------------------------------------------------ a failing rank ends every rank
+
+STEP_FAILURE = str(Path(__file__).parent / "scripts" / "step_failure.py")
+FAILURES = [(0, "raise"), (1, "raise"), (1, "kill"), (0, "kill")]
+SHARDED_FAILURES = [("fsdp", rank, mode) for rank, mode in FAILURES] + [
+    ("deepspeed_stage_2", 1, "raise"),
+    ("deepspeed_stage_2", 0, "kill"),
+]
+
+
+def _assert_failure_reported(rank: int, mode: str, returncode: int, stderr: str, pids: dict[int, int]) -> None:
+    if (rank, mode) == (0, "kill"):
+        assert returncode == -signal.SIGKILL
+    elif rank == 0:
+        assert returncode == 1 and "RuntimeError: rank 0 broke on purpose at batch 3" in stderr, stderr[-3000:]
+    else:
+        assert returncode == 1, stderr[-3000:]
+        child = f"DistributedError: Local rank 1 (pid {pids[1]}) exited with code"
+        if mode == "raise":
+            assert "RuntimeError: rank 1 broke on purpose at batch 3" in stderr  # the child's own traceback
+            assert f"{child} 1; its traceback is printed above" in stderr
+        else:
+            assert f"{child} -9; it was killed by SIGKILL" in stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize(
+    ("strategy", "rank", "mode"),
+    SHARDED_FAILURES,
+    ids=[f"{s.split('_')[0]}-rank{r}-{m}" for s, r, m in SHARDED_FAILURES],
+)
+def test_a_rank_failing_inside_a_sharded_step_ends_every_rank(tmp_path, strategy, rank, mode):
+    """The failing rank raises (or dies) between its forward and backward while the other waits in collectives.
+
+    The process-group timeout (70 s) is above the 60 s allowed, so it cannot be what ends them.
+    """
+    if strategy.startswith("deepspeed"):
+        pytest.importorskip("deepspeed")
+    from tests.processes import run_failing
+
+    run = run_failing(STEP_FAILURE, tmp_path, str(rank), mode, "3", "--strategy", strategy, timeout=120,
+                      env={"FULMEN_DIST_TIMEOUT": "70"})  # fmt: skip
+    assert sorted(run.pids) == [0, 1], run.proc.stderr[-3000:]
+    assert run.survivors == [] and run.elapsed < 60
+    assert "unreachable" not in run.proc.stdout
+    _assert_failure_reported(rank, mode, run.proc.returncode, run.proc.stderr, run.pids)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize(
+    ("strategy", "rank", "mode"), [("ddp", 0, "raise"), ("ddp", 1, "kill"), ("fsdp", 1, "raise"), ("fsdp", 0, "kill")]
+)
+def test_a_failing_rank_on_one_of_two_nodes_ends_both_nodes(tmp_path, strategy, rank, mode):
+    """Two ``fulmen run`` nodes: the one whose rank fails and the other both end, every process with them."""
+    from tests.processes import alive
+
+    port = str(find_free_network_port())
+    commands = [
+        [sys.executable, "-m", "fulmen.cli.main", "run", "--num-nodes", "2", "--node-rank", str(node),
+         "--main-address", "127.0.0.1", "--main-port", port, "--devices", "1", "--strategy", strategy,
+         "--accelerator", "cpu", STEP_FAILURE, "--", str(tmp_path), str(rank), mode, "3", "--from-cli"]
+        for node in (0, 1)
+    ]  # fmt: skip
+    start = time.monotonic()
+    results = _run_nodes(commands, [{"FULMEN_DIST_TIMEOUT": "70"}] * 2, timeout=150)
+    elapsed = time.monotonic() - start
+    pids = {int(path.name.split("_")[1]): int(path.read_text()) for path in tmp_path.glob("pid_*")}
+    assert sorted(pids) == [0, 1], results
+    deadline = time.monotonic() + 5
+    while any(alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    survivors = [pid for pid in pids.values() if alive(pid)]
+    for pid in survivors:  # ours: the ranks this test started, by the pids they wrote
+        os.kill(pid, signal.SIGKILL)
+    assert survivors == [] and elapsed < 60
+    assert [code for code, _ in results] == [1, 1]  # `fulmen run` fails on both nodes
+    failing_node = results[rank][1]
+    if mode == "raise":
+        assert f"RuntimeError: rank {rank} broke on purpose at batch 3" in failing_node
+    else:
+        assert f"failed (exitcode: -9) local_rank: 0 (pid: {pids[rank]})" in failing_node, failing_node[-3000:]
