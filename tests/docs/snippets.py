@@ -74,7 +74,11 @@ def pages(docs: Path = DOCS) -> list[Path]:
 
 
 def all_snippets(docs: Path = DOCS) -> list[Snippet]:
+    """The snippets of every page, and of README.md (the front page: its taste must run too)."""
     snippets: list[Snippet] = []
     for path in pages(docs):
         snippets.extend(extract(path.read_text(encoding="utf-8"), path.relative_to(docs).as_posix()))
+    readme = docs.parent / "README.md"
+    if readme.exists():
+        snippets.extend(extract(readme.read_text(encoding="utf-8"), "../README.md"))
     return snippets
