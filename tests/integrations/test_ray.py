@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from tests.conftest import ROOT
 
 # Read when ray is imported: node addresses (hence MASTER_ADDR) are loopback, on this process and its workers.
@@ -27,6 +28,7 @@ pytestmark = [pytest.mark.slow]
 import ray  # noqa: E402
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # noqa: E402
 from ray.train.torch import TorchTrainer  # noqa: E402
+
 from tests.integrations import ray_jobs  # noqa: E402
 from tests.integrations.vision_standin import write_idx  # noqa: E402
 
@@ -234,10 +236,26 @@ def test_fsdp_and_deepspeed_under_ray(ray_cluster, tmp_path):
     # Two epochs each reported a checkpoint; the last is DeepSpeed's, a directory of shards.
     assert len(result.best_checkpoints) == 4
     assert result.metrics == {**records[0]["deepspeed"]["metrics"], "epoch": 1, "step": 8}
+    from fulmen.strategies import consolidate_checkpoint
+
     with result.checkpoint.as_directory() as directory:
         assert (Path(directory) / "checkpoint.ckpt").is_dir()
-        model = ray_jobs.Classifier.load_from_checkpoint(Path(directory) / "checkpoint.ckpt")
+        consolidate_checkpoint(Path(directory) / "checkpoint.ckpt", tmp_path / "whole.ckpt")
+    model = ray_jobs.Classifier.load_from_checkpoint(tmp_path / "whole.ckpt")
     assert model.net[0].weight.shape == (16, 8)
+
+
+# ------------------------------------------------------------------------------------- example
+@pytest.mark.timeout(120)
+def test_example_restarts_after_its_worker_is_killed(ray_cluster, tmp_path, monkeypatch, capsys):
+    argv = ["ray_train.py", "--kill-once", "--epochs", "3", "--storage", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(ROOT / "examples" / "ray_train.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "error:      None" in out
+    assert "metrics:    {'loss': " in out and "'epoch': 2, 'step': 6}" in out
+    assert "fit began at global step [0, 2]" in out  # the restart resumed after epoch 0
+    assert (tmp_path / "killed").exists() and "loaded:     ImageClassifier" in out
 
 
 # ---------------------------------------------------------------------------------------- Tune

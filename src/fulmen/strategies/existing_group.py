@@ -35,13 +35,14 @@ def join(env: ClusterEnvironment, num_nodes: int, num_processes: int) -> None:
 
     Runs before the device is chosen: a rank the flags do not account for has no device.
     """
+    _check_size(env, num_nodes, num_processes)  # first: flags that disagree number nothing
     _adopt_ranks(env, num_processes)
-    _check(env, num_nodes, num_processes)
+    _check_rank(env)
 
 
 def _adopt_ranks(env: ClusterEnvironment, num_processes: int) -> None:
     # An environment that reads ranks from its own variables (Ray, SLURM, torchrun) ignores
-    # `set_global_rank`; `_check` compares what it reports with the group.
+    # `set_global_rank`; `_check_rank` compares what it reports with the group.
     rank, size = dist.get_rank(), dist.get_world_size()
     env.set_global_rank(rank)
     env.set_world_size(size)
@@ -51,8 +52,8 @@ def _adopt_ranks(env: ClusterEnvironment, num_processes: int) -> None:
         os.environ.setdefault("NODE_RANK", str(rank // max(num_processes, 1)))
 
 
-def _check(env: ClusterEnvironment, num_nodes: int, num_processes: int) -> None:
-    size, rank = dist.get_world_size(), dist.get_rank()
+def _check_size(env: ClusterEnvironment, num_nodes: int, num_processes: int) -> None:
+    size = dist.get_world_size()
     # An environment that started the processes knows the job's size; otherwise the flags say it.
     expected = env.world_size() if env.creates_processes_externally else num_nodes * num_processes
     if expected != size:
@@ -66,6 +67,10 @@ def _check(env: ClusterEnvironment, num_nodes: int, num_processes: int) -> None:
             "strategy=RayDDPStrategy() and plugins=[RayLightningEnvironment()] from fulmen.integrations.ray, "
             "which take the job's shape from Ray."
         )
+
+
+def _check_rank(env: ClusterEnvironment) -> None:
+    rank = dist.get_rank()
     if env.global_rank() != rank:
         raise MisconfigurationException(
             f"This process is rank {rank} of the existing process group, but its cluster environment "

@@ -36,9 +36,10 @@ class RayTrainReportCallback(Callback):
 
     def __init__(self) -> None:
         super().__init__()
-        self._train = require_ray_train()
+        require_ray_train()  # fails now, with the install hint, rather than at the first epoch's end
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        train = require_ray_train()
         metrics = report_metrics(trainer)
         strategy = trainer.strategy
         # One directory for every rank of a node: sharded strategies write their parts side by side.
@@ -47,9 +48,9 @@ class RayTrainReportCallback(Callback):
         path = os.path.join(directory, CHECKPOINT_NAME)
         trainer.save_checkpoint(path)
         hands_over = trainer.is_global_zero or (strategy.local_rank == 0 and os.path.isdir(path))
-        checkpoint = self._train.Checkpoint.from_directory(directory) if hands_over else None
+        checkpoint = train.Checkpoint.from_directory(directory) if hands_over else None
         try:
-            self._train.report(metrics, checkpoint=checkpoint)
+            train.report(metrics, checkpoint=checkpoint)
             strategy.barrier("RayTrainReportCallback")  # every rank's copy is in Ray's storage
         finally:
             if strategy.local_rank == 0:
