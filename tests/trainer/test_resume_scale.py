@@ -448,3 +448,33 @@ def test_a_failing_rank_on_one_of_two_nodes_ends_both_nodes(tmp_path, strategy, 
         assert f"RuntimeError: rank {rank} broke on purpose at batch 3" in failing_node
     else:
         assert f"failed (exitcode: -9) local_rank: 0 (pid: {pids[rank]})" in failing_node, failing_node[-3000:]
+
+
+# ------------------------------------------------------------ signals without a per-step collective
+
+SIGNAL_RANKS = str(Path(__file__).parent / "scripts" / "signal_ranks.py")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_a_signal_on_one_rank_stops_every_rank_after_the_same_batch_without_a_collective_per_step(tmp_path):
+    # 20 ms steps and checks about every 0.2 s: the ranks agree every ~10 batches.
+    proc = run_python(SIGNAL_RANKS, str(tmp_path), "10", env={"FULMEN_SIGNAL_CHECK_SECONDS": "0.2"}, timeout=130)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    (stopped,) = {report["global_step"] for report in reports}  # every rank after the same batch
+    assert 10 <= stopped <= 10 + 25  # at the next agreed check: within the epoch's 25 batches at most
+    assert all(report["batches"] == stopped for report in reports)
+    assert torch.load(tmp_path / "hpc_ckpt_1.ckpt", weights_only=True)["global_step"] == stopped
+    # One all-reduce per check (the first batch of each epoch, then every ~10), not one per batch.
+    assert all(report["all_reduces"] <= stopped // 2 for report in reports), reports
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "nan"])
+def test_a_bad_signal_check_interval_is_refused_by_name(monkeypatch, value):
+    from fulmen.trainer.loops.resume import SignalPoll
+    from fulmen.utilities.exceptions import MisconfigurationException
+
+    monkeypatch.setenv("FULMEN_SIGNAL_CHECK_SECONDS", value)
+    with pytest.raises(MisconfigurationException, match=rf"FULMEN_SIGNAL_CHECK_SECONDS='{value}'.*seconds >= 0"):
+        SignalPoll(type("RunLike", (), {"signals": None, "strategy": None})())

@@ -62,5 +62,8 @@ def test_slurm_requeue_signal_requeues_and_the_next_run_resumes(tmp_path):
 def test_a_signal_on_one_rank_stops_every_rank_at_the_same_batch(tmp_path):
     proc = run_python(WORKER, str(tmp_path), "TERM", "7", "--devices", "2", timeout=80)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert _stopped_at(proc.stdout) == 7
-    assert torch.load(tmp_path / "hpc_ckpt_1.ckpt", weights_only=True)["global_step"] == 7
+    # The ranks agree at batch counts they all know (each epoch's first batch, then about every
+    # second), not after every batch: they stop together at the first such batch after step 7.
+    stopped = _stopped_at(proc.stdout)
+    assert 7 <= stopped <= 7 + 8  # 8 batches an epoch
+    assert torch.load(tmp_path / "hpc_ckpt_1.ckpt", weights_only=True)["global_step"] == stopped

@@ -131,10 +131,15 @@ def train_epoch(run: Run) -> None:
         if plan.batch_end:
             hooks.call("on_train_batch_end", outputs, batch, batch_idx)
         _finish_batch(run, plan, batch_idx, is_last, stepping, resumed=False)
-        if plan.signals is not None and (plan.distributed or plan.signals.received is not None):  # noqa: SIM102
-            if resume.signal_received(run, plan.distributed):
+        poll = plan.signal_poll  # many processes: they agree at batch counts they all know
+        if poll is not None:
+            poll.countdown -= 1
+            if not poll.countdown and poll.check():
                 resume.save_and_stop_on_signal(run)
                 break
+        elif plan.signals is not None and plan.signals.received is not None:
+            resume.save_and_stop_on_signal(run)
+            break
 
     # ------------------------------------------------------------------------------ epoch end
     run.metrics.fold(store)
@@ -182,6 +187,7 @@ class EpochPlan:
         self.batch_step = automatic_step if automatic else manual_step
         self.signals = run.signals
         self.distributed = run.strategy.world_size > 1
+        self.signal_poll = resume.SignalPoll(run) if run.signals is not None and self.distributed else None
         #: ``training_step`` through the strategy's wrapper (DDP) when it wrapped the module, inside
         #: the strategy's forward context (autocast) when there is one to enter.
         step = run.model if run.router is not None else run.module.training_step

@@ -15,14 +15,19 @@ them, so that its workers and dataset draw exactly as before.
 from __future__ import annotations
 
 import math
+import os
 import signal
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from fulmen.strategies import resumable_sampler, set_sampler_epoch
 from fulmen.trainer import data
 from fulmen.trainer.rng import restore_rng
 from fulmen.trainer.signals import hpc_checkpoint_path
+from fulmen.utilities.exceptions import MisconfigurationException
 from fulmen.utilities.rank_zero import rank_zero_info
 
 if TYPE_CHECKING:
@@ -136,11 +141,58 @@ def _with_epoch_length(run: Run, batches: Iterator[Any], length: int) -> Iterato
         run.num_training_batches = full
 
 
-def signal_received(run: Run, distributed: bool) -> bool:
-    received = run.signals.received is not None
-    if distributed:  # every rank stops at the same batch
-        received = run.strategy.reduce_boolean_decision(received, all=False)
-    return received
+#: About how often (seconds of training) the processes of a run ask each other whether one got a
+#: signal; ``FULMEN_SIGNAL_CHECK_SECONDS=0`` asks after every batch.
+SIGNAL_CHECK_SECONDS = 1.0
+_MAX_CHECK_INTERVAL = 10_000
+
+
+def _check_seconds() -> float:
+    value = os.environ.get("FULMEN_SIGNAL_CHECK_SECONDS")
+    if value is None:
+        return SIGNAL_CHECK_SECONDS
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:  # also refuses nan
+        raise MisconfigurationException(
+            f"`FULMEN_SIGNAL_CHECK_SECONDS={value!r}` is not valid. Accepted: a number of seconds >= 0 "
+            "(0 checks for signals after every batch)."
+        )
+    return seconds
+
+
+class SignalPoll:
+    """When the processes of a run agree on whether one of them got a signal, without a collective per batch.
+
+    A signal may reach one rank only (a scheduler's kill) or all of them at slightly different
+    batches (srun), yet every rank must checkpoint and stop after the same batch. The ranks ask
+    each other at batch counts they all know: the epoch's first batch, then every ``countdown``
+    batches. That one all-reduce also carries the slowest rank's seconds per batch, from which
+    every rank computes the same next interval (about ``SIGNAL_CHECK_SECONDS`` of training): a
+    signal is acted on within about a second plus a batch, and batches in between only count down.
+    """
+
+    def __init__(self, run: Run) -> None:
+        self.watch, self.strategy = run.signals, run.strategy
+        self.every = _check_seconds()
+        #: Batches until the next check; the loop counts it down.
+        self.countdown = 1
+        self._interval = 1
+        self._since = time.monotonic()
+
+    def check(self) -> bool:
+        """Every rank calls it at the same batch: whether any rank got a signal."""
+        now = time.monotonic()
+        seconds_per_batch = (now - self._since) / self._interval
+        received = 1.0 if self.watch.received is not None else 0.0
+        flags = torch.tensor([received, seconds_per_batch], dtype=torch.float32, device=self.strategy.root_device)
+        received, slowest = self.strategy.all_reduce(flags, reduce_op="max").tolist()
+        interval = int(self.every / slowest) if slowest > 0 else _MAX_CHECK_INTERVAL
+        self._interval = self.countdown = min(max(interval, 1), _MAX_CHECK_INTERVAL)
+        self._since = now
+        return received > 0
 
 
 def save_and_stop_on_signal(run: Run) -> None:
