@@ -127,7 +127,9 @@ class KillOnce(L.Callback):
         if trainer.global_rank == 1 and trainer.global_step == self.step and not self.marker.exists():
             import ray.train
 
-            ray.train.get_all_reported_checkpoints()  # Ray has registered the last epoch's checkpoint
+            registered = getattr(ray.train, "get_all_reported_checkpoints", None)  # Ray Train 2
+            if registered is not None:
+                registered()  # returns once Ray has registered the last epoch's checkpoint
             self.marker.write_text(str(os.getpid()))
             print(f"[example] SIGKILL to rank 1 (pid {os.getpid()}) at step {self.step}", flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
