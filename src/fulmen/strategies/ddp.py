@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -176,9 +177,31 @@ class DDPStrategy(Strategy):
         )
 
 
+#: Seconds the exit handler sleeps, the GIL released, before it lets the process group go.
+EXIT_SETTLE_SECONDS = 0.1
+
+
 def _destroy_process_group() -> None:
+    """Let the process group go at interpreter exit, while Python still runs (``atexit``).
+
+    ``destroy_process_group`` only forgets the group: its backend and worker threads live on while
+    anything else holds it, and every ``DistributedDataParallel`` reducer does. Gloo's worker thread
+    drops its reference to a finished collective just after the caller's wait returned, and when that
+    collective's tensors are Python tensors (``all_gather`` into a list, say), dropping them takes the
+    GIL. The main thread can finish the script and begin finalisation without ever releasing the GIL
+    for it; Python then ends the waiting thread with a forced unwind through a ``noexcept`` destructor,
+    and the rank dies with ``terminate called without an active exception`` (SIGABRT) after all its work
+    succeeded. Sleeping here hands the GIL to such a thread, so it finishes before finalisation starts.
+    No barrier: the ranks need not agree (a peer that left first does not harm this one), and a
+    thread that has not yet asked for the GIL when a barrier returns would still be caught out.
+    """
     if dist.is_initialized():
+        _release_gil_for_worker_threads()
         dist.destroy_process_group()
+
+
+def _release_gil_for_worker_threads() -> None:
+    time.sleep(EXIT_SETTLE_SECONDS)
 
 
 def _find_ddp(module: nn.Module) -> DistributedDataParallel | None:
