@@ -180,6 +180,12 @@ class Run:
             enabled=not self.config.barebones,
         )
 
+    def trial(self, callbacks: list[Any], max_steps: int) -> None:
+        """For ``fulmen.tuner``: a few training steps inside this running fit (see ``trainer.tuning``)."""
+        from fulmen.trainer.tuning import run_trial
+
+        run_trial(self, callbacks, max_steps)
+
     def real_optimizers(self) -> list[Optimizer]:
         """The optimizers that hold state (not the stand-in used when none is configured)."""
         return [opt for opt in self.optimizers if not isinstance(opt, MockOptimizer)]

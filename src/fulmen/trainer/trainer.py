@@ -38,7 +38,6 @@ from fulmen.trainer.profiling import select_profiler
 from fulmen.trainer.run import Run
 from fulmen.trainer.setup import lightning_optimizers
 from fulmen.trainer.state import TrainerState
-from fulmen.trainer.tuning import run_trial
 from fulmen.utilities.exceptions import MisconfigurationException
 from fulmen.utilities.rank_zero import rank_zero_info
 from fulmen.utilities.stages import STAGE_OF, RunningStage, TrainerFn, TrainerStatus
@@ -375,10 +374,6 @@ class Trainer:
                 rank_zero_info("Detected KeyboardInterrupt: the run was stopped; exiting with status 1.")
                 raise SystemExit(1) from exception
             raise
-
-    def _tuning_trial(self, callbacks: list[Callback], max_steps: int) -> None:
-        """For ``fulmen.tuner``: a few training steps inside the running fit (see ``tuning.run_trial``)."""
-        run_trial(self.current_run, callbacks, max_steps)
 
     # ============================================================================ checkpoints
     def save_checkpoint(

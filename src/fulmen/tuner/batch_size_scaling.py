@@ -101,7 +101,7 @@ class _Search:
         watch = _TrialWatch(size, self.batch_arg_name)
         out_of_memory = False
         try:
-            self.trainer._tuning_trial([watch], self.steps_per_trial)
+            self.trainer.current_run.trial([watch], self.steps_per_trial)
         except RuntimeError as error:
             if not is_oom_error(error):
                 raise

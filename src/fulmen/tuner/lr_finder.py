@@ -237,7 +237,7 @@ def lr_find(
     try:
         for group in optimizer.param_groups:
             group["lr"] = finder.lr_min
-        trainer._tuning_trial([recorder], num_training)
+        trainer.current_run.trial([recorder], num_training)
     finally:
         snapshot.restore()
     finder.results = trainer.strategy.broadcast(finder.results)
