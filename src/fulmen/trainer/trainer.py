@@ -38,6 +38,7 @@ from fulmen.trainer.profiling import select_profiler
 from fulmen.trainer.run import Run
 from fulmen.trainer.setup import lightning_optimizers
 from fulmen.trainer.state import TrainerState
+from fulmen.trainer.trainer_properties import CallbackLookups, StrategyProperties
 from fulmen.utilities.exceptions import MisconfigurationException
 from fulmen.utilities.rank_zero import rank_zero_info
 from fulmen.utilities.stages import STAGE_OF, RunningStage, TrainerFn, TrainerStatus
@@ -86,7 +87,7 @@ def _run_attribute(name: str, default: Any = None) -> property:
     return property(read, doc=f"The current call's ``{name}``.")
 
 
-class Trainer:
+class Trainer(StrategyProperties, CallbackLookups):
     """Train, evaluate and predict with a ``LightningModule``; Lightning 2.x's flags and defaults.
 
     Hardware (shared with Lite, resolved by ``select_strategy``): ``accelerator``, ``devices``,
@@ -458,60 +459,6 @@ class Trainer:
         run.lightning_optimizers = lightning_optimizers(run)
 
     @property
-    def accelerator(self) -> Any:
-        return self._strategy.accelerator
-
-    @property
-    def precision(self) -> str:
-        return self._strategy.precision.precision
-
-    @property
-    def precision_plugin(self) -> Any:
-        return self._strategy.precision
-
-    @property
-    def is_global_zero(self) -> bool:
-        return self._strategy.is_global_zero
-
-    @property
-    def world_size(self) -> int:
-        return self._strategy.world_size
-
-    @property
-    def global_rank(self) -> int:
-        return self._strategy.global_rank
-
-    @property
-    def local_rank(self) -> int:
-        return self._strategy.local_rank
-
-    @property
-    def node_rank(self) -> int:
-        return self._strategy.node_rank
-
-    @property
-    def num_nodes(self) -> int:
-        return self._strategy.num_nodes
-
-    @property
-    def num_devices(self) -> int:
-        return len(self._strategy.parallel_devices)
-
-    @property
-    def device_ids(self) -> list[int]:
-        devices = self._strategy.parallel_devices
-        return [d.index if d.index is not None else i for i, d in enumerate(devices)]
-
-    @property
-    def scaler(self) -> Any:
-        """The precision's gradient scaler (``16-mixed``), else None."""
-        return self._strategy.precision.scaler
-
-    @property
-    def distributed_sampler_kwargs(self) -> dict[str, int] | None:
-        return self._strategy.distributed_sampler_kwargs
-
-    @property
     def is_last_batch(self) -> bool:
         """Whether the training batch running now is the last of its epoch."""
         return self.current_run is not None and self.current_run.is_last_batch
@@ -607,33 +554,6 @@ class Trainer:
             return config.max_steps if config.max_steps != -1 else math.inf
         steps = math.ceil(batches / config.accumulate_grad_batches) * max(config.max_epochs, 1)
         return min(steps, config.max_steps) if config.max_steps != -1 else steps
-
-    @property
-    def checkpoint_callbacks(self) -> list[Callback]:
-        types = defaults.checkpoint_types()
-        return [cb for cb in self.callbacks if types and isinstance(cb, types)]
-
-    @property
-    def checkpoint_callback(self) -> Callback | None:
-        callbacks = self.checkpoint_callbacks
-        return callbacks[0] if callbacks else None
-
-    @property
-    def early_stopping_callbacks(self) -> list[Callback]:
-        early_stopping = defaults.builtin_callback("EarlyStopping")
-        return [cb for cb in self.callbacks if early_stopping and isinstance(cb, early_stopping)]
-
-    @property
-    def early_stopping_callback(self) -> Callback | None:
-        callbacks = self.early_stopping_callbacks
-        return callbacks[0] if callbacks else None
-
-    @property
-    def progress_bar_callback(self) -> Callback | None:
-        types = tuple(
-            t for t in (defaults.builtin_callback("ProgressBar"), defaults.builtin_callback("TQDMProgressBar")) if t
-        )
-        return next((cb for cb in self.callbacks if types and isinstance(cb, types)), None)
 
     def __repr__(self) -> str:
         return f"Trainer(strategy={self._strategy!r}, max_epochs={self.max_epochs}, max_steps={self.max_steps})"
