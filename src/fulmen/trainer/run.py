@@ -11,6 +11,7 @@ after ``fit``), and the run holds it as ``run.state``.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from typing import TYPE_CHECKING, Any
@@ -164,6 +165,10 @@ class Run:
             arity = self._step_arity[name] = positional_arity(step)
         if arity < len(args):  # ``validation_step(self, batch)``: pass what it takes, as Lightning does
             args = args[:arity]
+        if self.router is not None and self.model is self.router:
+            # The strategy sharded the router in place (FSDP): its parameters gather only inside
+            # the router's forward, so evaluation steps go through it too.
+            step = functools.partial(self.model, _fulmen_step=name)
         if self.plain_forward:
             return step(*args)
         with self.strategy.forward_context():
@@ -212,7 +217,8 @@ def positional_arity(fn: Any) -> int:
 
 
 class StepRouter(nn.Module):
-    """What the strategy wraps (DDP, ...) so that ``training_step`` runs through the wrapper's forward."""
+    """What the strategy wraps (DDP, FSDP) so that ``training_step`` (or, for a wrapper applied in
+    place, any step named by ``_fulmen_step``) runs through the wrapper's forward."""
 
     _fulmen_wrapper = True
 
@@ -220,5 +226,5 @@ class StepRouter(nn.Module):
         super().__init__()
         self.module = module
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.module.training_step(*args, **kwargs)
+    def forward(self, *args: Any, _fulmen_step: str = "training_step", **kwargs: Any) -> Any:
+        return getattr(self.module, _fulmen_step)(*args, **kwargs)
