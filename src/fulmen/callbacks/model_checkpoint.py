@@ -18,6 +18,13 @@ Why it is shaped the way it is:
 - **Distributed**: every rank takes the same decisions (the file name is chosen on rank zero and
   broadcast; top-k decisions are agreed with ``reduce_boolean_decision``); the Trainer's
   ``save_checkpoint`` makes rank zero write, atomically.
+- **Asynchronous** (``async_save=True``): the loop waits only while the state is copied to CPU
+  memory; the strategy writes it in the background. Deleting stale files and pointing ``last`` at
+  a new file are handed to the strategy to run after the new files are published
+  (``Strategy.after_checkpoint_saves``), and each check starts by waiting for the previous one's
+  files, so names, versions and deletions come out exactly as with synchronous saves. Loggers
+  hear of a save (``after_save_checkpoint``) once its file exists: at the next check or at the
+  end of the run.
 - ``dirpath`` may be any fsspec URL; all file access goes through :mod:`fulmen.utilities.cloud_io`.
 """
 
@@ -36,6 +43,7 @@ from fsspec.core import url_to_fs
 from torch import Tensor
 
 from fulmen.callbacks.checkpoint import Checkpoint, _join, _normalize_dirpath
+from fulmen.callbacks.checkpoint_files import KeptFiles, resume_paths
 from fulmen.utilities import cloud_io
 from fulmen.utilities.exceptions import MisconfigurationException, invalid_argument
 from fulmen.utilities.rank_zero import rank_zero_info, rank_zero_warn
@@ -90,6 +98,10 @@ class ModelCheckpoint(Checkpoint):
             validation (``False``); ``None`` decides from how validation is scheduled.
         enable_version_counter: when a file name is taken, append ``-v1``, ``-v2``, ... instead of
             overwriting.
+        async_save: write checkpoints in the background: the loop waits only for a copy of the
+            state in CPU memory. A save first waits for the previous one; the end of the run (and
+            an error or a signal that ends it) waits for the last. Strategies that write sharded
+            directories through their own engine (DeepSpeed) save synchronously, with a warning.
     """
 
     CHECKPOINT_JOIN_CHAR = "-"
@@ -117,6 +129,7 @@ class ModelCheckpoint(Checkpoint):
         every_n_epochs: int | None = None,
         save_on_train_epoch_end: bool | None = None,
         enable_version_counter: bool = True,
+        async_save: bool = False,
     ) -> None:
         super().__init__()
         if monitor is not None and (not isinstance(monitor, str) or not monitor):
@@ -133,6 +146,8 @@ class ModelCheckpoint(Checkpoint):
             raise invalid_argument("mode", mode, _MODES)
         if not isinstance(save_on_exception, bool):
             raise invalid_argument("save_on_exception", save_on_exception, (True, False))
+        if not isinstance(async_save, bool):
+            raise invalid_argument("async_save", async_save, (True, False))
         if save_on_train_epoch_end not in (None, True, False):
             raise invalid_argument("save_on_train_epoch_end", save_on_train_epoch_end, (None, True, False))
         every_n_train_steps = _check_every_n("every_n_train_steps", every_n_train_steps)
@@ -168,6 +183,7 @@ class ModelCheckpoint(Checkpoint):
         self.save_weights_only = save_weights_only
         self.mode = mode
         self.auto_insert_metric_name = auto_insert_metric_name
+        self.async_save = async_save
         self._save_on_train_epoch_end = save_on_train_epoch_end
         self._enable_version_counter = enable_version_counter
         if every_n_train_steps is None and every_n_epochs is None and train_time_interval is None:
@@ -195,6 +211,7 @@ class ModelCheckpoint(Checkpoint):
         self._dirpath_from_state = False
         self._resume_paths: set[str] = set()
         self._warned: set[str] = set()
+        self._loggers_behind = False  # an asynchronous save the loggers have not heard of yet
 
     # ------------------------------------------------------------------------------- identity
     @property
@@ -244,7 +261,7 @@ class ModelCheckpoint(Checkpoint):
         self._last_time_checked = time.monotonic()
         # Resolved now, before any save: `last` may be a link that this run will point elsewhere,
         # and the file it pointed to when the run resumed must survive the run.
-        self._resume_paths = _resume_paths(getattr(trainer, "ckpt_path", None))
+        self._resume_paths = resume_paths(getattr(trainer, "ckpt_path", None))
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -282,21 +299,24 @@ class ModelCheckpoint(Checkpoint):
         if not self._should_save_on_exception(trainer):
             return
         try:
+            self._settle(trainer)
             candidates = self._monitor_candidates(trainer)
             # Named on this process alone: another rank may never reach this hook, so no broadcast.
             name = self._format_checkpoint_name(self.filename, dict(candidates), self.auto_insert_metric_name)
             name = self.CHECKPOINT_JOIN_CHAR.join((self.CHECKPOINT_NAME_EXCEPTION, name))
             filepath = _join(self.dirpath, name + self.FILE_EXTENSION)
             self._save_checkpoint(trainer, filepath)
-            for path in self._save_last_checkpoint(trainer, candidates, filepath):
-                if self._should_remove_checkpoint(trainer, path):
-                    self._remove_checkpoint(trainer, path)
+            self._remove_stale(trainer, self._save_last_checkpoint(trainer, candidates, filepath))
+            self._settle(trainer)  # the run ends: the file must exist before the error is raised
         except Exception as err:  # the user must see the original error, not the rescue's
             rank_zero_warn(f"ModelCheckpoint(save_on_exception=True) could not save: {type(err).__name__}: {err}")
             return
         rank_zero_info(
             f"{type(exception).__name__} raised during fit ({exception}); saved the state of that moment to {filepath}"
         )
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._settle(trainer)
 
     def _should_save_on_exception(self, trainer: Trainer) -> bool:
         return (
@@ -497,6 +517,9 @@ class ModelCheckpoint(Checkpoint):
             self._save_checkpoints(trainer, candidates, top_k=False)
 
     def _save_checkpoints(self, trainer: Trainer, candidates: dict[str, Any], top_k: bool = True) -> None:
+        # The previous check's files are published first: file names and versions below are
+        # chosen from what is on disk, as they would be after a synchronous save.
+        self._settle(trainer)
         # Files that become stale are collected and removed only once every new file of this step
         # exists, so a crash in between leaves one file too many, never one too few.
         stale: list[str] = []
@@ -505,9 +528,7 @@ class ModelCheckpoint(Checkpoint):
             written_top_k, stale_top_k = self._save_topk_checkpoint(trainer, candidates)
             stale += stale_top_k
         stale += self._save_last_checkpoint(trainer, candidates, written_top_k)
-        for path in stale:
-            if self._should_remove_checkpoint(trainer, path):
-                self._remove_checkpoint(trainer, path)
+        self._remove_stale(trainer, stale)
 
     def _save_topk_checkpoint(self, trainer: Trainer, candidates: dict[str, Any]) -> tuple[str, list[str]]:
         """Save a top-k checkpoint if due; returns (the file written or "", the files now stale)."""
@@ -620,39 +641,57 @@ class ModelCheckpoint(Checkpoint):
         # Set before writing, so that the file records that its own step is saved.
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
+        if self.async_save:
+            trainer.save_checkpoint(filepath, self.save_weights_only, async_save=True)
+            self._loggers_behind = True  # told once the file exists (`_settle`)
+            return
         trainer.save_checkpoint(filepath, self.save_weights_only)
+        self._notify_loggers(trainer)
+
+    def _notify_loggers(self, trainer: Trainer) -> None:
         if trainer.is_global_zero:
             for logger in getattr(trainer, "loggers", ()):
                 logger.after_save_checkpoint(self)
 
+    def _settle(self, trainer: Trainer) -> None:
+        """Wait until the asynchronous saves handed over are published, then tell the loggers."""
+        if not self.async_save:
+            return
+        trainer.strategy.wait_for_checkpoint_saves()
+        if self._loggers_behind:
+            self._loggers_behind = False
+            self._notify_loggers(trainer)
+
     def _link_checkpoint(self, trainer: Trainer, target: str, link: str) -> None:
-        if trainer.is_global_zero:
-            cloud_io.save_link(target, link)
+        if trainer.is_global_zero:  # the target may still be on its way to the disk
+            trainer.strategy.after_checkpoint_saves(lambda: cloud_io.save_link(target, link))
+
+    def _remove_stale(self, trainer: Trainer, stale: list[str]) -> None:
+        """Delete the files of ``stale`` that nothing needs, once every new file of this step is published."""
+        if not trainer.is_global_zero or not any(stale):
+            return
+        # Decided from the bookkeeping of this moment, but against the disk as it is once the
+        # new files and links are in place (a `last` link may then point elsewhere).
+        keep = self._keep(trainer)
+
+        def remove() -> None:
+            for path in stale:
+                if keep.allows_removal(path):
+                    self._remove_checkpoint(trainer, path)
+
+        trainer.strategy.after_checkpoint_saves(remove)
+
+    def _keep(self, trainer: Trainer) -> KeptFiles:
+        return KeptFiles(
+            listed=frozenset((*self.best_k_models, self.last_model_path, self.best_model_path)),
+            last_model_path=self.last_model_path,
+            dirpath=self.dirpath,
+            resume=frozenset(self._resume_paths | resume_paths(getattr(trainer, "ckpt_path", None))),
+        )
 
     def _should_remove_checkpoint(self, trainer: Trainer, previous: str) -> bool:
         """Whether the stale file ``previous`` may be deleted now; see the module docstring."""
-        if not previous:
-            return False
-        if previous in self.best_k_models or previous in (self.last_model_path, self.best_model_path):
-            return False
-        if self.dirpath is None:
-            return False
-        resume = self._resume_paths | _resume_paths(getattr(trainer, "ckpt_path", None))
-        if not cloud_io.is_local(previous):
-            return previous not in resume and previous.startswith(self.dirpath.rstrip("/") + "/")
-        target = os.path.realpath(previous)
-        if target in resume or os.path.abspath(previous) in resume:
-            return False
-        # `last` may be a link to this file.
-        if (
-            self.last_model_path
-            and cloud_io.is_local(self.last_model_path)
-            and (os.path.realpath(self.last_model_path) == target)
-        ):
-            return False
-        if not cloud_io.is_local(self.dirpath):
-            return False
-        return os.path.abspath(previous).startswith(os.path.join(os.path.realpath(self.dirpath), ""))
+        return self._keep(trainer).allows_removal(previous)
 
     def _remove_checkpoint(self, trainer: Trainer, filepath: str) -> None:
         if trainer.is_global_zero:
@@ -700,18 +739,6 @@ def _as_tensor(value: Any) -> Tensor:
     if isinstance(value, Tensor):
         return value.detach().cpu()
     return torch.tensor(value)
-
-
-def _resume_paths(ckpt_path: Any) -> set[str]:
-    """The checkpoint a run resumed from, as written, made absolute and (for a link) resolved."""
-    if not isinstance(ckpt_path, (str, os.PathLike)):
-        return set()
-    path = os.fsdecode(os.fspath(ckpt_path))
-    if not cloud_io.is_local(path):
-        return {path}
-    if "://" in path:
-        path = path.split("://", 1)[1]
-    return {path, os.path.abspath(path), os.path.realpath(path)}
 
 
 def _fitting(trainer: Trainer) -> bool:

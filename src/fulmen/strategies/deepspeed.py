@@ -236,6 +236,7 @@ class DeepSpeedStrategy(DDPStrategy):
         self._engine_config: dict[str, Any] | None = None
         self._owns_boundary = True
         self._warned_backward_fn = False
+        self._warned_async_save = False
 
     # ------------------------------------------------------------------------------ config
     @property
@@ -530,12 +531,31 @@ class DeepSpeedStrategy(DDPStrategy):
         ds_optimizer = self._engine.optimizer
         return inner is ds_optimizer or inner is getattr(ds_optimizer, "optimizer", None)
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: str, storage_options: dict | None = None) -> None:
+    def save_checkpoint(
+        self,
+        checkpoint: dict[str, Any],
+        filepath: str,
+        storage_options: dict | None = None,
+        *,
+        async_save: bool = False,
+    ) -> None:
         """With a training engine: a checkpoint directory, every rank writing its shard in parallel and
-        rank zero publishing it at once. Otherwise (evaluation, weights gathered) one file."""
+        rank zero publishing it at once. Otherwise (evaluation, weights gathered) one file.
+
+        The directory is written by DeepSpeed's engine from its own (partitioned) buffers, which
+        cannot be copied aside first: ``async_save`` falls back to a synchronous save there, with
+        a warning once.
+        """
         engine = self._engine
         if engine is None or not _holds_refs(checkpoint):
-            return super().save_checkpoint(checkpoint, filepath, storage_options)
+            return super().save_checkpoint(checkpoint, filepath, storage_options, async_save=async_save)
+        if async_save and not self._warned_async_save:
+            self._warned_async_save = True
+            rank_zero_warn(
+                "DeepSpeedStrategy saves its checkpoint directory through DeepSpeed's engine, which cannot"
+                " save asynchronously: `async_save=True` falls back to a synchronous save."
+            )
+        self.wait_for_checkpoint_saves()  # an earlier asynchronous file save is published first
         token = self.broadcast(checkpoint_dir.new_token() if self.is_global_zero else None)
         staging = checkpoint_dir.staging_path(filepath, token)
         if self.is_global_zero:

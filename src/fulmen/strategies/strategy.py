@@ -265,12 +265,47 @@ class Strategy(ABC):
     def load_optimizer_state(self, optimizer: Optimizer, state: dict[str, Any]) -> None:
         _unwrap_optimizer(optimizer).load_state_dict(state)
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: str, storage_options: dict | None = None) -> None:
-        """Rank zero writes ``checkpoint`` atomically; the other ranks return at once."""
-        if self.is_global_zero:
-            from fulmen.utilities.cloud_io import atomic_save
+    def save_checkpoint(
+        self,
+        checkpoint: dict[str, Any],
+        filepath: str,
+        storage_options: dict | None = None,
+        *,
+        async_save: bool = False,
+    ) -> None:
+        """Rank zero writes ``checkpoint`` atomically; the other ranks return at once.
 
-            atomic_save(checkpoint, filepath, storage_options=storage_options)
+        With ``async_save``, rank zero waits for its pending save, copies the tensors into CPU
+        memory and returns; the write, fsync and rename run in the background
+        (:mod:`fulmen.utilities.async_checkpoint`). A synchronous save waits for the pending one first.
+        """
+        if not self.is_global_zero:
+            return
+        from fulmen.utilities import async_checkpoint
+
+        if async_save:
+            async_checkpoint.writer().save(checkpoint, filepath, storage_options)
+            return
+        async_checkpoint.writer().wait()
+        from fulmen.utilities.cloud_io import atomic_save
+
+        atomic_save(checkpoint, filepath, storage_options=storage_options)
+
+    def after_checkpoint_saves(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` (on this process) once every checkpoint handed to :meth:`save_checkpoint` is published.
+
+        At once when nothing is pending; otherwise in the background, right after the pending
+        write, and not at all if that write failed (its error is raised by the next save or wait).
+        """
+        from fulmen.utilities import async_checkpoint
+
+        async_checkpoint.writer().then(fn)
+
+    def wait_for_checkpoint_saves(self) -> None:
+        """Block until this process's pending checkpoint saves are published; raise a failed one's error."""
+        from fulmen.utilities import async_checkpoint
+
+        async_checkpoint.writer().wait()
 
     def load_checkpoint(
         self, filepath: str, map_location: Any = None, weights_only: bool = True, storage_options: dict | None = None

@@ -22,6 +22,7 @@ from fulmen.trainer.hooks import Hooks
 from fulmen.trainer.loaders import load_eval_dataloaders
 from fulmen.trainer.loops import evaluation_run, fit_loop, predict_loop
 from fulmen.utilities.apply_func import apply_to_collection
+from fulmen.utilities.rank_zero import rank_zero_warn
 from fulmen.utilities.stages import RunningStage, TrainerFn, TrainerStatus
 
 if TYPE_CHECKING:
@@ -78,6 +79,8 @@ def execute(run: Run) -> Any:
             run.eval_log_step = -1
             result = evaluation_run(run, stage, loaders, limits)
 
+        # Asynchronous checkpoint saves are published before the run counts as finished.
+        strategy.wait_for_checkpoint_saves()
         hooks.call_datamodule("teardown", fn.value)
         hooks.call_callbacks("teardown", fn.value)
         hooks.call_module("teardown", fn.value)
@@ -88,14 +91,25 @@ def execute(run: Run) -> Any:
         run.state.stage = None
         return result
     except BaseException as exception:
+        # A pending save is finished (the checkpoint may be what the user resumes from) before
+        # `on_exception` saves its own; the original error stays the one raised.
+        _wait_for_saves_quietly(run)
         if not was_handled(exception):
             handle_exception(run.trainer, exception)
+            _wait_for_saves_quietly(run)
         raise
     finally:
         run.metrics.fold(run.results)
         run.results = run.train_results = None
         run.strategy.teardown()
         run.trainer.profiler.teardown(run.fn.value)
+
+
+def _wait_for_saves_quietly(run: Run) -> None:
+    try:
+        run.strategy.wait_for_checkpoint_saves()
+    except Exception as err:
+        rank_zero_warn(f"While handling the run's error: {err}")
 
 
 def handle_exception(trainer: Trainer, exception: BaseException) -> None:

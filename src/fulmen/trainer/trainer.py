@@ -378,18 +378,26 @@ class Trainer(StrategyProperties, CallbackLookups):
 
     # ============================================================================ checkpoints
     def save_checkpoint(
-        self, filepath: str | os.PathLike, weights_only: bool = False, storage_options: dict | None = None
+        self,
+        filepath: str | os.PathLike,
+        weights_only: bool = False,
+        storage_options: dict | None = None,
+        *,
+        async_save: bool = False,
     ) -> None:
         """Write the model, optimizers, schedulers, progress and callback states to ``filepath``.
 
-        Every process must call it; the strategy has rank 0 write (atomically).
+        Every process must call it; the strategy has rank 0 write (atomically). ``async_save=True``
+        returns once the state is copied to CPU memory: the write runs in the background, and the
+        next save and the end of the run wait for it.
         """
         if self.lightning_module is None:
             raise RuntimeError(
                 "`Trainer.save_checkpoint` needs a model: call it after (or during) fit/validate/test/predict."
             )
         checkpoint = checkpoint_io.dump_checkpoint(self, weights_only)
-        self._strategy.save_checkpoint(checkpoint, os.fspath(filepath), storage_options=storage_options)
+        path = os.fspath(filepath)
+        self._strategy.save_checkpoint(checkpoint, path, storage_options=storage_options, async_save=async_save)
         self._strategy.barrier("Trainer.save_checkpoint")
 
     # ============================================================================== metrics

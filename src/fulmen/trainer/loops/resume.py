@@ -27,8 +27,8 @@ from fulmen.strategies import resumable_sampler, set_sampler_epoch
 from fulmen.trainer import data
 from fulmen.trainer.rng import restore_rng
 from fulmen.trainer.signals import hpc_checkpoint_path
-from fulmen.utilities.exceptions import MisconfigurationException
-from fulmen.utilities.rank_zero import rank_zero_info
+from fulmen.utilities.exceptions import CheckpointError, MisconfigurationException
+from fulmen.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 if TYPE_CHECKING:
     from fulmen.trainer.run import Run
@@ -203,6 +203,10 @@ def save_and_stop_on_signal(run: Run) -> None:
     signum = next(s for s in received if s is not None)
     run.received_signal = signum
     path = strategy.broadcast(hpc_checkpoint_path(trainer.default_root_dir))
+    try:  # a pending asynchronous save is published first; its failure must not cost this checkpoint
+        strategy.wait_for_checkpoint_saves()
+    except CheckpointError as err:
+        rank_zero_warn(str(err))
     trainer.save_checkpoint(path)
     rank_zero_info(f"Signal {signal.Signals(signum).name} received: saved {path} and stopping.")
     if strategy.is_global_zero and strategy.cluster_environment is not None:

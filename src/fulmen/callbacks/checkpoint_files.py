@@ -1,0 +1,54 @@
+"""Which stale checkpoint files ``ModelCheckpoint`` may delete.
+
+The decision takes the callback's bookkeeping at the moment a check ends (:class:`KeptFiles`) and
+the disk at the moment of deletion: with asynchronous saving the deletion runs in the background
+once the new files and links of that check are published, and a ``last`` link must be read as it
+is then, not as it was before it was moved.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, NamedTuple
+
+from fulmen.utilities import cloud_io
+
+
+class KeptFiles(NamedTuple):
+    """What must survive a check: the files it lists, where ``last`` is, the folder, the resume checkpoint."""
+
+    #: ``best_k_models``, ``last_model_path`` and ``best_model_path``.
+    listed: frozenset[str]
+    last_model_path: str
+    dirpath: str | None
+    #: The checkpoint the run resumed from, as :func:`resume_paths` spells it.
+    resume: frozenset[str]
+
+    def allows_removal(self, previous: str) -> bool:
+        """Whether the stale file ``previous`` may be deleted now."""
+        if not previous or previous in self.listed or self.dirpath is None:
+            return False
+        if not cloud_io.is_local(previous):
+            return previous not in self.resume and previous.startswith(self.dirpath.rstrip("/") + "/")
+        target = os.path.realpath(previous)
+        if target in self.resume or os.path.abspath(previous) in self.resume:
+            return False
+        # `last` may be a link to this file.
+        last = self.last_model_path
+        if last and cloud_io.is_local(last) and os.path.realpath(last) == target:
+            return False
+        if not cloud_io.is_local(self.dirpath):
+            return False
+        return os.path.abspath(previous).startswith(os.path.join(os.path.realpath(self.dirpath), ""))
+
+
+def resume_paths(ckpt_path: Any) -> set[str]:
+    """The checkpoint a run resumed from, as written, made absolute and (for a link) resolved."""
+    if not isinstance(ckpt_path, (str, os.PathLike)):
+        return set()
+    path = os.fsdecode(os.fspath(ckpt_path))
+    if not cloud_io.is_local(path):
+        return {path}
+    if "://" in path:
+        path = path.split("://", 1)[1]
+    return {path, os.path.abspath(path), os.path.realpath(path)}
