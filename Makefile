@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_calls.py
 	$(PY) benchmarks/bench_profiler.py
 	$(PY) benchmarks/bench_resume.py
+	$(PY) benchmarks/bench_async_save.py
 	$(PY) benchmarks/bench_ddp_signals.py
 	$(PY) benchmarks/bench_deepspeed.py
 

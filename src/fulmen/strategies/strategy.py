@@ -325,6 +325,9 @@ class Strategy(ABC):
 
     # -------------------------------------------------------------------------------- teardown
     def teardown(self) -> None:
+        from fulmen.utilities import async_checkpoint
+
+        async_checkpoint.writer().release()  # the CPU copy kept for the next asynchronous save
         self.precision.teardown()
         if self.accelerator is not None:
             self.accelerator.teardown()

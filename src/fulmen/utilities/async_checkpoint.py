@@ -53,9 +53,12 @@ def snapshot(obj: Any) -> Any:
 
 
 class _Snapshot:
-    def __init__(self) -> None:
+    def __init__(self, buffers: dict[int, list[Any]] | None = None) -> None:
         # One copy per storage, so that tensors sharing memory keep sharing it.
-        self._storages: dict[tuple[str, int], Any] = {}
+        self.storages: dict[tuple[str, int], Any] = {}
+        # CPU storages of a finished snapshot, by size: copying into memory already touched once
+        # costs a memcpy; fresh memory costs a page fault per page on top.
+        self._buffers = buffers if buffers is not None else {}
 
     def copy(self, obj: Any) -> Any:
         if isinstance(obj, Tensor):
@@ -89,10 +92,14 @@ class _Snapshot:
         else:
             storage = t.untyped_storage()
             key = (str(t.device), storage.data_ptr())
-            cpu_storage = self._storages.get(key)
+            cpu_storage = self.storages.get(key)
             if cpu_storage is None:
-                cpu_storage = storage.cpu() if t.device.type != "cpu" else storage.clone()
-                self._storages[key] = cpu_storage
+                spare = self._buffers.get(storage.nbytes())
+                if spare:
+                    cpu_storage = spare.pop().copy_(storage)
+                else:
+                    cpu_storage = storage.cpu() if t.device.type != "cpu" else storage.clone()
+                self.storages[key] = cpu_storage
             copied = torch.empty(0, dtype=t.dtype).set_(cpu_storage, t.storage_offset(), t.size(), t.stride())
         if isinstance(tensor, torch.nn.Parameter):
             return torch.nn.Parameter(copied, requires_grad=tensor.requires_grad)
@@ -111,12 +118,14 @@ class AsyncCheckpointWriter:
 
     def __init__(self, write: Callable[..., None] | None = None) -> None:
         #: ``write(obj, path, storage_options)``; ``None``: :func:`~fulmen.utilities.cloud_io.atomic_save`.
+        #: It must not keep ``obj``: the memory of its tensors is reused by the next snapshot.
         self.write = write
         self._cond = threading.Condition()
         self._jobs: collections.deque[tuple[str, Callable[[], None]]] = collections.deque()
         self._busy = False
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self._buffers: dict[int, list[Any]] = {}
 
     @property
     def pending(self) -> bool:
@@ -127,9 +136,25 @@ class AsyncCheckpointWriter:
     def save(self, checkpoint: dict[str, Any], path: str, storage_options: dict | None = None) -> None:
         """Wait for the pending save, copy ``checkpoint``, and write the copy to ``path`` in the background."""
         self.wait()
-        state = snapshot(checkpoint)
+        copier = _Snapshot(self._buffers)
+        state = copier.copy(checkpoint)
         write = self.write or atomic_save
-        self._submit(f"Asynchronous checkpoint save to {path!r} failed", lambda: write(state, path, storage_options))
+
+        def job() -> None:
+            write(state, path, storage_options)
+            # This copy's memory serves the next snapshot (at most one copy's worth is kept).
+            buffers: dict[int, list[Any]] = {}
+            for storage in copier.storages.values():
+                buffers.setdefault(storage.nbytes(), []).append(storage)
+            self._buffers = buffers
+
+        self._submit(f"Asynchronous checkpoint save to {path!r} failed", job)
+
+    def release(self) -> None:
+        """Free the memory kept for the next snapshot (when no save is pending; it never blocks or raises)."""
+        with self._cond:
+            if not self._busy and not self._jobs:
+                self._buffers = {}
 
     def then(self, fn: Callable[[], None], what: str = "work after a checkpoint save") -> None:
         """Run ``fn`` once every save handed over so far is on disk: now when none is pending.
