@@ -69,3 +69,19 @@ def test_kill_and_resume_on_two_processes(tmp_path, workers):
     _train(out, "kill", "--kill-at", str(step), *args)  # rank 1 dies; rank 0 fails at the next collective
     _train(out, "resume", *args)
     _assert_bit_equal(reference, _final(out), f"ddp_spawn, {workers} workers, killed at step {step}")
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("kind", ["full", "sharded"])
+def test_kill_and_resume_under_fsdp(tmp_path, kind):
+    """FSDP on 2 processes, with whole (rank-zero file) or sharded (DCP directory) checkpoints."""
+    args = ("--strategy", f"fsdp_{kind}")
+    _train(tmp_path / "full", "full", *args)
+    reference = _final(tmp_path / "full")
+    (step,) = _steps(1, salt=20 + len(kind))
+    out = tmp_path / f"killed_at_{step}"
+    _train(out, "kill", "--kill-at", str(step), *args)
+    if kind == "sharded":
+        assert (out / "steps" / "last.ckpt" / "__1_0.distcp").exists() or step < 3
+    _train(out, "resume", *args)
+    _assert_bit_equal(reference, _final(out), f"FSDP {kind} checkpoints, killed at step {step}")

@@ -30,7 +30,13 @@ def _deepspeed_reader(directory: str, meta: dict[str, Any]) -> dict[str, Tensor]
     )
 
 
-_READERS: dict[str, Reader] = {"deepspeed": _deepspeed_reader}
+def _fsdp_reader(directory: str, meta: dict[str, Any]) -> dict[str, Tensor]:
+    from fulmen.strategies.fsdp_checkpoint import full_module_state
+
+    return full_module_state(directory, meta)
+
+
+_READERS: dict[str, Reader] = {"deepspeed": _deepspeed_reader, "fsdp": _fsdp_reader}
 
 
 def register_checkpoint_format(name: str, reader: Reader) -> None:

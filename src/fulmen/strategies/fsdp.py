@@ -4,77 +4,81 @@ Parameters, gradients and optimizer state are sharded over the ranks; each rank 
 slice. ``sharding_strategy`` keeps the familiar names: ``FULL_SHARD`` (reshard after forward),
 ``SHARD_GRAD_OP`` (keep parameters gathered between forward and backward), ``NO_SHARD``
 (plain data parallel) and ``HYBRID_SHARD`` (shard within a node, replicate across nodes).
-Checkpoints hold full, unsharded tensors so that they load anywhere.
+``state_dict_type="full"`` (the default) writes checkpoints with whole tensors, gathered on rank
+zero, that load anywhere; ``"sharded"`` writes a directory with one shard file per rank
+(:mod:`fulmen.strategies.fsdp_checkpoint`). Options are read in :mod:`fulmen.strategies.fsdp_options`.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
+import inspect
+import os
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from fulmen.strategies import fsdp_checkpoint
+from fulmen.strategies import fsdp_options as options
 from fulmen.strategies.ddp import DDPStrategy
+from fulmen.strategies.fsdp_options import SHARDING_STRATEGIES, FSDPPrecision, Policy  # noqa: F401 - re-exported
 from fulmen.strategies.optimizer_rebuild import parameter_names, rebuild_optimizer
 from fulmen.strategies.precision import Precision
 from fulmen.strategies.strategy import _unwrap_optimizer
-from fulmen.utilities.exceptions import MisconfigurationException, invalid_argument
-
-SHARDING_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD")
-_PARAM_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
-
-
-class FSDPPrecision(Precision):
-    """Mixed precision the FSDP way: sharded parameters are cast per forward, gradients reduced in fp32."""
-
-    def __init__(self, precision: str) -> None:
-        if precision not in ("32-true", "bf16-mixed", "16-mixed"):
-            raise invalid_argument("precision", precision, ("32-true", "bf16-mixed", "16-mixed"))
-        self.precision = precision
-        self.scaler = torch.amp.GradScaler("cpu") if precision == "16-mixed" else None
-
-    def mixed_precision_policy(self) -> Any:
-        from torch.distributed.fsdp import MixedPrecisionPolicy
-
-        dtype = _PARAM_DTYPES.get(self.precision)
-        return MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32 if dtype else None)
-
-    def pre_backward(self, tensor: Tensor, module: nn.Module | None) -> Tensor:
-        return self.scaler.scale(tensor) if self.scaler is not None else tensor
-
-    def unscale_gradients(self, optimizer: Optimizer) -> None:
-        if self.scaler is not None:
-            self.scaler.unscale_(optimizer)
-
-    def optimizer_step(self, optimizer: Optimizer, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
-        if self.scaler is None:
-            return super().optimizer_step(optimizer, closure=closure, **kwargs)
-        result = closure() if closure is not None else None
-        self.scaler.step(optimizer, **kwargs)
-        self.scaler.update()
-        return result
+from fulmen.strategies.strategy import unwrap_module as unwrap
+from fulmen.utilities import checkpoint_dir
+from fulmen.utilities.exceptions import MisconfigurationException
+from fulmen.utilities.rank_zero import rank_zero_warn
 
 
 class FSDPStrategy(DDPStrategy):
+    """Shards with FSDP2. Options beyond the DDP ones:
+
+    - ``sharding_strategy``, ``cpu_offload`` (bool or FSDP1's ``CPUOffload``);
+    - ``auto_wrap_policy``: module classes (or a predicate) sharded as their own unit;
+    - ``mixed_precision``: a ``MixedPrecisionPolicy`` (or FSDP1's ``MixedPrecision``), which
+      takes the place of the one ``precision=`` implies;
+    - ``activation_checkpointing_policy`` (``activation_checkpointing`` is the older name):
+      module classes (or a predicate) whose activations are recomputed in backward;
+    - ``state_dict_type``: ``"full"`` or ``"sharded"`` checkpoints.
+
+    Any other keyword is refused by name. Under ``init_module()`` the model is created on the
+    meta device and materialised shard by shard (``reset_parameters``) when it is set up.
+    """
+
     supports_no_backward_sync = True
 
     def __init__(
         self,
-        sharding_strategy: str = "FULL_SHARD",
-        cpu_offload: bool = False,
-        auto_wrap_policy: Iterable[type[nn.Module]] | Callable[[nn.Module], bool] | None = None,
+        sharding_strategy: Any = "FULL_SHARD",
+        cpu_offload: Any = False,
+        auto_wrap_policy: Policy = None,
+        mixed_precision: Any = None,
+        activation_checkpointing_policy: Policy = None,
+        activation_checkpointing: Policy = None,
+        state_dict_type: Any = "full",
         **kwargs: Any,
     ) -> None:
+        options.check_extra_arguments(kwargs)
         super().__init__(**kwargs)
-        name = getattr(sharding_strategy, "name", sharding_strategy)
-        if name not in SHARDING_STRATEGIES:
-            raise invalid_argument("sharding_strategy", sharding_strategy, SHARDING_STRATEGIES)
-        self.sharding_strategy = name
+        self.sharding_strategy = options.sharding_strategy_name(sharding_strategy)
         self.cpu_offload = bool(getattr(cpu_offload, "offload_params", cpu_offload))
         self.auto_wrap_policy = auto_wrap_policy
+        self._wrap_matcher = options.module_matcher(auto_wrap_policy, "auto_wrap_policy")
+        self.mixed_precision = options.mixed_precision_policy(mixed_precision)
+        if activation_checkpointing is not None and activation_checkpointing_policy is not None:
+            raise MisconfigurationException(
+                "`activation_checkpointing` and `activation_checkpointing_policy` are the same option; pass one."
+            )
+        self.activation_checkpointing_policy = activation_checkpointing_policy or activation_checkpointing
+        self._checkpoint_matcher = options.module_matcher(
+            self.activation_checkpointing_policy, "activation_checkpointing_policy"
+        )
+        self.state_dict_type = options.state_dict_type_name(state_dict_type)
+        self.sync_files = True  # fsync shards before a directory is published
+        self._warned_async_save = False
         self._sharded_modules: list[nn.Module] = []
 
     def precision_for(self, name: str) -> Precision:
@@ -85,6 +89,16 @@ class FSDPStrategy(DDPStrategy):
             )
         return FSDPPrecision(name)
 
+    def module_init_context(self, empty_init: bool | None = None) -> contextlib.AbstractContextManager:
+        """Sharded (not ``NO_SHARD``) and ``empty_init`` not False: on the meta device, to be
+        materialised shard by shard in ``setup_module``; otherwise as for any strategy."""
+        if empty_init is False or self.sharding_strategy == "NO_SHARD":
+            return super().module_init_context(empty_init)
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.device("meta"))
+        stack.enter_context(self.precision.module_init_context())
+        return stack
+
     def setup_module_and_optimizers(
         self, module: nn.Module, optimizers: list[Optimizer]
     ) -> tuple[nn.Module, list[Optimizer]]:
@@ -92,34 +106,75 @@ class FSDPStrategy(DDPStrategy):
         sharded = self.setup_module(module)
         return sharded, [self.setup_optimizer(rebuild_optimizer(opt, names, sharded)) for opt in optimizers]
 
+    def module_to_device(self, module: nn.Module) -> None:
+        if not _on_meta(module):  # a model created under init_module() is materialised when sharded
+            super().module_to_device(module)
+
     def setup_module(self, module: nn.Module) -> nn.Module:
         if self.sharding_strategy == "NO_SHARD":
             return super().setup_module(module)
+        earlier = self._sharded_root_of(module)
+        if earlier is None:
+            return self._shard(module)
+        if earlier is not getattr(module, "module", None):
+            return earlier  # the router an earlier fit sharded: its parameters are shards already
+        # The user's module itself was sharded (by an evaluation): its training step gathers as forward does.
+        _gather_around(earlier, "training_step")
+        return module
+
+    def setup_module_for_evaluation(self, module: nn.Module) -> nn.Module:
+        """Evaluated sharded: through the root an earlier fit sharded, or with the module itself
+        sharded now, its step methods gathering the parameters as ``forward`` does."""
+        if self.sharding_strategy == "NO_SHARD":
+            return module
+        earlier = self._sharded_root_of(module)
+        if earlier is not None:
+            return earlier
+        self._shard(module)
+        _gather_around(module, "validation_step", "test_step", "predict_step")
+        return module
+
+    def _shard(self, module: nn.Module) -> nn.Module:
         from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
 
-        options: dict[str, Any] = {
+        if self._checkpoint_matcher is not None:
+            options.apply_activation_checkpointing(module, self._checkpoint_matcher)
+        settings: dict[str, Any] = {
             "mesh": self._device_mesh(),
             "reshard_after_forward": self.sharding_strategy != "SHARD_GRAD_OP",
             "offload_policy": CPUOffloadPolicy() if self.cpu_offload else OffloadPolicy(),
         }
-        if isinstance(self.precision, FSDPPrecision):
-            options["mp_policy"] = self.precision.mixed_precision_policy()
-        for child in self._modules_to_wrap(module):
-            fully_shard(child, **options)
-        fully_shard(module, **options)
+        if self.mixed_precision is not None:
+            settings["mp_policy"] = self.mixed_precision
+        elif isinstance(self.precision, FSDPPrecision):
+            settings["mp_policy"] = self.precision.mixed_precision_policy()
+        matches = self._wrap_matcher
+        for child in [m for m in module.modules() if m is not module and matches(m)] if matches else []:
+            fully_shard(child, **settings)
+        fully_shard(module, **settings)
+        options.materialize(module, torch.device("cpu") if self.cpu_offload else self.root_device)
         self._sharded_modules.append(module)
+        held = getattr(module, "module", None) if getattr(module, "_fulmen_wrapper", False) else None
+        if held is not None:
+            # Found again by a later Trainer or call on the same module (its parameters are shards
+            # now); kept out of the module's children, so that it is no submodule of its own child.
+            held.__dict__[_ROOT_KEY] = module
         return module
 
-    def _modules_to_wrap(self, module: nn.Module) -> list[nn.Module]:
-        policy = self.auto_wrap_policy
-        if policy is None:
-            return []
-        if callable(policy) and not isinstance(policy, (set, list, tuple, frozenset)):
-            matches = policy
-        else:
-            classes = tuple(policy)
-            matches = lambda m: isinstance(m, classes)  # noqa: E731
-        return [m for m in module.modules() if m is not module and matches(m)]
+    def _sharded_root_of(self, module: nn.Module) -> nn.Module | None:
+        """The module this strategy sharded that is ``module``, wraps it, or is wrapped by it."""
+        from torch.distributed.fsdp import FSDPModule
+
+        inner = getattr(module, "module", None) if getattr(module, "_fulmen_wrapper", False) else None
+        for candidate in (module, inner):
+            if candidate is None:
+                continue
+            if isinstance(candidate, FSDPModule):
+                return candidate
+            root = candidate.__dict__.get(_ROOT_KEY)
+            if root is not None:
+                return root
+        return None
 
     def _device_mesh(self) -> Any:
         from torch.distributed.device_mesh import init_device_mesh
@@ -154,26 +209,40 @@ class FSDPStrategy(DDPStrategy):
         norm = super().clip_gradients_norm(module, optimizer, max_norm, norm_type, error_if_nonfinite)
         return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
-    # Checkpoints hold full tensors: every rank takes part in gathering them.
+    # ------------------------------------------------------------------------------ checkpoints
+    # "full": whole tensors gathered on rank zero (every rank takes part). "sharded": references
+    # that `save_checkpoint` turns into one DCP shard per rank. Either kind loads into either.
     def get_module_state_dict(self, module: nn.Module) -> dict[str, Any]:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         target = _find_fsdp(module)
         if target is None:
             return super().get_module_state_dict(module)
-        state = get_model_state_dict(target, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         prefix = _wrapper_prefix(target)
-        return {name[len(prefix) :]: value for name, value in state.items()} if prefix else state
+        if self.state_dict_type == "sharded":
+            return fsdp_checkpoint.ModuleShards(target, prefix)
+        state = get_model_state_dict(target, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return fsdp_checkpoint.strip_prefix(state, prefix)
 
     def load_module_state_dict(self, module: nn.Module, state_dict: dict[str, Any], strict: bool = True) -> Any:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            set_model_state_dict,
+        )
 
         target = _find_fsdp(module)
+        if isinstance(state_dict, checkpoint_dir.ShardedStateRef):
+            if target is None:  # a module that is not sharded reads whole tensors from the shards
+                plain = unwrap(module)
+                return plain.load_state_dict(fsdp_checkpoint.load_into(state_dict, plain.state_dict()), strict=strict)
+            prefix = _wrapper_prefix(target)
+            template = fsdp_checkpoint.strip_prefix(get_model_state_dict(target), prefix)
+            state_dict = fsdp_checkpoint.add_prefix(fsdp_checkpoint.load_into(state_dict, template), prefix)
+            return set_model_state_dict(target, state_dict, options=StateDictOptions(strict=strict))
         if target is None:
             return super().load_module_state_dict(module, state_dict, strict)
-        prefix = _wrapper_prefix(target)
-        if prefix:
-            state_dict = {prefix + name: value for name, value in state_dict.items()}
+        state_dict = fsdp_checkpoint.add_prefix(state_dict, _wrapper_prefix(target))
         return set_model_state_dict(target, state_dict, options=StateDictOptions(full_state_dict=True, strict=strict))
 
     def get_optimizer_state(self, optimizer: Optimizer) -> dict[str, Any]:
@@ -182,16 +251,26 @@ class FSDPStrategy(DDPStrategy):
         module = self._module_of(optimizer)
         if module is None:
             return super().get_optimizer_state(optimizer)
+        if self.state_dict_type == "sharded":
+            return fsdp_checkpoint.OptimizerShards(module, _unwrap_optimizer(optimizer))
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         return get_optimizer_state_dict(module, _unwrap_optimizer(optimizer), options=options)
 
     def load_optimizer_state(self, optimizer: Optimizer, state: dict[str, Any]) -> None:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_optimizer_state_dict,
+            set_optimizer_state_dict,
+        )
 
         module = self._module_of(optimizer)
         if module is None:
             return super().load_optimizer_state(optimizer, state)
         optimizer = _unwrap_optimizer(optimizer)
+        if isinstance(state, checkpoint_dir.ShardedStateRef):
+            loaded = fsdp_checkpoint.load_into(state, get_optimizer_state_dict(module, optimizer))
+            set_optimizer_state_dict(module, optimizer, loaded)
+            return None
         if not state.get("state"):
             # A stateless optimizer (SGD without momentum): torch's loader finds no tensor to place
             # the state by and fails, yet only the hyperparameters are there to restore.
@@ -199,6 +278,47 @@ class FSDPStrategy(DDPStrategy):
                 group.update({key: value for key, value in saved.items() if key != "params"})
             return None
         set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+    def save_checkpoint(
+        self,
+        checkpoint: dict[str, Any],
+        filepath: str,
+        storage_options: dict | None = None,
+        *,
+        async_save: bool = False,
+    ) -> None:
+        """``state_dict_type="full"``: one file from rank zero, asynchronous if asked. ``"sharded"``:
+        a directory of DCP shards, written synchronously (``async_save`` warns once and waits)."""
+        if not fsdp_checkpoint.has_refs(checkpoint):
+            return super().save_checkpoint(checkpoint, filepath, storage_options, async_save=async_save)
+        if async_save and not self._warned_async_save:
+            self._warned_async_save = True
+            rank_zero_warn(
+                "FSDPStrategy(state_dict_type='sharded') writes its shards synchronously; `async_save=True` "
+                "waits for the write here. Use state_dict_type='full' for a background write."
+            )
+        self.wait_for_checkpoint_saves()
+        if storage_options:
+            raise MisconfigurationException(
+                "Sharded FSDP checkpoints are written to a local or mounted filesystem; `storage_options` do not apply."
+            )
+        fsdp_checkpoint.save(self, checkpoint, filepath)
+
+    def load_checkpoint(
+        self, filepath: str, map_location: Any = None, weights_only: bool = True, storage_options: dict | None = None
+    ) -> dict[str, Any]:
+        """A sharded FSDP directory comes back with references that the module and optimizers
+        load their shards from (re-sharded to this run's processes); anything else as usual."""
+        local = None if storage_options else checkpoint_dir.local_path(filepath)
+        if local is not None and os.path.isdir(local):
+            loaded = fsdp_checkpoint.load_state(local, weights_only)
+            if loaded is not None:
+                return loaded
+        return super().load_checkpoint(filepath, map_location, weights_only, storage_options)
+
+    def teardown(self) -> None:
+        checkpoint_dir.wait_for_removals()  # the run ends with no replaced checkpoint left behind
+        super().teardown()
 
     def _module_of(self, optimizer: Optimizer) -> nn.Module | None:
         params = {id(p) for group in _unwrap_optimizer(optimizer).param_groups for p in group["params"]}
@@ -210,6 +330,7 @@ class FSDPStrategy(DDPStrategy):
     def __repr__(self) -> str:
         return (
             f"FSDPStrategy(sharding_strategy={self.sharding_strategy!r}, cpu_offload={self.cpu_offload}, "
+            f"state_dict_type={self.state_dict_type!r}, "
             f"devices={self.num_processes}, num_nodes={self.num_nodes}, precision={self.precision!r})"
         )
 
@@ -218,6 +339,27 @@ def _wrapper_prefix(target: nn.Module) -> str:
     """``"module."`` when the sharded root is a fulmen wrapper around the user's module (the Trainer's step
     router): checkpoints hold the module's own names, loadable without the wrapper."""
     return "module." if getattr(target, "_fulmen_wrapper", False) and hasattr(target, "module") else ""
+
+
+_ROOT_KEY = "_fulmen_fsdp_root"
+
+
+def _on_meta(module: nn.Module) -> bool:
+    return any(t.is_meta for t in (*module.parameters(), *module.buffers()))
+
+
+def _gather_around(module: nn.Module, *methods: str) -> None:
+    """Make each of ``module``'s ``methods`` gather and free the shards as its ``forward`` does."""
+    from torch.distributed.fsdp import register_fsdp_forward_method
+
+    for name in methods:
+        original = getattr(module, name, None)
+        if not callable(original) or not hasattr(original, "__func__"):
+            continue
+        register_fsdp_forward_method(module, name)
+        # torch's wrapper names the bound method as wrapped, which hides its first argument from
+        # `inspect.signature`; give it the method's own signature (steps are called by arity).
+        getattr(module, name).__func__.__signature__ = inspect.signature(original.__func__)
 
 
 def _find_fsdp(module: nn.Module) -> nn.Module | None:

@@ -110,6 +110,8 @@ def setup_model(run: Run) -> None:
     strategy.module_to_device(module)
     if run.fn != TrainerFn.FITTING:
         run.model = strategy.setup_module_for_evaluation(module)
+        if isinstance(run.model, StepRouter) and run.model.module is module:
+            run.router = run.model  # sharded in place by an earlier fit (FSDP): steps run through it
         return
     optimizers, run.lr_scheduler_configs = _configure_optimizers(run)
     config = run.config
@@ -120,7 +122,8 @@ def setup_model(run: Run) -> None:
     wrapped, run.optimizers = strategy.setup_module_and_optimizers(router, optimizers)
     # A strategy may wrap in place (FSDP's fully_shard swaps the class): its hooks run on forward too.
     if wrapped is not router or type(wrapped) is not StepRouter:
-        run.model, run.router = wrapped, router
+        # A module sharded by an earlier fit comes back as the router that fit sharded.
+        run.model, run.router = wrapped, wrapped if isinstance(wrapped, StepRouter) else router
     run.lightning_optimizers = lightning_optimizers(run)
     # The 32-bit default opens no autocast: skip entering an empty context on every step.
     run.plain_forward = type(strategy).forward_context is Strategy.forward_context and (

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import fulmen as L
 from fulmen.callbacks import Callback, ModelCheckpoint
+from fulmen.strategies import FSDPStrategy
 
 
 class NoisyDataset(Dataset):
@@ -87,10 +88,13 @@ def main() -> None:
     ]
     if args.mode == "kill":
         callbacks.insert(0, KillAt(args.kill_at, rank=devices - 1))
+    strategy = args.strategy
+    if strategy.startswith("fsdp"):  # fsdp_full / fsdp_sharded: the checkpoint kind
+        strategy = FSDPStrategy(state_dict_type=strategy.split("_")[1])
     trainer = L.Trainer(
         accelerator="cpu",
         devices=devices,
-        strategy=args.strategy,
+        strategy=strategy,
         max_epochs=3,
         val_check_interval=5,
         callbacks=callbacks,
@@ -101,7 +105,10 @@ def main() -> None:
         default_root_dir=args.out,
     )
     trainer.fit(model, train, val, ckpt_path="last" if args.mode == "resume" else None)
-    torch.save(model.state_dict(), os.path.join(args.out, "final.pt"))
+    # Sharded parameters (FSDP) are gathered whole; rank zero writes them.
+    final = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in model.state_dict().items()}
+    if trainer.is_global_zero:
+        torch.save(final, os.path.join(args.out, "final.pt"))
     print(f"finished at global_step={trainer.global_step}")
 
 
