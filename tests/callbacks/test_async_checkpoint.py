@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import fulmen as L
 from fulmen.callbacks import Callback, ModelCheckpoint
-from fulmen.utilities import async_checkpoint
+from fulmen.utilities import async_checkpoint, cloud_io
 from fulmen.utilities.cloud_io import atomic_save, safe_load
 from fulmen.utilities.exceptions import CheckpointError
 
@@ -324,3 +325,74 @@ def test_resuming_from_async_last_is_bit_equal_to_an_uninterrupted_run(tmp_path,
 def test_async_save_is_checked():
     with pytest.raises(ValueError, match="async_save"):
         ModelCheckpoint(async_save="yes")
+
+
+def test_a_signal_save_waits_for_the_pending_write(tmp_path, monkeypatch):
+    monkeypatch.setenv("FULMEN_SIGNAL_CHECK_SECONDS", "0")  # look for signals after every batch
+    events = []
+
+    def slow_background(obj, path, storage_options=None):
+        time.sleep(0.3)
+        atomic_save(obj, path, storage_options)
+        events.append(f"background end {os.path.basename(path)}")
+
+    def foreground(obj, path, storage_options=None):
+        events.append(f"foreground start {os.path.basename(path)}")
+        atomic_save(obj, path, storage_options)
+
+    monkeypatch.setattr(async_checkpoint, "atomic_save", slow_background)
+    monkeypatch.setattr(cloud_io, "atomic_save", foreground)
+
+    class Preempt(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 3:
+                signal.raise_signal(signal.SIGTERM)
+
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpts", every_n_train_steps=2, async_save=True)
+    trainer, _ = _fit(tmp_path, [ckpt, Preempt()], max_epochs=2)
+    assert trainer.global_step == 3
+    assert events == ["background end epoch=0-step=2.ckpt", "foreground start hpc_ckpt_1.ckpt"]
+    assert safe_load(tmp_path / "hpc_ckpt_1.ckpt")["global_step"] == 3
+
+
+def test_a_failed_pending_write_does_not_cost_the_signal_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("FULMEN_SIGNAL_CHECK_SECONDS", "0")
+
+    def failing(obj, path, storage_options=None):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(async_checkpoint, "atomic_save", failing)
+
+    class Preempt(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 3:
+                signal.raise_signal(signal.SIGTERM)
+
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpts", every_n_train_steps=2, async_save=True)
+    with pytest.warns(UserWarning, match=r"epoch=0-step=2\.ckpt.*No space left"):
+        _fit(tmp_path, [ckpt, Preempt()], max_epochs=2)
+    assert safe_load(tmp_path / "hpc_ckpt_1.ckpt")["global_step"] == 3
+
+
+def test_deepspeed_directories_fall_back_to_a_synchronous_save_with_one_warning(tmp_path):
+    from fulmen.strategies.deepspeed import DeepSpeedStrategy, ShardedStateRef
+    from fulmen.strategies.zero_checkpoint import TAG
+
+    class Engine:  # writes its shards as DeepSpeed's engine would, synchronously
+        module = nn.Linear(2, 2)
+
+        def save_checkpoint(self, folder, tag, **kwargs):
+            os.makedirs(os.path.join(folder, tag))
+            torch.save({"shard": torch.ones(2)}, os.path.join(folder, tag, "shard.pt"))
+
+    strategy = DeepSpeedStrategy()
+    strategy._engine = Engine()
+    checkpoint = {"state_dict": ShardedStateRef("module"), "global_step": 3}
+    with pytest.warns(UserWarning, match="DeepSpeedStrategy.*falls back to a synchronous save") as record:
+        strategy.save_checkpoint(checkpoint, str(tmp_path / "a.ckpt"), async_save=True)
+        strategy.save_checkpoint(checkpoint, str(tmp_path / "b.ckpt"), async_save=True)
+    assert sum("DeepSpeedStrategy" in str(w.message) for w in record) == 1
+    assert not async_checkpoint.writer().pending  # nothing was left to the background
+    assert sorted(os.listdir(tmp_path)) == ["a.ckpt", "b.ckpt"]
+    for name in ("a.ckpt", "b.ckpt"):  # published directories, written before save_checkpoint returned
+        assert (tmp_path / name / TAG / "shard.pt").is_file()
