@@ -1,17 +1,60 @@
-"""Which stale checkpoint files ``ModelCheckpoint`` may delete.
+"""``ModelCheckpoint``'s files: how they are named, which ``last`` files a folder holds, which stale ones may go.
 
-The decision takes the callback's bookkeeping at the moment a check ends (:class:`KeptFiles`) and
-the disk at the moment of deletion: with asynchronous saving the deletion runs in the background
-once the new files and links of that check are published, and a ``last`` link must be read as it
-is then, not as it was before it was moved.
+Whether a stale file may be deleted takes the callback's bookkeeping at the moment a check ends
+(:class:`KeptFiles`) and the disk at the moment of deletion: with asynchronous saving the
+deletion runs in the background once the new files and links of that check are published, and a
+``last`` link must be read as it is then, not as it was before it was moved.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, NamedTuple
 
+import torch
+
+from fulmen.callbacks.checkpoint import _join
 from fulmen.utilities import cloud_io
+
+# Keys of a template: "{name" followed by ":" (a format spec) or "}".
+_TEMPLATE_KEY = re.compile(r"(\{.*?)[:}]")
+
+
+def format_name(
+    filename: str | None, metrics: dict[str, Any], auto_insert_metric_name: bool, join: str, equals: str
+) -> str:
+    """The file name (without extension) that the template ``filename`` gives for ``metrics``.
+
+    A key missing from ``metrics`` is added to it as ``0``.
+    """
+    if not filename:
+        filename = "{epoch}" + join + "{step}"
+    # Longest key first, so that "{epoch}" is not replaced inside "{epoch_loss}".
+    keys = sorted(set(_TEMPLATE_KEY.findall(filename)), key=len, reverse=True)
+    for key in keys:
+        name = key[1:]
+        if auto_insert_metric_name:
+            filename = filename.replace(key, name + equals + "{" + name)
+        # "{0[name]}" looks the key up as a string, so names with "." or "/" work too.
+        filename = filename.replace("{" + name, "{0[" + name + "]")
+        if name not in metrics:
+            metrics[name] = torch.tensor(0)
+    return filename.format(metrics)
+
+
+def find_last(dirpath: str, last: str, join: str, extension: str) -> set[str]:
+    """The ``last`` checkpoints (``last.ckpt``, ``last-v1.ckpt``, ...) in ``dirpath``."""
+    if not cloud_io.file_exists(dirpath):
+        return set()
+    pattern = re.compile(rf"^{re.escape(last)}({re.escape(join)}v\d+)?{re.escape(extension)}$")
+    fs = cloud_io.get_filesystem(dirpath)
+    found = set()
+    for entry in fs.ls(dirpath, detail=False):
+        base = entry.rstrip("/").rsplit("/", 1)[-1]
+        if pattern.match(base):
+            found.add(_join(dirpath, base))
+    return found
 
 
 class KeptFiles(NamedTuple):

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import re
 import time
 from collections.abc import Mapping
 from datetime import timedelta
@@ -43,7 +42,7 @@ from fsspec.core import url_to_fs
 from torch import Tensor
 
 from fulmen.callbacks.checkpoint import Checkpoint, _join, _normalize_dirpath
-from fulmen.callbacks.checkpoint_files import KeptFiles, resume_paths
+from fulmen.callbacks.checkpoint_files import KeptFiles, find_last, format_name, resume_paths
 from fulmen.utilities import cloud_io
 from fulmen.utilities.exceptions import MisconfigurationException, invalid_argument
 from fulmen.utilities.rank_zero import rank_zero_info, rank_zero_warn
@@ -55,8 +54,6 @@ if TYPE_CHECKING:
 
 _MODES = ("min", "max")
 _SAVE_LAST = (None, True, False, "link")
-# Keys of a template: "{name" followed by ":" (a format spec) or "}".
-_TEMPLATE_KEY = re.compile(r"(\{.*?)[:}]")
 
 
 class ModelCheckpoint(Checkpoint):
@@ -407,19 +404,8 @@ class ModelCheckpoint(Checkpoint):
     def _format_checkpoint_name(
         cls, filename: str | None, metrics: dict[str, Any], auto_insert_metric_name: bool = True
     ) -> str:
-        if not filename:
-            filename = "{epoch}" + cls.CHECKPOINT_JOIN_CHAR + "{step}"
-        # Longest key first, so that "{epoch}" is not replaced inside "{epoch_loss}".
-        keys = sorted(set(_TEMPLATE_KEY.findall(filename)), key=len, reverse=True)
-        for key in keys:
-            name = key[1:]
-            if auto_insert_metric_name:
-                filename = filename.replace(key, name + cls.CHECKPOINT_EQUALS_CHAR + "{" + name)
-            # "{0[name]}" looks the key up as a string, so names with "." or "/" work too.
-            filename = filename.replace("{" + name, "{0[" + name + "]")
-            if name not in metrics:
-                metrics[name] = torch.tensor(0)
-        return filename.format(metrics)
+        join, equals = cls.CHECKPOINT_JOIN_CHAR, cls.CHECKPOINT_EQUALS_CHAR
+        return format_name(filename, metrics, auto_insert_metric_name, join, equals)
 
     def file_exists(self, filepath: str | os.PathLike, trainer: Trainer) -> bool:
         """Whether ``filepath`` exists, as rank zero sees it (every rank gets the same answer)."""
@@ -447,19 +433,7 @@ class ModelCheckpoint(Checkpoint):
     def _find_last_checkpoints(self, trainer: Trainer) -> set[str]:
         """The ``last`` checkpoints (``last.ckpt``, ``last-v1.ckpt``, ...) in this callback's folder."""
         dirpath = self.dirpath if self.dirpath is not None else self._default_dirpath(trainer)
-        if not cloud_io.file_exists(dirpath):
-            return set()
-        pattern = re.compile(
-            rf"^{re.escape(self.CHECKPOINT_NAME_LAST)}({re.escape(self.CHECKPOINT_JOIN_CHAR)}v\d+)?"
-            rf"{re.escape(self.FILE_EXTENSION)}$"
-        )
-        fs = cloud_io.get_filesystem(dirpath)
-        found = set()
-        for entry in fs.ls(dirpath, detail=False):
-            base = entry.rstrip("/").rsplit("/", 1)[-1]
-            if pattern.match(base):
-                found.add(_join(dirpath, base))
-        return found
+        return find_last(dirpath, self.CHECKPOINT_NAME_LAST, self.CHECKPOINT_JOIN_CHAR, self.FILE_EXTENSION)
 
     # ------------------------------------------------------------------------------- decisions
     def _should_skip_saving_checkpoint(self, trainer: Trainer) -> bool:
