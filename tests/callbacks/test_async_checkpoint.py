@@ -396,3 +396,22 @@ def test_deepspeed_directories_fall_back_to_a_synchronous_save_with_one_warning(
     assert sorted(os.listdir(tmp_path)) == ["a.ckpt", "b.ckpt"]
     for name in ("a.ckpt", "b.ckpt"):  # published directories, written before save_checkpoint returned
         assert (tmp_path / name / TAG / "shard.pt").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_ddp_rank_zero_writes_in_the_background_and_the_files_match_synchronous_saves(tmp_path):
+    import json
+
+    from tests.conftest import run_python
+
+    script = Path(__file__).parent / "scripts" / "async_save_ddp.py"
+    env = {"FULMEN_DIST_TIMEOUT": "30", "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo"}
+    result = run_python(str(script), str(tmp_path), timeout=170, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank_{rank}.json").read_text()) for rank in (0, 1)]
+    assert ranks[0]["background_writes"] == 8 and ranks[1]["background_writes"] == 0  # 8 steps, rank 0 only
+    assert all(r["same_weights"] and not r["pending_at_end"] for r in ranks)
+    sync_tree, async_tree = ranks[0]["trees"]
+    assert sync_tree == async_tree and len(async_tree) == 3  # two top-k files and the `last` link
+    assert ranks[0]["last_step"] == 8
