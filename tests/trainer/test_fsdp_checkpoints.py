@@ -56,6 +56,17 @@ def test_fit_resumes_from_a_sharded_last_and_a_full_strategy_reads_it(worker_run
 
 @pytest.mark.slow
 @pytest.mark.timeout(200)
+def test_sharded_saves_in_the_background_write_the_same_checkpoints(worker_run):
+    out, ranks = worker_run
+    assert sorted(os.listdir(out / "async")) == sorted(os.listdir(out / "sharded"))  # no staging left behind
+    for seen in ranks:
+        assert seen["async_best_k"] == seen["best_k"]
+        assert seen["async_weights"] == seen["weights_after_first"]
+        assert seen["async_read_back"] == seen["weights_after_first"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
 def test_init_module_builds_on_meta_and_setup_materialises_sharded(worker_run):
     for seen in worker_run[1]:
         assert seen["meta_before_setup"] is True

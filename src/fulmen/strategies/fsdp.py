@@ -22,7 +22,7 @@ from torch.optim import Optimizer
 
 from fulmen.strategies import fsdp_checkpoint
 from fulmen.strategies import fsdp_options as options
-from fulmen.strategies.ddp import DDPStrategy
+from fulmen.strategies.ddp import DDPStrategy, default_timeout
 from fulmen.strategies.fsdp_options import SHARDING_STRATEGIES, FSDPPrecision, Policy  # noqa: F401 - re-exported
 from fulmen.strategies.optimizer_rebuild import parameter_names, rebuild_optimizer
 from fulmen.strategies.precision import Precision
@@ -30,7 +30,6 @@ from fulmen.strategies.strategy import _unwrap_optimizer
 from fulmen.strategies.strategy import unwrap_module as unwrap
 from fulmen.utilities import checkpoint_dir
 from fulmen.utilities.exceptions import MisconfigurationException
-from fulmen.utilities.rank_zero import rank_zero_warn
 
 
 class FSDPStrategy(DDPStrategy):
@@ -78,7 +77,7 @@ class FSDPStrategy(DDPStrategy):
         )
         self.state_dict_type = options.state_dict_type_name(state_dict_type)
         self.sync_files = True  # fsync shards before a directory is published
-        self._warned_async_save = False
+        self._checkpoint_group: Any = None
         self._sharded_modules: list[nn.Module] = []
 
     def precision_for(self, name: str) -> Precision:
@@ -287,22 +286,24 @@ class FSDPStrategy(DDPStrategy):
         *,
         async_save: bool = False,
     ) -> None:
-        """``state_dict_type="full"``: one file from rank zero, asynchronous if asked. ``"sharded"``:
-        a directory of DCP shards, written synchronously (``async_save`` warns once and waits)."""
+        """``state_dict_type="full"``: one file from rank zero; ``"sharded"``: a directory of DCP
+        shards, one per rank. Either is written in the background with ``async_save``."""
         if not fsdp_checkpoint.has_refs(checkpoint):
             return super().save_checkpoint(checkpoint, filepath, storage_options, async_save=async_save)
-        if async_save and not self._warned_async_save:
-            self._warned_async_save = True
-            rank_zero_warn(
-                "FSDPStrategy(state_dict_type='sharded') writes its shards synchronously; `async_save=True` "
-                "waits for the write here. Use state_dict_type='full' for a background write."
-            )
-        self.wait_for_checkpoint_saves()
         if storage_options:
             raise MisconfigurationException(
                 "Sharded FSDP checkpoints are written to a local or mounted filesystem; `storage_options` do not apply."
             )
-        fsdp_checkpoint.save(self, checkpoint, filepath)
+        self.wait_for_checkpoint_saves()
+        fsdp_checkpoint.save(self, checkpoint, filepath, asynchronous=async_save)
+
+    def checkpoint_process_group(self) -> Any:
+        """A gloo group for background checkpoint writes: their collectives never interleave with training's."""
+        if self._checkpoint_group is None:
+            import torch.distributed as dist
+
+            self._checkpoint_group = dist.new_group(backend="gloo", timeout=self.timeout or default_timeout())
+        return self._checkpoint_group
 
     def load_checkpoint(
         self, filepath: str, map_location: Any = None, weights_only: bool = True, storage_options: dict | None = None
@@ -318,6 +319,7 @@ class FSDPStrategy(DDPStrategy):
 
     def teardown(self) -> None:
         checkpoint_dir.wait_for_removals()  # the run ends with no replaced checkpoint left behind
+        self._checkpoint_group = None  # gone with the process group, if the teardown destroys it
         super().teardown()
 
     def _module_of(self, optimizer: Optimizer) -> nn.Module | None:

@@ -115,9 +115,14 @@ def _refs(checkpoint: dict[str, Any]) -> list[tuple[str, Any]]:
     return found
 
 
-def save(strategy: Any, checkpoint: dict[str, Any], filepath: str) -> None:
-    """Every rank writes its shards into a staging directory that rank zero then publishes as ``filepath``."""
-    import torch.distributed.checkpoint as dcp
+def save(strategy: Any, checkpoint: dict[str, Any], filepath: str, asynchronous: bool = False) -> None:
+    """Every rank writes its shards into a staging directory that rank zero then publishes as ``filepath``.
+
+    ``asynchronous``: the loop waits only while the shards are read and copied into CPU memory;
+    DCP's planning, the writes, the fsync and the publish run on the process's checkpoint writer
+    thread, their collectives on a process group of their own (never the one training uses).
+    """
+    from fulmen.utilities import async_checkpoint
 
     token = strategy.broadcast(checkpoint_dir.new_token() if strategy.is_global_zero else None)
     staging = checkpoint_dir.staging_path(filepath, token)
@@ -129,15 +134,39 @@ def save(strategy: Any, checkpoint: dict[str, Any], filepath: str) -> None:
         shards[key] = ref.read()
         if ref.kind == "module" and module_key is None:
             module_key = key
-    dcp.save(shards, storage_writer=dcp.FileSystemWriter(staging, sync_files=strategy.sync_files))
+    state = None
     if strategy.is_global_zero:
         state = checkpoint_dir.to_placeholders(checkpoint)
-        meta = {"format": FORMAT, "world_size": strategy.world_size, "module_key": module_key}
-        state[checkpoint_dir.SHARDED_KEY] = meta
+        state[checkpoint_dir.SHARDED_KEY] = {
+            "format": FORMAT,
+            "world_size": strategy.world_size,
+            "module_key": module_key,
+        }
+    if not asynchronous:
+        _write(strategy, shards, state, staging, filepath, group=None)
+        return
+    group = strategy.checkpoint_process_group()
+    shards, state = async_checkpoint.snapshot(shards), async_checkpoint.snapshot(state)
+    async_checkpoint.writer().submit(
+        lambda: _write(strategy, shards, state, staging, filepath, group),
+        f"Asynchronous sharded save to {filepath!r} failed",
+    )
+
+
+def _write(strategy: Any, shards: dict[str, Any], state: Any, staging: str, filepath: str, group: Any) -> None:
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    writer = dcp.FileSystemWriter(staging, sync_files=strategy.sync_files)
+    dcp.save(shards, storage_writer=writer, process_group=group)
+    if state is not None:
         checkpoint_dir.write_state(staging, state)
         if strategy.sync_files:
-            checkpoint_dir.fsync_share(staging, 0, 1)  # DCP fsynced its own files; this is fulmen's state
-    strategy.barrier("fsdp_save")
+            checkpoint_dir.fsync_file(os.path.join(staging, checkpoint_dir.STATE_FILE))
+    if group is None:
+        strategy.barrier("fsdp_save")
+    else:
+        dist.barrier(group=group)
     if strategy.is_global_zero:
         checkpoint_dir.publish(staging, filepath, sync=strategy.sync_files)
 

@@ -150,6 +150,11 @@ class AsyncCheckpointWriter:
 
         self._submit(f"Asynchronous checkpoint save to {path!r} failed", job)
 
+    def submit(self, job: Callable[[], None], failure: str) -> None:
+        """Run ``job`` (a whole save its caller snapshotted itself, e.g. a sharded one) in the background,
+        in order with the saves and follow-ups handed over before it; ``failure`` prefixes its error."""
+        self._submit(failure, job)
+
     def release(self) -> None:
         """Free the memory kept for the next snapshot (when no save is pending; it never blocks or raises)."""
         with self._cond:

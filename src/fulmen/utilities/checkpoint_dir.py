@@ -156,11 +156,15 @@ def fsync_share(directory: str, rank: int, world_size: int) -> None:
     """fsync this rank's share of the files under ``directory``, so that ranks flush in parallel."""
     files = sorted(os.path.join(root, name) for root, _, names in os.walk(directory) for name in names)
     for path in files[rank::world_size]:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_file(path)
+
+
+def fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def publish(staging: str, target: str | os.PathLike, sync: bool = True) -> None:

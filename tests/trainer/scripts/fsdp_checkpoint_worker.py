@@ -91,6 +91,23 @@ def main(out: str) -> None:
     seen["first_step"] = first.global_step
     seen["weights_after_first"] = {k: v.tolist() for k, v in full_weights(model).items()}
 
+    # The same run with saves written in the background: the same checkpoints, the same weights.
+    background = ModelCheckpoint(
+        dirpath=os.path.join(out, "async"), monitor="val_loss", save_top_k=1, save_last=True, every_n_train_steps=2,
+        async_save=True,
+    )  # fmt: skip
+    third = trainer(out, FSDPStrategy(state_dict_type="sharded"), callbacks=[background], val_check_interval=2)
+    torch.manual_seed(0)
+    with third.init_module():
+        async_model = Net()
+    third.fit(async_model, loader(128), loader(16))
+    seen["async_best_k"] = sorted(os.path.basename(p) for p in background.best_k_models)
+    seen["async_weights"] = {k: v.tolist() for k, v in full_weights(async_model).items()}
+    reread = Net()
+    reader = trainer(out, FSDPStrategy(state_dict_type="full"), enable_checkpointing=False)
+    reader.validate(reread, loader(16), ckpt_path=background.last_model_path, verbose=False)
+    seen["async_read_back"] = {k: v.tolist() for k, v in full_weights(reread).items()}
+
     resumed_model = Net()
     second = trainer(out, FSDPStrategy(state_dict_type="sharded"), max_epochs=2, enable_checkpointing=False)
     second.fit(resumed_model, loader(128), loader(16), ckpt_path=checkpoint.last_model_path)
