@@ -374,30 +374,6 @@ def test_a_failed_pending_write_does_not_cost_the_signal_checkpoint(tmp_path, mo
     assert safe_load(tmp_path / "hpc_ckpt_1.ckpt")["global_step"] == 3
 
 
-def test_deepspeed_directories_fall_back_to_a_synchronous_save_with_one_warning(tmp_path):
-    from fulmen.strategies.deepspeed import DeepSpeedStrategy, ShardedStateRef
-    from fulmen.strategies.zero_checkpoint import TAG
-
-    class Engine:  # writes its shards as DeepSpeed's engine would, synchronously
-        module = nn.Linear(2, 2)
-
-        def save_checkpoint(self, folder, tag, **kwargs):
-            os.makedirs(os.path.join(folder, tag))
-            torch.save({"shard": torch.ones(2)}, os.path.join(folder, tag, "shard.pt"))
-
-    strategy = DeepSpeedStrategy()
-    strategy._engine = Engine()
-    checkpoint = {"state_dict": ShardedStateRef("module"), "global_step": 3}
-    with pytest.warns(UserWarning, match="DeepSpeedStrategy.*falls back to a synchronous save") as record:
-        strategy.save_checkpoint(checkpoint, str(tmp_path / "a.ckpt"), async_save=True)
-        strategy.save_checkpoint(checkpoint, str(tmp_path / "b.ckpt"), async_save=True)
-    assert sum("DeepSpeedStrategy" in str(w.message) for w in record) == 1
-    assert not async_checkpoint.writer().pending  # nothing was left to the background
-    assert sorted(os.listdir(tmp_path)) == ["a.ckpt", "b.ckpt"]
-    for name in ("a.ckpt", "b.ckpt"):  # published directories, written before save_checkpoint returned
-        assert (tmp_path / name / TAG / "shard.pt").is_file()
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_ddp_rank_zero_writes_in_the_background_and_the_files_match_synchronous_saves(tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -146,10 +147,18 @@ def test_consolidate_command(results, tmp_path):
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("stage", ["zero1", "zero2", "zero3"])
 def test_stopped_mid_epoch_and_resumed_from_last_is_bit_equal(results, stage):
+    """ZeRO-2 and 3 save asynchronously in this run: the same directories, and the resume is as exact."""
     for rank in (0, 1):
         resumed, full = results.get(f"{stage}_resume", rank), results.get(stage, rank)
         assert resumed["stopped_at"] == 5 and resumed["global_step"] == 16
         _assert_equal(resumed["weights"], full["weights"], f"{stage} rank {rank}")
+    assert results.get(f"{stage}_resume")["listing"] == results.get(stage)["listing"]
+    # ZeRO-2 and 3: every rank wrote its shards of every save of both runs on its writer thread
+    # (each top-k save at steps 3, 6, ..., 15 followed by a "last"); ZeRO-1 saved synchronously.
+    expected = [] if stage == "zero1" else [name for step in (3, 6, 9, 12, 15) for name in (f"step={step}", "last")]
+    for rank in (0, 1):
+        saves = results.get(f"{stage}_resume", rank)["background_saves"]
+        assert [re.search(r"(step=\d+|last)\.ckpt", message).group(1) for message in saves] == expected
 
 
 @pytest.mark.timeout(900)

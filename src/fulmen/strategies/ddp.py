@@ -35,6 +35,9 @@ DEFAULT_TIMEOUT = timedelta(minutes=30)
 _START_METHODS = ("popen", "spawn", "fork", "forkserver")
 
 
+_checkpoint_groups: dict[int, Any] = {}
+
+
 def default_timeout() -> timedelta:
     value = os.environ.get(TIMEOUT_ENV)
     return timedelta(seconds=float(value)) if value else DEFAULT_TIMEOUT
@@ -164,6 +167,17 @@ class DDPStrategy(Strategy):
                 dist.barrier(device_ids=[self.root_device.index])
             else:
                 dist.barrier()
+
+    def checkpoint_process_group(self) -> Any:
+        """A gloo group for background checkpoint writes, so that their collectives never interleave
+        with training's; one per process group (created by every rank at the same save)."""
+        world = dist.group.WORLD
+        group = _checkpoint_groups.get(id(world))
+        if group is None:
+            group = dist.new_group(backend="gloo", timeout=self.timeout or default_timeout())
+            _checkpoint_groups.clear()  # a group of an earlier, destroyed process group is dead
+            _checkpoint_groups[id(world)] = group
+        return group
 
     def teardown(self) -> None:
         # The process group outlives one fit: a script that fits, then validates, joins it once.

@@ -236,7 +236,6 @@ class DeepSpeedStrategy(DDPStrategy):
         self._engine_config: dict[str, Any] | None = None
         self._owns_boundary = True
         self._warned_backward_fn = False
-        self._warned_async_save = False
 
     # ------------------------------------------------------------------------------ config
     @property
@@ -542,32 +541,31 @@ class DeepSpeedStrategy(DDPStrategy):
         """With a training engine: a checkpoint directory, every rank writing its shard in parallel and
         rank zero publishing it at once. Otherwise (evaluation, weights gathered) one file.
 
-        The directory is written by DeepSpeed's engine from its own (partitioned) buffers, which
-        cannot be copied aside first: ``async_save`` falls back to a synchronous save there, with
-        a warning once.
+        ``async_save``: DeepSpeed's engine builds its files' states in the loop, and fulmen's
+        checkpoint engine copies each into CPU memory instead of writing it; the writes, fsync
+        and publish then run on the checkpoint writer thread (collectives on a group of their own).
         """
         engine = self._engine
         if engine is None or not _holds_refs(checkpoint):
             return super().save_checkpoint(checkpoint, filepath, storage_options, async_save=async_save)
-        if async_save and not self._warned_async_save:
-            self._warned_async_save = True
-            rank_zero_warn(
-                "DeepSpeedStrategy saves its checkpoint directory through DeepSpeed's engine, which cannot"
-                " save asynchronously: `async_save=True` falls back to a synchronous save."
-            )
-        self.wait_for_checkpoint_saves()  # an earlier asynchronous file save is published first
+        self.wait_for_checkpoint_saves()  # an earlier save is published first
         token = self.broadcast(checkpoint_dir.new_token() if self.is_global_zero else None)
         staging = checkpoint_dir.staging_path(filepath, token)
         if self.is_global_zero:
             checkpoint_dir.remove_stale_staging(filepath)
-        engine.save_checkpoint(
-            staging,
-            tag=TAG,
-            client_state={},
-            save_latest=False,
-            exclude_frozen_parameters=self.exclude_frozen_parameters,
-        )
-        if self.is_global_zero:  # while the other ranks still write: the folder is not published yet
+        files = engine.checkpoint_engine.deferred = [] if async_save else None
+        try:
+            engine.save_checkpoint(
+                staging,
+                tag=TAG,
+                client_state={},
+                save_latest=False,
+                exclude_frozen_parameters=self.exclude_frozen_parameters,
+            )
+        finally:
+            engine.checkpoint_engine.deferred = None
+        state = None
+        if self.is_global_zero:
             state = checkpoint_dir.to_placeholders(checkpoint)
             state[checkpoint_dir.SHARDED_KEY] = {
                 "format": "deepspeed",
@@ -576,10 +574,32 @@ class DeepSpeedStrategy(DDPStrategy):
                 "world_size": self.world_size,
                 "module_prefix": _module_prefix(engine.module),
             }
+        if not async_save:
+            self._finish_save(staging, filepath, state, group=None)
+            return
+        from fulmen.utilities import async_checkpoint
+
+        group, state = self.checkpoint_process_group(), async_checkpoint.snapshot(state)
+        write, deferred = engine.checkpoint_engine.write_deferred, files
+
+        def job() -> None:
+            write(deferred)
+            self._finish_save(staging, filepath, state, group)
+
+        async_checkpoint.writer().submit(job, f"Asynchronous DeepSpeed save to {filepath!r} failed")
+
+    def _finish_save(self, staging: str, filepath: str, state: dict[str, Any] | None, group: Any) -> None:
+        """fulmen's state beside the shards, every rank's share fsynced, then rank zero publishes."""
+        if state is not None:  # while the other ranks still write: the folder is not published yet
             checkpoint_dir.write_state(staging, state)
         if self.sync_files:
             checkpoint_dir.fsync_share(staging, self.global_rank, self.world_size)
-        self.barrier("deepspeed_save")
+        if group is None:
+            self.barrier("deepspeed_save")
+        else:
+            import torch.distributed as dist
+
+            dist.barrier(group=group)
         if self.is_global_zero:
             checkpoint_dir.publish(staging, filepath, sync=self.sync_files)
 

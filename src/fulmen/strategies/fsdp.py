@@ -22,7 +22,7 @@ from torch.optim import Optimizer
 
 from fulmen.strategies import fsdp_checkpoint
 from fulmen.strategies import fsdp_options as options
-from fulmen.strategies.ddp import DDPStrategy, default_timeout
+from fulmen.strategies.ddp import DDPStrategy
 from fulmen.strategies.fsdp_options import SHARDING_STRATEGIES, FSDPPrecision, Policy  # noqa: F401 - re-exported
 from fulmen.strategies.optimizer_rebuild import parameter_names, rebuild_optimizer
 from fulmen.strategies.precision import Precision
@@ -77,7 +77,6 @@ class FSDPStrategy(DDPStrategy):
         )
         self.state_dict_type = options.state_dict_type_name(state_dict_type)
         self.sync_files = True  # fsync shards before a directory is published
-        self._checkpoint_group: Any = None
         self._sharded_modules: list[nn.Module] = []
 
     def precision_for(self, name: str) -> Precision:
@@ -297,14 +296,6 @@ class FSDPStrategy(DDPStrategy):
         self.wait_for_checkpoint_saves()
         fsdp_checkpoint.save(self, checkpoint, filepath, asynchronous=async_save)
 
-    def checkpoint_process_group(self) -> Any:
-        """A gloo group for background checkpoint writes: their collectives never interleave with training's."""
-        if self._checkpoint_group is None:
-            import torch.distributed as dist
-
-            self._checkpoint_group = dist.new_group(backend="gloo", timeout=self.timeout or default_timeout())
-        return self._checkpoint_group
-
     def load_checkpoint(
         self, filepath: str, map_location: Any = None, weights_only: bool = True, storage_options: dict | None = None
     ) -> dict[str, Any]:
@@ -319,7 +310,6 @@ class FSDPStrategy(DDPStrategy):
 
     def teardown(self) -> None:
         checkpoint_dir.wait_for_removals()  # the run ends with no replaced checkpoint left behind
-        self._checkpoint_group = None  # gone with the process group, if the teardown destroys it
         super().teardown()
 
     def _module_of(self, optimizer: Optimizer) -> nn.Module | None:

@@ -72,6 +72,22 @@ def make_checkpoint_engine(config: Any) -> Any:
     from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
     class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
+        #: A list while a save is deferred: ``save`` copies each file's state into it instead of writing.
+        deferred: list[tuple[Any, str]] | None = None
+
+        def save(self, state_dict: Any, path: str) -> None:
+            if self.deferred is None:
+                return super().save(state_dict, path)
+            from fulmen.utilities.async_checkpoint import snapshot
+
+            self.deferred.append((snapshot(state_dict), path))
+            return None
+
+        def write_deferred(self, files: list[tuple[Any, str]]) -> None:
+            """Write what deferred saves copied aside, as ``save`` would have written it."""
+            for state_dict, path in files:
+                super().save(state_dict, path)
+
         def load(self, path: str, map_location: Any = None) -> Any:
             return load_file(path, real=True, map_location=map_location)
 

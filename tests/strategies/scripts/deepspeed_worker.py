@@ -27,6 +27,7 @@ import fulmen as L  # noqa: E402
 from fulmen.callbacks import Callback, ModelCheckpoint  # noqa: E402
 from fulmen.lite import Lite  # noqa: E402
 from fulmen.strategies import DeepSpeedStrategy, consolidate_checkpoint  # noqa: E402
+from fulmen.utilities import async_checkpoint  # noqa: E402
 
 # Loading must never run code from a file: record every file that torch.load reads with full pickle.
 # (torch.distributed's object collectives unpickle what the job's own ranks sent: not files.)
@@ -54,6 +55,18 @@ STAGES = {
 STOP_AT = 5  # optimizer steps; 8 per epoch: the run stops in the middle of the first epoch
 
 
+BACKGROUND_SAVES: list[str] = []
+_submit = async_checkpoint.AsyncCheckpointWriter.submit
+
+
+def _counting_submit(self, job, failure):
+    BACKGROUND_SAVES.append(failure)
+    return _submit(self, job, failure)
+
+
+async_checkpoint.AsyncCheckpointWriter.submit = _counting_submit
+
+
 def write(name: str, value: dict) -> None:
     rank = int(os.environ.get("LOCAL_RANK", 0))
     os.makedirs(os.path.join(OUT, "results"), exist_ok=True)
@@ -79,14 +92,23 @@ class StopAt(Callback):
             trainer.should_stop = True
 
 
-def make_trainer(strategy, folder: str, extra_callbacks=(), **kwargs) -> L.Trainer:
+def make_trainer(strategy, folder: str, extra_callbacks=(), async_save=False, **kwargs) -> L.Trainer:
     callbacks = [
         ModelCheckpoint(
-            dirpath=os.path.join(folder, "steps"), every_n_train_steps=STOP_AT, save_top_k=0, save_last=True
+            dirpath=os.path.join(folder, "steps"),
+            every_n_train_steps=STOP_AT,
+            save_top_k=0,
+            save_last=True,
+            async_save=async_save,
         ),
         # Saves at steps 3, 6, 9, 12, 15 and keeps the two highest: top-k pruning deletes directories.
         ModelCheckpoint(
-            dirpath=os.path.join(folder, "best"), monitor="progress", mode="max", save_top_k=2, every_n_train_steps=3
+            dirpath=os.path.join(folder, "best"),
+            monitor="progress",
+            mode="max",
+            save_top_k=2,
+            every_n_train_steps=3,
+            async_save=async_save,
         ),
         *extra_callbacks,
     ]
@@ -152,17 +174,28 @@ def trainer_part() -> None:
         write(name, result)
 
         if name in ("zero1", "zero2", "zero3"):
-            stopped = make_trainer(DeepSpeedStrategy(**options), os.path.join(folder, "resumed"), [StopAt(STOP_AT)])
+            # ZeRO-2 and 3 checkpoint in the background here (ModelCheckpoint(async_save=True)).
+            background = name != "zero1"
+            resumed_dir = os.path.join(folder, "resumed")
+            stopped = make_trainer(DeepSpeedStrategy(**options), resumed_dir, [StopAt(STOP_AT)], async_save=background)
             model = build(stopped, partitioned)
             stopped.fit(model, train_loader(), eval_loader())
             stopped_at = stopped.global_step
-            resumed = make_trainer(DeepSpeedStrategy(**options), os.path.join(folder, "resumed"))
+            resumed = make_trainer(DeepSpeedStrategy(**options), resumed_dir, async_save=background)
             model = build(resumed, partitioned)
             resumed.fit(model, train_loader(), eval_loader(), ckpt_path="last")
-            write(
-                f"{name}_resume",
-                {"stopped_at": stopped_at, "global_step": resumed.global_step, "weights": full_weights(resumed, model)},
-            )
+            record = {
+                "stopped_at": stopped_at,
+                "global_step": resumed.global_step,
+                "weights": full_weights(resumed, model),
+                "background_saves": list(BACKGROUND_SAVES),
+            }
+            BACKGROUND_SAVES.clear()
+            if resumed.is_global_zero:
+                record["listing"] = {
+                    sub: sorted(os.listdir(os.path.join(resumed_dir, sub))) for sub in ("steps", "best")
+                }
+            write(f"{name}_resume", record)
 
     # bf16 on the CPU: the engine holds the model in bfloat16, the checkpoint's fp32 master weights.
     trainer = make_trainer(
