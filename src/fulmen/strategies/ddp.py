@@ -179,6 +179,18 @@ class DDPStrategy(Strategy):
             _checkpoint_groups[id(world)] = group
         return group
 
+    def publish_checkpoint_dir(self, staging: str, filepath: str, group: Any = None) -> None:
+        """Once every rank has written its files into ``staging`` (a barrier on ``group``, or on the
+        training group when ``None``), rank zero publishes the directory as ``filepath``."""
+        if group is None:
+            self.barrier("checkpoint_dir")
+        else:
+            dist.barrier(group=group)
+        if self.is_global_zero:
+            from fulmen.utilities import checkpoint_dir
+
+            checkpoint_dir.publish(staging, filepath, sync=getattr(self, "sync_files", True))
+
     def teardown(self) -> None:
         # The process group outlives one fit: a script that fits, then validates, joins it once.
         # Re-creating it on the same port races with the old store; it goes at exit instead.

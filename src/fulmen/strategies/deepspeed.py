@@ -594,14 +594,7 @@ class DeepSpeedStrategy(DDPStrategy):
             checkpoint_dir.write_state(staging, state)
         if self.sync_files:
             checkpoint_dir.fsync_share(staging, self.global_rank, self.world_size)
-        if group is None:
-            self.barrier("deepspeed_save")
-        else:
-            import torch.distributed as dist
-
-            dist.barrier(group=group)
-        if self.is_global_zero:
-            checkpoint_dir.publish(staging, filepath, sync=self.sync_files)
+        self.publish_checkpoint_dir(staging, filepath, group)
 
     def load_checkpoint(
         self, filepath: str, map_location: Any = None, weights_only: bool = True, storage_options: dict | None = None

@@ -154,7 +154,6 @@ def save(strategy: Any, checkpoint: dict[str, Any], filepath: str, asynchronous:
 
 
 def _write(strategy: Any, shards: dict[str, Any], state: Any, staging: str, filepath: str, group: Any) -> None:
-    import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
 
     writer = dcp.FileSystemWriter(staging, sync_files=strategy.sync_files)
@@ -163,12 +162,7 @@ def _write(strategy: Any, shards: dict[str, Any], state: Any, staging: str, file
         checkpoint_dir.write_state(staging, state)
         if strategy.sync_files:
             checkpoint_dir.fsync_file(os.path.join(staging, checkpoint_dir.STATE_FILE))
-    if group is None:
-        strategy.barrier("fsdp_save")
-    else:
-        dist.barrier(group=group)
-    if strategy.is_global_zero:
-        checkpoint_dir.publish(staging, filepath, sync=strategy.sync_files)
+    strategy.publish_checkpoint_dir(staging, filepath, group)
 
 
 # ------------------------------------------------------------------------------------------ load
