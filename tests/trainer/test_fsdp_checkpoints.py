@@ -46,12 +46,18 @@ def test_sharded_checkpoints_are_directories_of_one_shard_per_rank_pruned_by_top
 @pytest.mark.slow
 @pytest.mark.timeout(200)
 def test_fit_resumes_from_a_sharded_last_and_a_full_strategy_reads_it(worker_run):
-    _, ranks = worker_run
+    _out, ranks = worker_run
     for seen in ranks:
         assert seen["first_step"] == 8
         assert (seen["resumed_step"], seen["resumed_epoch"]) == (16, 2)  # one more epoch after the resumed one
         # The last checkpoint (taken at the end) read back into a fresh model equals the trained weights.
         assert seen["weights_read_back"] == seen["weights_after_first"]
+        # The same sharded module validated after its fit, and a second Trainer resumed and saved it.
+        assert seen["val_after_fit"] > 0 and seen["refit_step"] == 16
+    files = sorted(os.listdir(_out / "refit.ckpt"))
+    assert files == [".metadata", "__0_0.distcp", "__1_0.distcp", "fulmen_checkpoint.pt"]
+    state = torch.load(_out / "refit.ckpt" / "fulmen_checkpoint.pt", weights_only=True)
+    assert state["optimizer_states"] == [{"__fulmen_sharded__": "optimizer"}]  # the Adam state is in the shards
 
 
 @pytest.mark.slow

@@ -160,17 +160,18 @@ class FSDPStrategy(DDPStrategy):
         return module
 
     def _sharded_root_of(self, module: nn.Module) -> nn.Module | None:
-        """The module this strategy sharded that is ``module``, wraps it, or is wrapped by it."""
+        """The sharded root (of this or an earlier strategy) that is ``module``, wraps it, or is wrapped by it;
+        remembered here, so that its optimizers' state is read and loaded the sharded way."""
         from torch.distributed.fsdp import FSDPModule
 
         inner = getattr(module, "module", None) if getattr(module, "_fulmen_wrapper", False) else None
         for candidate in (module, inner):
             if candidate is None:
                 continue
-            if isinstance(candidate, FSDPModule):
-                return candidate
-            root = candidate.__dict__.get(_ROOT_KEY)
+            root = candidate if isinstance(candidate, FSDPModule) else candidate.__dict__.get(_ROOT_KEY)
             if root is not None:
+                if not any(root is known for known in self._sharded_modules):
+                    self._sharded_modules.append(root)
                 return root
         return None
 

@@ -90,6 +90,12 @@ def main(out: str) -> None:
     seen["last"] = os.path.basename(checkpoint.last_model_path)
     seen["first_step"] = first.global_step
     seen["weights_after_first"] = {k: v.tolist() for k, v in full_weights(model).items()}
+    # The fitted (sharded) module evaluates, then a new Trainer fits it on from "last" and saves.
+    seen["val_after_fit"] = first.validate(model, loader(16), verbose=False)[0]["val_loss"]
+    refit = trainer(out, FSDPStrategy(state_dict_type="sharded"), max_epochs=2, enable_checkpointing=False)
+    refit.fit(model, loader(128), loader(16), ckpt_path=checkpoint.last_model_path)
+    refit.save_checkpoint(os.path.join(out, "refit.ckpt"))
+    seen["refit_step"] = refit.global_step
 
     # The same run with saves written in the background: the same checkpoints, the same weights.
     background = ModelCheckpoint(
