@@ -108,6 +108,20 @@ def slow_writes(monkeypatch):
     monkeypatch.setattr(async_checkpoint, "atomic_save", slow)
 
 
+@pytest.fixture
+def finished_writes(monkeypatch):
+    """Background writes take 300 ms each; the list names each file once it is written."""
+    finished: list[str] = []
+
+    def slow(obj, path, storage_options=None):
+        time.sleep(0.3)
+        atomic_save(obj, path, storage_options)
+        finished.append(os.path.basename(path))
+
+    monkeypatch.setattr(async_checkpoint, "atomic_save", slow)
+    return finished
+
+
 # ------------------------------------------------------------------------------------ content
 def test_async_file_equals_a_synchronous_one(tmp_path, slow_writes):
     for kind in ("sync", "async"):
@@ -200,15 +214,8 @@ def test_top_k_and_last_leave_the_same_files_as_synchronous_saves(tmp_path, slow
     assert len(trees[0]) >= 2
 
 
-def test_the_file_is_complete_when_fit_returns(tmp_path, monkeypatch):
-    finished = []
-
-    def slow(obj, path, storage_options=None):
-        time.sleep(0.3)
-        atomic_save(obj, path, storage_options)
-        finished.append(os.path.basename(path))
-
-    monkeypatch.setattr(async_checkpoint, "atomic_save", slow)
+def test_the_file_is_complete_when_fit_returns(tmp_path, finished_writes):
+    finished = finished_writes
     ckpt = ModelCheckpoint(dirpath=tmp_path, save_top_k=1, async_save=True)
     trainer, model = _fit(tmp_path, [ckpt], max_epochs=1)
     assert finished == ["epoch=0-step=4.ckpt"]
@@ -285,15 +292,8 @@ class CrashAt(Callback):
             raise Crash(f"crash at step {self.step}")
 
 
-def test_an_exception_during_fit_waits_for_the_pending_write(tmp_path, monkeypatch):
-    finished = []
-
-    def slow(obj, path, storage_options=None):
-        time.sleep(0.3)
-        atomic_save(obj, path, storage_options)
-        finished.append(os.path.basename(path))
-
-    monkeypatch.setattr(async_checkpoint, "atomic_save", slow)
+def test_an_exception_during_fit_waits_for_the_pending_write(tmp_path, finished_writes):
+    finished = finished_writes
     # Checkpoint callbacks run after the others: the save at step 4 is still being written when
     # the crash at step 5 ends the run.
     ckpt = ModelCheckpoint(dirpath=tmp_path, save_top_k=1, async_save=True)

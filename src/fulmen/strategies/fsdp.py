@@ -23,7 +23,7 @@ from torch.optim import Optimizer
 from fulmen.strategies import fsdp_checkpoint
 from fulmen.strategies import fsdp_options as options
 from fulmen.strategies.ddp import DDPStrategy
-from fulmen.strategies.fsdp_options import SHARDING_STRATEGIES, FSDPPrecision, Policy  # noqa: F401 - re-exported
+from fulmen.strategies.fsdp_options import FSDPPrecision, Policy
 from fulmen.strategies.optimizer_rebuild import parameter_names, rebuild_optimizer
 from fulmen.strategies.precision import Precision
 from fulmen.strategies.strategy import _unwrap_optimizer
