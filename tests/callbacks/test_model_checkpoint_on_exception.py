@@ -63,8 +63,8 @@ def test_saves_the_moment_of_the_exception_and_last(tmp_path):
     model = Net()
     with pytest.raises(Crash):
         quiet_trainer(tmp_path, [CrashAt(5), callback], enable_checkpointing=True).fit(model, *loaders())
-    assert checkpoints(folder) == ["exception-epoch=0-step=5.ckpt", "last.ckpt"]
-    saved = torch.load(folder / "exception-epoch=0-step=5.ckpt", weights_only=True)
+    assert checkpoints(folder) == ["epoch=0-step=5.ckpt", "last.ckpt"]
+    saved = torch.load(folder / "epoch=0-step=5.ckpt", weights_only=True)
     assert saved["global_step"] == 5 and saved["loops"]["batch_idx"] == 5
     assert_same_tensors(model.state_dict(), saved["state_dict"], "weights")
     assert callback.last_model_path == str(folder / "last.ckpt")
@@ -98,7 +98,7 @@ def test_resuming_from_it_ends_as_an_uninterrupted_run(tmp_path, step, in_valida
             enable_checkpointing=True,
         )
     (name,) = checkpoints(crashed / "ckpts")
-    assert name.startswith("exception-") and f"step={step}" in name
+    assert name.endswith(f"-step={step}.ckpt")
     resumed = run(
         crashed,
         Net,

@@ -76,9 +76,10 @@ class ModelCheckpoint(Checkpoint):
         save_top_k: how many checkpoints to keep: ``-1`` all, ``0`` none (only ``last``), ``k``
             the best ``k`` by ``monitor`` (with ``monitor=None``, ``1`` keeps the latest).
         save_on_exception: when fit raises, save the state of that moment to
-            ``<dirpath>/exception-<filename>.ckpt`` (and ``last`` with ``save_last``) so that the
-            run can resume from it; never during the sanity check or on the step a checkpoint was
-            just saved. A failure to save is a warning: the original error is what is raised.
+            ``<dirpath>/<filename>.ckpt``, named as a regular checkpoint of that step (and ``last``
+            with ``save_last``) so that the run can resume from it; never during the sanity check
+            or on the step a checkpoint was just saved. A failure to save is a warning: the
+            original error is what is raised.
             Resuming is exact when the failure came between batches (in ``on_train_batch_end``,
             say); after a failure inside a batch or a validation run, the run continues after the
             last finished batch (an interrupted validation is not run again) with the random
@@ -104,8 +105,6 @@ class ModelCheckpoint(Checkpoint):
     CHECKPOINT_JOIN_CHAR = "-"
     CHECKPOINT_EQUALS_CHAR = "="
     CHECKPOINT_NAME_LAST = "last"
-    #: What ``save_on_exception`` puts in front of the file name.
-    CHECKPOINT_NAME_EXCEPTION = "exception"
     FILE_EXTENSION = ".ckpt"
     STARTING_VERSION = 1
 
@@ -300,7 +299,6 @@ class ModelCheckpoint(Checkpoint):
             candidates = self._monitor_candidates(trainer)
             # Named on this process alone: another rank may never reach this hook, so no broadcast.
             name = self._format_checkpoint_name(self.filename, dict(candidates), self.auto_insert_metric_name)
-            name = self.CHECKPOINT_JOIN_CHAR.join((self.CHECKPOINT_NAME_EXCEPTION, name))
             filepath = _join(self.dirpath, name + self.FILE_EXTENSION)
             self._save_checkpoint(trainer, filepath)
             self._remove_stale(trainer, self._save_last_checkpoint(trainer, candidates, filepath))
