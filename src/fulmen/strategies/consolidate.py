@@ -23,11 +23,10 @@ Reader = Callable[[str, dict[str, Any]], dict[str, Tensor]]
 
 
 def _deepspeed_reader(directory: str, meta: dict[str, Any]) -> dict[str, Tensor]:
-    from fulmen.strategies.zero_checkpoint import consolidated_state_dict
+    from fulmen.strategies.zero_checkpoint import check_shards, consolidated_state_dict
 
-    return consolidated_state_dict(
-        os.path.join(directory, meta.get("tag", "checkpoint")), meta.get("module_prefix", "")
-    )
+    folder = check_shards(directory, meta.get("tag"), meta.get("world_size"), meta.get("zero_stage"))
+    return consolidated_state_dict(folder, meta.get("module_prefix", ""))
 
 
 def _fsdp_reader(directory: str, meta: dict[str, Any]) -> dict[str, Tensor]:

@@ -35,7 +35,7 @@ from fulmen.strategies.environments import ClusterEnvironment
 from fulmen.strategies.precision import Precision
 from fulmen.strategies.precision.precision import _cast_inputs, _cast_to_default, _default_dtype
 from fulmen.strategies.strategy import _unwrap_optimizer, unwrap_module
-from fulmen.strategies.zero_checkpoint import TAG, consolidated_state_dict, make_checkpoint_engine
+from fulmen.strategies.zero_checkpoint import TAG, check_shards, consolidated_state_dict, make_checkpoint_engine
 from fulmen.utilities import checkpoint_dir
 from fulmen.utilities.checkpoint_dir import ShardedStateRef
 from fulmen.utilities.exceptions import CheckpointError, MisconfigurationException, invalid_argument
@@ -613,6 +613,7 @@ class DeepSpeedStrategy(DDPStrategy):
             from fulmen.strategies.consolidate import load_consolidated
 
             return load_consolidated(local, weights_only)
+        check_shards(local, meta.get("tag"), meta.get("world_size"), meta.get("zero_stage"), real=True)
         if meta["world_size"] != self.world_size or meta["zero_stage"] != self.zero_stage:
             raise CheckpointError(
                 f"{local!r} was written by ZeRO stage {meta['zero_stage']} on {meta['world_size']} processes; this run "
@@ -621,7 +622,7 @@ class DeepSpeedStrategy(DDPStrategy):
             )
         load_path, _ = engine.load_checkpoint(
             local,
-            tag=meta.get("tag", TAG),
+            tag=meta["tag"],
             load_optimizer_states=True,
             load_lr_scheduler_states=False,
             load_module_strict=True,

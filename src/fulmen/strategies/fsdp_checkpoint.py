@@ -6,15 +6,18 @@ staging directory of :mod:`fulmen.utilities.checkpoint_dir`, rank zero adds fulm
 and the directory is published whole. DCP re-shards on load, so a directory written by N
 processes loads on M, or gathered on one process without a process group (consolidation).
 
-Loading never runs code from the files: DCP keeps its index in a pickle (``.metadata``) and
-non-tensor values (an optimizer's learning rate) as ``torch.save`` bytes; here the index is read
-with an unpickler that knows only DCP's record types, and the bytes with the weights-only
-unpickler.
+Loading never runs code from the files and never reads outside the directory: DCP keeps its
+index in a pickle (``.metadata``) and non-tensor values (an optimizer's learning rate) as
+``torch.save`` bytes; here the index is read with an unpickler that knows exactly DCP's record
+types, every shard file it names must lie inside the directory, exist and be long enough before
+anything else is read, and the bytes go through the weights-only unpickler. Every fault is a
+``CheckpointError`` naming the checkpoint and the file, raised alike on every rank.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import pickle
@@ -23,14 +26,31 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.futures import Future
 from torch.optim import Optimizer
 
-from fulmen.utilities import checkpoint_dir, cloud_io
+from fulmen.utilities import checkpoint_dir, checkpoint_paths, cloud_io, restricted_unpickler
 from fulmen.utilities.checkpoint_dir import ShardedStateRef
 from fulmen.utilities.exceptions import CheckpointError
 
 FORMAT = "fsdp"
-_METADATA_TYPES = {
+INDEX = ".metadata"
+_DCP = "torch.distributed.checkpoint.metadata"
+# Exactly what DCP's index holds: its record classes, tensor sizes, dtypes and layouts, paths.
+_INDEX_NAMES = {
+    *(
+        (_DCP, name)
+        for name in (
+            "Metadata",
+            "MetadataIndex",
+            "StorageMeta",
+            "TensorProperties",
+            "TensorStorageMetadata",
+            "BytesStorageMetadata",
+            "ChunkStorageMetadata",
+            "_MEM_FORMAT_ENCODING",
+        )
+    ),  # fmt: skip
     ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
     ("torch", "Size"),
     ("torch.serialization", "_get_layout"),
@@ -40,57 +60,115 @@ _METADATA_TYPES = {
     ("builtins", "slice"),
     *(("pathlib", name) for name in ("PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath")),
 }
+_index_allowed: dict[tuple[str, str], Any] | None = None
 
 
-class _MetadataUnpickler(pickle.Unpickler):
-    """Reads DCP's index: its own record classes, torch dtypes and sizes, paths; nothing else."""
+def index_allowed() -> dict[tuple[str, str], Any]:
+    """The exact ``(module, name)`` pairs a DCP index may name (torch's dtypes by their plain names)."""
+    global _index_allowed
+    if _index_allowed is None:
+        dtypes = {("torch", name) for name, value in vars(torch).items() if isinstance(value, torch.dtype)}
+        _index_allowed = restricted_unpickler.resolve(sorted(_INDEX_NAMES | dtypes))
+    return _index_allowed
 
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "torch.distributed.checkpoint.metadata" or (module, name) in _METADATA_TYPES:
-            return super().find_class(module, name)
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
-        raise pickle.UnpicklingError(
-            f"The checkpoint index refers to {module}.{name}, which a distributed checkpoint never holds; "
-            "it is not loaded (loading would run code from the file)."
-        )
+
+def read_index(directory: str) -> Any:
+    """DCP's index of ``directory``, checked: only DCP's records, every shard file inside the directory,
+    present and long enough for the entries it holds. Any fault is a CheckpointError naming the file."""
+    from torch.distributed.checkpoint.metadata import Metadata
+
+    path = checkpoint_paths.inside(directory, INDEX, "index")
+    try:
+        with open(path, "rb") as f:
+            metadata = restricted_unpickler.RestrictedUnpickler(f, index_allowed(), "The index").load()
+    except FileNotFoundError as err:
+        raise checkpoint_paths.refused(directory, INDEX, "(DCP's index) is missing") from err
+    except pickle.UnpicklingError as err:
+        raise checkpoint_paths.refused(directory, INDEX, f"was refused: {err}") from err
+    except Exception as err:  # a torn or garbled pickle fails in many ways
+        raise checkpoint_paths.refused(
+            directory, INDEX, f"is truncated or corrupted ({type(err).__name__}: {err})"
+        ) from err
+    if not isinstance(metadata, Metadata) or not isinstance(metadata.storage_data, dict):
+        raise checkpoint_paths.refused(directory, INDEX, f"holds a {type(metadata).__name__}, not DCP's index")
+    _check_shard_files(directory, metadata.storage_data)
+    return metadata
+
+
+def _check_shard_files(directory: str, storage_data: dict[Any, Any]) -> None:
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+
+    needed: dict[str, int] = {}
+    for info in storage_data.values():
+        if not isinstance(info, _StorageInfo) or not isinstance(info.offset, int) or not isinstance(info.length, int):
+            raise checkpoint_paths.refused(directory, INDEX, f"holds an entry {info!r} that is not a shard address")
+        name = os.fspath(info.relative_path) if isinstance(info.relative_path, os.PathLike) else info.relative_path
+        checkpoint_paths.inside(directory, name, "shard file")
+        needed[name] = max(needed.get(name, 0), info.offset + info.length)
+    for name, end in sorted(needed.items()):
+        try:
+            size = os.path.getsize(os.path.join(directory, name))
+        except FileNotFoundError as err:
+            raise checkpoint_paths.refused(directory, name, "(a shard file the index names) is missing") from err
+        if size < end:
+            raise checkpoint_paths.refused(
+                directory, name, f"is truncated: {size} bytes, but the index places data up to byte {end}"
+            )
 
 
 def _reader(directory: str) -> Any:
     from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.metadata import StorageMeta
 
+    metadata = read_index(directory)  # every rank checks the same files: every rank refuses alike
+
     class SafeFileSystemReader(FileSystemReader):
         def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
-            rank = kwargs.get("rank")
-            path = os.path.join(directory, ".metadata" if rank is None else f"__{rank}.metadata")
-            try:
-                with open(path, "rb") as f:
-                    metadata = _MetadataUnpickler(f).load()
-            except pickle.UnpicklingError as err:
-                self.refused = str(err)  # DCP folds it into a long report; fulmen raises it alone
-                raise
             if getattr(metadata, "storage_meta", None) is None:
                 metadata.storage_meta = StorageMeta()
             metadata.storage_meta.load_id = self.load_id
             return metadata
 
+        def read_data(self, plan: Any, planner: Any) -> Any:
+            # File by file, so that a failure names the shard file it came from.
+            by_file: dict[str, list[Any]] = {}
+            for item in plan.items:
+                by_file.setdefault(str(metadata.storage_data[item.storage_index].relative_path), []).append(item)
+            for name, items in by_file.items():
+                try:
+                    super().read_data(dataclasses.replace(plan, items=items), planner).wait()
+                except CheckpointError:
+                    raise
+                except Exception as err:
+                    raise _shard_error(directory, name, err) from err
+            done: Future[None] = Future()
+            done.set_result(None)
+            return done
+
     return SafeFileSystemReader(directory)
 
 
-def _safe_bytes(value: io.BytesIO) -> Any:
-    with torch.serialization.safe_globals(cloud_io.get_safe_globals()):
-        return torch.load(value, map_location="cpu", weights_only=True)
+def _shard_error(directory: str, name: str, err: BaseException) -> CheckpointError:
+    if isinstance(err, pickle.UnpicklingError):
+        reason = cloud_io._refusal_reason(str(err))
+        what = reason[0] if reason else cloud_io._short_reason(err)
+        return checkpoint_paths.refused(directory, name, f"was refused: {what} (loading never runs code from it)")
+    return checkpoint_paths.refused(directory, name, f"is truncated or corrupted ({cloud_io._short_reason(err)})")
 
 
-def _planner(base: type) -> type:
+def _planner(base: type, directory: str) -> type:
     """``base`` (a DCP load planner) reading non-tensor values with the weights-only unpickler."""
 
     class SafeLoadPlanner(base):  # type: ignore[misc, valid-type]
         def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
             from torch.distributed.checkpoint._traverse import set_element
 
-            loaded = _safe_bytes(value)
+            try:
+                with torch.serialization.safe_globals(cloud_io.get_safe_globals()):
+                    loaded = torch.load(value, map_location="cpu", weights_only=True)
+            except Exception as err:
+                name = str(self.metadata.storage_data[read_item.storage_index].relative_path)
+                raise _shard_error(directory, name, err) from err
             if self.flatten_state_dict:
                 set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], loaded)
             else:
@@ -202,23 +280,31 @@ def load_into(ref: ShardedStateRef, template: dict[str, Any]) -> dict[str, Any]:
     directory, key = source
     wrapped = {key: template}
     reader = _reader(directory)
-    with _refusals_raised(reader, directory):
-        dcp.load(wrapped, storage_reader=reader, planner=_planner(DefaultLoadPlanner)())
+    with _errors_raised(directory):
+        dcp.load(wrapped, storage_reader=reader, planner=_planner(DefaultLoadPlanner, directory)())
     return wrapped[key]
 
 
 @contextlib.contextmanager
-def _refusals_raised(reader: Any, directory: str) -> Iterator[None]:
-    """A refused index as a CheckpointError of its own (not inside DCP's report of every rank)."""
-    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
+def _errors_raised(directory: str) -> Iterator[None]:
+    """A failed load as one CheckpointError naming the file, on every rank.
+
+    DCP gathers every rank's failure into a ``CheckpointException`` (a BaseException) that all
+    ranks raise; fulmen raises the first rank's own error instead of DCP's report of all of them.
+    """
+    from torch.distributed.checkpoint.api import CheckpointException
 
     try:
         yield
-    except (Exception, CheckpointException) as err:
-        refused = getattr(reader, "refused", None)
-        if refused is None:
-            raise
-        raise CheckpointError(f"{directory!r}: {refused}") from err
+    except CheckpointException as err:
+        failures = [failure[0] if isinstance(failure, tuple) else failure for failure in err.failures.values()]
+        own = next((f for f in failures if isinstance(f, CheckpointError)), None)
+        if own is not None:
+            raise CheckpointError(str(own)) from err
+        first = failures[0] if failures else err
+        raise CheckpointError(
+            f"Could not load checkpoint {directory!r}: {type(first).__name__}: {cloud_io._short_reason(first)}"
+        ) from err
 
 
 def full_module_state(directory: str, meta: dict[str, Any]) -> dict[str, Any]:
@@ -228,10 +314,12 @@ def full_module_state(directory: str, meta: dict[str, Any]) -> dict[str, Any]:
 
     key = meta.get("module_key") or "state_dict"
     state: dict[str, Any] = {}
-    planner = _planner(_EmptyStateDictLoadPlanner)(keys={key})
+    planner = _planner(_EmptyStateDictLoadPlanner, directory)(keys={key})
     reader = _reader(directory)
-    with _refusals_raised(reader, directory):
+    with _errors_raised(directory):
         _load_state_dict(state, storage_reader=reader, planner=planner, no_dist=True)
+    if not isinstance(state.get(key), dict):
+        raise checkpoint_paths.refused(directory, INDEX, f"holds no module state under {key!r}")
     return dict(state[key])
 
 
@@ -269,4 +357,6 @@ def add_prefix(state: dict[str, Any], prefix: str) -> dict[str, Any]:
     return {prefix + name: value for name, value in state.items()} if prefix else state
 
 
-__all__ = ["FORMAT", "ModuleShards", "OptimizerShards", "full_module_state", "load_into", "load_state", "save"]
+__all__ = [
+    "FORMAT", "ModuleShards", "OptimizerShards", "full_module_state", "load_into", "load_state", "read_index", "save",
+]  # fmt: skip

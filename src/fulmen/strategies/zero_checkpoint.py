@@ -9,7 +9,9 @@ A ZeRO checkpoint directory (``<dir>/checkpoint/``, DeepSpeed's tag folder) hold
   parameter is cut into ``world_size`` equal slices (the last padded) laid end to end.
 
 Reading never runs code from a file: torch's weights-only unpickler with an allowlist of exactly
-the DeepSpeed types these files hold (a stage enum, the loss scaler). Without DeepSpeed
+the DeepSpeed types these files hold (a stage enum, the loss scaler). The tag is one plain name
+of a folder inside the checkpoint (DeepSpeed's ``latest`` file is never read), and the whole
+folder is checked before an engine reads any of it (:func:`check_shards`). Without DeepSpeed
 installed, stand-ins take their place (consolidation then needs no DeepSpeed at all).
 """
 
@@ -25,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fulmen.utilities import cloud_io
+from fulmen.utilities import checkpoint_paths, cloud_io
 from fulmen.utilities.exceptions import CheckpointError
 
 #: DeepSpeed's tag (sub-folder) that fulmen saves under.
@@ -61,10 +63,55 @@ def deepspeed_safe_globals(real: bool) -> list[Any]:
     return [(int, _ENUM), *((_Record, name) for name in _RECORDS)]
 
 
-def load_file(path: str, real: bool = False, map_location: Any = "cpu") -> Any:
+def load_file(path: str, real: bool = False, map_location: Any = "cpu", mmap: bool = False) -> Any:
     """Load one DeepSpeed file with the weights-only unpickler (and fulmen's allowlist plus DeepSpeed's)."""
     with torch.serialization.safe_globals(deepspeed_safe_globals(real)):
-        return cloud_io.safe_load(path, map_location=map_location)
+        return cloud_io.safe_load(path, map_location=map_location, opt_in=False, mmap=mmap)
+
+
+def tag_folder(checkpoint: str, tag: Any) -> str:
+    """The path of DeepSpeed's tag folder in ``checkpoint``: ``tag`` must be one plain name of a folder inside."""
+    name = checkpoint_paths.plain_name(tag, "DeepSpeed tag", checkpoint)
+    folder = checkpoint_paths.inside(checkpoint, name, "DeepSpeed tag folder")
+    if not os.path.isdir(folder):
+        raise checkpoint_paths.refused(checkpoint, name, "(the DeepSpeed tag folder its state names) is missing")
+    return folder
+
+
+def check_shards(checkpoint: str, tag: Any, world_size: Any, stage: Any, real: bool = False) -> str:
+    """Check the whole ZeRO checkpoint before any engine reads it; returns the tag folder.
+
+    Every file each rank will need is present, and every file in the tag folder unpickles with the
+    weights-only unpickler (tensors memory-mapped, so this reads little). Every rank checks every
+    file, so every rank reaches the same verdict without a collective, and none is left waiting
+    inside DeepSpeed for a rank that failed.
+    """
+    folder = tag_folder(checkpoint, tag)
+    if not isinstance(world_size, int) or not isinstance(stage, int) or world_size < 1 or stage not in (0, 1, 2, 3):
+        raise CheckpointError(
+            f"Refused to load checkpoint {checkpoint!r}: its state gives world size {world_size!r} and ZeRO stage "
+            f"{stage!r}; expected a positive number of processes and a stage of 0-3."
+        )
+    present = set(os.listdir(folder))
+    if stage == 3:
+        needed = [f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt" for rank in range(world_size)]
+    else:
+        needed = ["mp_rank_00_model_states.pt"]
+    for name in needed:
+        if name not in present:
+            raise checkpoint_paths.refused(checkpoint, os.path.join(tag, name), "(a DeepSpeed shard) is missing")
+    if stage > 0:
+        for rank in range(world_size):
+            suffix = f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt"
+            if not any(name.endswith(suffix) for name in present):
+                raise checkpoint_paths.refused(
+                    checkpoint, os.path.join(tag, suffix), f"(rank {rank}'s optimizer shard) is missing"
+                )
+    for name in sorted(present):
+        path = checkpoint_paths.inside(checkpoint, os.path.join(tag, name), "DeepSpeed shard")
+        if os.path.isfile(path):
+            load_file(path, real=real, mmap=True)
+    return folder
 
 
 def make_checkpoint_engine(config: Any) -> Any:

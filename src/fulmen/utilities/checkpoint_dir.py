@@ -29,7 +29,7 @@ import shutil
 import threading
 from typing import Any
 
-from fulmen.utilities import cloud_io
+from fulmen.utilities import checkpoint_paths, cloud_io
 from fulmen.utilities.exceptions import CheckpointError
 
 #: fulmen's own state inside a checkpoint directory; its presence marks the directory complete.
@@ -109,11 +109,13 @@ def is_checkpoint_dir(path: str | os.PathLike) -> bool:
 
 
 def check_complete(path: str | os.PathLike) -> str:
-    """``path`` as an OS path if it is a complete checkpoint directory, else a CheckpointError saying why."""
+    """``path`` as an OS path if it is a complete checkpoint directory, else a CheckpointError saying why
+    (a symlink inside it that leads outside it, anywhere in the tree, is refused here)."""
     local = local_path(path)
     if not os.path.isdir(local):
         raise cloud_io.CheckpointNotFoundError(f"Checkpoint directory {local!r} does not exist.")
-    if not os.path.isfile(os.path.join(local, STATE_FILE)):
+    checkpoint_paths.check_tree(local)
+    if not os.path.isfile(checkpoint_paths.inside(local, STATE_FILE)):
         raise CheckpointError(
             f"{local!r} is a directory but not a complete fulmen checkpoint: it has no {STATE_FILE}. A save that "
             "was interrupted never publishes its directory under the checkpoint's name; was this one copied "

@@ -386,6 +386,9 @@ def safe_load(
     map_location: _MAP_LOCATION = None,
     weights_only: bool = True,
     storage_options: dict[str, Any] | None = None,
+    *,
+    opt_in: bool = True,
+    mmap: bool = False,
 ) -> Any:
     """Load a checkpoint without running code from it.
 
@@ -393,16 +396,21 @@ def safe_load(
     the allowlist of :func:`get_safe_globals`; a file that needs anything else is refused.
     ``weights_only=False`` is the explicit opt-in for a trusted file: full pickle, which can run
     arbitrary code. Every failure is a :class:`CheckpointError` that names the path.
+    ``opt_in=False``: the file is one an engine reads itself (a shard), so a refusal does not
+    suggest ``weights_only=False``. ``mmap``: tensors stay on disk (a local zip file), so only
+    the pickle is read, which is how a whole sharded checkpoint is checked before it is loaded.
     """
     display = _to_str(path)
     try:
         local = _local_path(path)
         if local is not None:
+            if os.path.isdir(local):
+                raise CheckpointError(_directory_message(display))
             if not os.path.isfile(local):
                 raise CheckpointNotFoundError(_not_found_message(display))
             with open(local, "rb") as f:
                 _check_header(f.read(2), display)
-            return _torch_load(local, map_location, weights_only)
+            return _torch_load(local, map_location, weights_only, mmap)
         fs, rpath = url_to_fs(display, **(storage_options or {}))
         if not fs.isfile(rpath):
             raise CheckpointNotFoundError(_not_found_message(display))
@@ -418,13 +426,15 @@ def safe_load(
         refusal = _refusal_reason(str(err))
         if refusal is not None:
             reason, allowlistable = refusal
-            remedy = "pass `weights_only=False` to load it with full pickle"
-            if allowlistable:
-                remedy += ", or allow just this type with `fulmen.utilities.cloud_io.add_safe_globals(...)`"
-            raise CheckpointError(
-                f"Refused to load checkpoint {display!r}: {reason} (loading a checkpoint never runs code"
-                f" from it). If you trust this file, {remedy}."
-            ) from err
+            message = (
+                f"Refused to load checkpoint {display!r}: {reason} (loading a checkpoint never runs code from it)."
+            )
+            if opt_in:
+                remedy = "pass `weights_only=False` to load it with full pickle"
+                if allowlistable:
+                    remedy += ", or allow just this type with `fulmen.utilities.cloud_io.add_safe_globals(...)`"
+                message += f" If you trust this file, {remedy}."
+            raise CheckpointError(message) from err
         raise CheckpointError(_corrupted_message(display, err)) from err
     except (EOFError, zipfile.BadZipFile, struct.error, IndexError, KeyError, UnicodeDecodeError) as err:
         raise CheckpointError(_corrupted_message(display, err)) from err
@@ -461,12 +471,12 @@ def _check_header(head: bytes, display: str) -> None:
         raise CheckpointError(_corrupted_message(display, reason)) from reason
 
 
-def _torch_load(f: str | IO[bytes], map_location: _MAP_LOCATION, weights_only: bool) -> Any:
+def _torch_load(f: str | IO[bytes], map_location: _MAP_LOCATION, weights_only: bool, mmap: bool = False) -> Any:
     if not weights_only:
-        return torch.load(f, map_location=map_location, weights_only=False)
+        return torch.load(f, map_location=map_location, weights_only=False, mmap=mmap)
     context = getattr(torch.serialization, "safe_globals", None)
     with _load_lock, context(get_safe_globals()) if context else contextlib.nullcontext():
-        return torch.load(f, map_location=map_location, weights_only=True)
+        return torch.load(f, map_location=map_location, weights_only=True, mmap=mmap)
 
 
 _NEEDS_GLOBAL = "it needs `{}`, which is not among the types fulmen loads safely"
@@ -501,6 +511,16 @@ def _corrupted_message(display: str, err: BaseException) -> str:
         f"Checkpoint {display!r} appears truncated or corrupted ({_short_reason(err)}). A copy or download"
         " that stopped midway, or a writer that bypassed fulmen's atomic save, leaves such a file;"
         " use another checkpoint."
+    )
+
+
+def _directory_message(display: str) -> str:
+    return (
+        f"Checkpoint {display!r} is a directory, not a checkpoint file. A sharded checkpoint directory "
+        "(DeepSpeed, FSDP) loads through a Trainer's `ckpt_path=` or `Lite.load`; to load it anywhere else "
+        "(`load_from_checkpoint`, `torch.load`), merge it into one file first with "
+        f"`fulmen checkpoint consolidate {display} OUT` (or `fulmen.strategies.consolidate_checkpoint`) "
+        "and load OUT."
     )
 
 
