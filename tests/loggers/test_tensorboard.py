@@ -146,6 +146,13 @@ def test_hparams_tab_with_real_metrics_instead_of_the_placeholder(tmp_path):
     assert [m.name.tag for m in experiment.experiment.metric_infos] == ["val_acc"]
 
 
+def test_log_hyperparams_logs_metrics_at_the_given_step(tmp_path):
+    logger = TensorBoardLogger(tmp_path, default_hp_metric=False)
+    logger.log_hyperparams({"lr": 0.1}, metrics={"val_acc": 0.5}, step=7)
+    logger.finalize("success")
+    assert _scalars(_read_events(logger.log_dir), "val_acc") == [(7, 0.5)]
+
+
 def test_without_default_hp_metric_no_placeholder_is_logged(tmp_path):
     logger = TensorBoardLogger(tmp_path, default_hp_metric=False)
     logger.log_hyperparams({"lr": 0.1})

@@ -124,13 +124,17 @@ class TensorBoardLogger(_VersionedFolder, Logger):
 
     @rank_zero_only
     def log_hyperparams(
-        self, params: dict[str, Any] | Namespace | None, metrics: dict[str, float] | None = None
+        self,
+        params: dict[str, Any] | Namespace | None,
+        metrics: dict[str, float] | None = None,
+        step: int | None = None,
     ) -> None:
         """Save ``params`` to ``hparams.yaml`` and to TensorBoard's HPARAMS tab.
 
         The tab pairs hyperparameters with metrics; with ``default_hp_metric`` a placeholder
         ``hp_metric`` of -1 is logged so the tab shows up before any real metric exists. With
-        ``default_hp_metric=False``, call this once with ``metrics`` to fill the tab.
+        ``default_hp_metric=False``, call this once with ``metrics`` to fill the tab; ``step`` is
+        the step those metrics are logged at.
         """
         params = _convert_params(params)
         self.hparams.update(params)
@@ -140,7 +144,7 @@ class TensorBoardLogger(_VersionedFolder, Logger):
         if metrics is None:
             metrics = {"hp_metric": -1} if self._default_hp_metric and not self._session_written else {}
         if metrics:
-            self.log_metrics(metrics, 0)
+            self.log_metrics(metrics, step)
         if not metrics or self._session_written:
             return
 

@@ -76,7 +76,6 @@ def execute(run: Run) -> Any:
             stage = RunningStage.VALIDATING if fn == TrainerFn.VALIDATING else RunningStage.TESTING
             loaders = load_eval_dataloaders(run, stage)
             limits = run.num_val_batches if fn == TrainerFn.VALIDATING else run.num_test_batches
-            run.eval_log_step = -1
             result = evaluation_run(run, stage, loaders, limits)
 
         # Asynchronous checkpoint saves are published before the run counts as finished.

@@ -39,13 +39,20 @@ class Metrics:
         self.callback, self.logged, self.progress_bar = state["callback"], state["logged"], state["progress_bar"]
 
 
-def log_to_loggers(loggers: list[Any], metrics: dict[str, Any], step: int, epoch: int, save: bool = False) -> None:
-    """Send values to every logger; ``save`` (flush) only at epoch ends: loggers buffer in between."""
+def log_to_loggers(
+    loggers: list[Any], metrics: dict[str, Any], step: int, epoch: int | None, save: bool = False
+) -> None:
+    """Send values to every logger; ``save`` (flush) only at epoch ends: loggers buffer in between.
+
+    ``epoch`` joins the values except for evaluation steps (``None``), whose ``step`` counts that
+    dataloader's batches, as Lightning logs them; the call is ``log_metrics(metrics=..., step=...)``.
+    """
     if not loggers or not metrics:
         return
     scalars = to_scalars(metrics)
-    scalars.setdefault("epoch", epoch)
+    if epoch is not None:
+        scalars.setdefault("epoch", epoch)
     for logger in loggers:
-        logger.log_metrics(scalars, step=step)
+        logger.log_metrics(metrics=scalars, step=step)
         if save:
             logger.save()

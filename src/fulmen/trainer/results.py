@@ -418,11 +418,16 @@ class ResultStore:
         return entry.epoch_value
 
     def step_log_view(self) -> dict[str, Tensor]:
-        """The step values that go to the loggers (cheaper than ``views`` on the hot path)."""
+        """The step values that go to the loggers (cheaper than ``views`` on the hot path): while
+        one evaluation dataloader runs, another dataloader's values are not sent again."""
+        current = self.dataloader_idx
         return {
             e.forked_name(True): e.step_value
             for e in self.entries.values()
-            if e.on_step and e.logger and e.step_value is not None
+            if e.on_step
+            and e.logger
+            and e.step_value is not None
+            and (current is None or e.dataloader_idx is None or e.dataloader_idx == current)
         }
 
     def epoch_logs_per_dataloader(self, count: int) -> list[dict[str, Tensor]]:

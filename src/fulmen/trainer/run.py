@@ -105,7 +105,8 @@ class Run:
         self.weights_only: bool | None = None
         #: When validation last ran (time-based ``val_check_interval``).
         self.last_val_time: float | None = None
-        self.eval_log_step = -1
+        #: Evaluation batches run so far per dataloader (the step of evaluation-step logs).
+        self.eval_seen_batches: dict[int, int] = {}
         self.warned_min_limits = False
         self.warned_none_loss = False
 

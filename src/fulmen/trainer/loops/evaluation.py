@@ -83,9 +83,11 @@ def evaluation_run(
                 run.eval_batches += 1
                 if batch_end:
                     hooks.call(f"on_{prefix}_batch_end", output, *args)
-                if store.has_step_logs and not sanity:
-                    run.eval_log_step += 1
-                    log_to_loggers(loggers, store.step_log_view(), run.eval_log_step, state.current_epoch)
+                if not sanity:
+                    seen = run.eval_seen_batches.get(dataloader_idx, 0)
+                    run.eval_seen_batches[dataloader_idx] = seen + 1
+                    if store.has_step_logs:
+                        log_to_loggers(loggers, store.step_log_view(), seen, None)
         store.dataloader_idx = None
         store.batch = None
         if not sanity:

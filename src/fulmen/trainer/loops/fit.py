@@ -74,8 +74,9 @@ def train_epoch(run: Run) -> None:
     """One training epoch: the batch loop, validation when due, the epoch-end hooks and logs."""
     state, hooks, trainer = run.state, run.hooks, run.trainer
     store = run.train_results
+    # No reset here: values logged in on_train_start belong to the first epoch (the store is
+    # reset at each epoch's end).
     run.metrics.fold(store)
-    store.reset()
     run.results = store
     if reload_due(run, "train"):
         load_train_dataloader(run)
