@@ -43,10 +43,14 @@ def register_checkpoint_format(name: str, reader: Reader) -> None:
     _READERS[name] = reader
 
 
-def read_sharded_state(path: str | os.PathLike, weights_only: bool = True) -> tuple[str, dict[str, Any]]:
-    """The directory's OS path and fulmen's state from it (sharded entries still as placeholders)."""
+def read_sharded_state(
+    path: str | os.PathLike, weights_only: bool = True, opt_in: bool = True
+) -> tuple[str, dict[str, Any]]:
+    """The directory's OS path and fulmen's state from it (sharded entries still as placeholders).
+    ``opt_in``: whether the caller takes ``weights_only=False`` (a refusal then says so)."""
     local = checkpoint_dir.check_complete(path)
-    state = cloud_io.safe_load(os.path.join(local, checkpoint_dir.STATE_FILE), weights_only=weights_only)
+    state_file = os.path.join(local, checkpoint_dir.STATE_FILE)
+    state = cloud_io.safe_load(state_file, weights_only=weights_only, opt_in=opt_in)
     meta = state.get(checkpoint_dir.SHARDED_KEY)
     if not isinstance(meta, dict) or meta.get("format") not in _READERS:
         known = sorted(_READERS)
@@ -57,9 +61,9 @@ def read_sharded_state(path: str | os.PathLike, weights_only: bool = True) -> tu
     return local, state
 
 
-def load_consolidated(path: str | os.PathLike, weights_only: bool = True) -> dict[str, Any]:
+def load_consolidated(path: str | os.PathLike, weights_only: bool = True, opt_in: bool = True) -> dict[str, Any]:
     """The checkpoint in ``path`` as one dict, as if a single-process strategy had written it."""
-    local, state = read_sharded_state(path, weights_only)
+    local, state = read_sharded_state(path, weights_only, opt_in)
     meta = state.pop(checkpoint_dir.SHARDED_KEY)
     weights = _READERS[meta["format"]](local, meta)
 
@@ -85,4 +89,4 @@ def consolidate_checkpoint(path: str | os.PathLike, output: str | os.PathLike) -
     """
     if os.path.abspath(os.fspath(path)) == os.path.abspath(os.fspath(output)):
         raise CheckpointError(f"`output` must differ from the checkpoint directory {os.fspath(path)!r}.")
-    cloud_io.atomic_save(load_consolidated(path), output)
+    cloud_io.atomic_save(load_consolidated(path, opt_in=False), output)

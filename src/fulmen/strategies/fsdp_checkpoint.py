@@ -83,7 +83,7 @@ def read_index(directory: str) -> Any:
             metadata = restricted_unpickler.RestrictedUnpickler(f, index_allowed(), "The index").load()
     except FileNotFoundError as err:
         raise checkpoint_paths.refused(directory, INDEX, "(DCP's index) is missing") from err
-    except pickle.UnpicklingError as err:
+    except restricted_unpickler.Refused as err:
         raise checkpoint_paths.refused(directory, INDEX, f"was refused: {err}") from err
     except Exception as err:  # a torn or garbled pickle fails in many ways
         raise checkpoint_paths.refused(
@@ -92,6 +92,7 @@ def read_index(directory: str) -> Any:
     if not isinstance(metadata, Metadata) or not isinstance(metadata.storage_data, dict):
         raise checkpoint_paths.refused(directory, INDEX, f"holds a {type(metadata).__name__}, not DCP's index")
     _check_shard_files(directory, metadata.storage_data)
+    _check_values(directory, metadata)
     return metadata
 
 
@@ -114,6 +115,30 @@ def _check_shard_files(directory: str, storage_data: dict[Any, Any]) -> None:
             raise checkpoint_paths.refused(
                 directory, name, f"is truncated: {size} bytes, but the index places data up to byte {end}"
             )
+
+
+def _check_values(directory: str, metadata: Any) -> None:
+    """Unpickle every non-tensor value (an optimizer's step, betas, learning rate: small) with the
+    weights-only unpickler now, so that a refused one stops every loader, whichever keys it reads."""
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+
+    for index, info in metadata.storage_data.items():
+        if not isinstance(metadata.state_dict_metadata.get(index.fqn), BytesStorageMetadata):
+            continue
+        if info.transform_descriptors:  # stored transformed (compressed): read when loaded, as safely
+            continue
+        with open(os.path.join(directory, info.relative_path), "rb") as f:
+            f.seek(info.offset)
+            data = f.read(info.length)
+        try:
+            _safe_bytes(io.BytesIO(data))
+        except Exception as err:
+            raise _shard_error(directory, str(info.relative_path), err) from err
+
+
+def _safe_bytes(value: io.BytesIO) -> Any:
+    with torch.serialization.safe_globals(cloud_io.get_safe_globals()):
+        return torch.load(value, map_location="cpu", weights_only=True)
 
 
 def _reader(directory: str) -> Any:
@@ -164,8 +189,7 @@ def _planner(base: type, directory: str) -> type:
             from torch.distributed.checkpoint._traverse import set_element
 
             try:
-                with torch.serialization.safe_globals(cloud_io.get_safe_globals()):
-                    loaded = torch.load(value, map_location="cpu", weights_only=True)
+                loaded = _safe_bytes(value)
             except Exception as err:
                 name = str(self.metadata.storage_data[read_item.storage_index].relative_path)
                 raise _shard_error(directory, name, err) from err

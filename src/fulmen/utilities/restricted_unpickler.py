@@ -28,6 +28,10 @@ def resolve(pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Any]:
     return resolved
 
 
+class Refused(pickle.UnpicklingError):
+    """The file names something outside the allowed pairs (as opposed to being torn or garbled)."""
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """Unpickles ``file`` allowing exactly ``allowed`` (from :func:`resolve`); ``what`` names the file's role."""
 
@@ -39,11 +43,11 @@ class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         found = self._allowed.get((module, name))
         if found is None or "." in name:
-            raise pickle.UnpicklingError(
+            raise Refused(
                 f"{self._what} refers to `{module}.{name}`, which such a file never holds; it is not loaded "
                 "(loading would run code from the file)."
             )
         return found
 
     def persistent_load(self, pid: Any) -> Any:
-        raise pickle.UnpicklingError(f"{self._what} holds a persistent reference, which such a file never holds.")
+        raise Refused(f"{self._what} holds a persistent reference, which such a file never holds.")
