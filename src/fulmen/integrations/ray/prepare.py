@@ -12,6 +12,7 @@ from fulmen.integrations.ray._require import require_ray_train, train_context
 from fulmen.integrations.ray.callback import CHECKPOINT_NAME
 from fulmen.integrations.ray.environment import RayLightningEnvironment
 from fulmen.integrations.ray.strategies import RayDDPStrategy, RayDeepSpeedStrategy, RayFSDPStrategy
+from fulmen.utilities import checkpoint_paths
 from fulmen.utilities.exceptions import MisconfigurationException
 from fulmen.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
@@ -82,7 +83,8 @@ def ray_checkpoint_file() -> Iterator[str | None]:
         yield None
         return
     with checkpoint.as_directory() as directory:
-        path = os.path.join(directory, CHECKPOINT_NAME)
+        # A checkpoint.ckpt that is a symlink out of Ray's directory is refused before it is read.
+        path = checkpoint_paths.inside(directory, CHECKPOINT_NAME, "checkpoint file")
         if not os.path.exists(path):
             rank_zero_warn(
                 f"Ray Train's latest checkpoint ({checkpoint.path}) holds no {CHECKPOINT_NAME} (it was not written "
