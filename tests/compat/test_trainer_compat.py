@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import pickle
 from datetime import timedelta
 
@@ -341,6 +342,9 @@ def test_datamodule_str_names_its_loaders():
             return [loader(16), loader(8)]
 
     text = str(Data())
-    assert "Train dataloader: size=40" in text
-    assert "Validation dataloader: [size=16, size=8]" in text
-    assert "Test dataloader: None" in text
+    assert text.split(os.linesep) == [
+        "{Train dataloader: size=40}",
+        "{Validation dataloader: 1. size=16 ; 2. size=8}",
+        "{Test dataloader: None}",
+        "{Predict dataloader: None}",
+    ]

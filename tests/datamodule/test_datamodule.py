@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -58,7 +59,7 @@ def test_validate_and_test_reuse_the_fit_datamodule():
     trainer = Trainer(**quiet(max_epochs=1))
     model = BoringModel()
     trainer.fit(model, datamodule=dm)
-    trainer.test(verbose=False)
+    trainer.test(model, verbose=False)
     assert dm.calls[-2:] == ["setup:test", "teardown:test"]
 
 
@@ -205,3 +206,32 @@ def test_tensor_datasets_unpack_as_tuples():
     trainer = Trainer(**quiet(max_epochs=1))
     trainer.fit(Pairs(), dm)
     assert trainer.global_step == 2
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        return iter(torch.randn(4, 2))
+
+
+class NeedsSetup(LightningDataModule):
+    def setup(self, stage: str) -> None:
+        self.train_set = RandomDataset(24)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [DataLoader(RandomDataset(16)), DataLoader(_Stream())]
+
+
+def test_str_lists_each_dataloader_in_lightnings_layout():
+    dm = NeedsSetup()
+    # before setup the train loader fails: "None", as for a method the datamodule does not define
+    assert str(dm).split(os.linesep) == [
+        "{Train dataloader: None}",
+        "{Validation dataloader: 1. size=16 ; 2. size=NA}",
+        "{Test dataloader: None}",
+        "{Predict dataloader: None}",
+    ]
+    dm.setup("fit")
+    assert str(dm).split(os.linesep)[0] == "{Train dataloader: size=24}"

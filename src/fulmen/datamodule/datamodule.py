@@ -8,6 +8,7 @@ The Trainer calls ``prepare_data`` once per node (on local rank 0, the other ran
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -140,20 +141,20 @@ class LightningDataModule(HyperparametersMixin):
         return datamodule
 
     def __str__(self) -> str:
-        """Which dataloaders this datamodule defines and the size of each one's dataset."""
+        """The size of each dataloader's dataset, in Lightning's layout: ``{Train dataloader: size=64}``
+        per line; ``None`` where the method is missing or fails (``setup`` has not run yet), ``NA``
+        for a dataset without a length, ``1. size=16 ; 2. size=NA`` for several loaders."""
         lines = []
         for label, method in (("Train", "train_dataloader"), ("Validation", "val_dataloader"),
                               ("Test", "test_dataloader"), ("Predict", "predict_dataloader")):  # fmt: skip
-            if not is_overridden(self, LightningDataModule, method):
-                lines.append(f"{label} dataloader: None")
-                continue
-            try:
-                loaders = getattr(self, method)()
-            except Exception as err:  # e.g. setup() has not run yet
-                lines.append(f"{label} dataloader: unavailable ({type(err).__name__}: {err})")
-                continue
-            lines.append(f"{label} dataloader: {_describe_loaders(loaders)}")
-        return "\n".join(lines)
+            described = "None"
+            if is_overridden(self, LightningDataModule, method):
+                try:
+                    described = _describe_loaders(getattr(self, method)())
+                except Exception:  # e.g. setup() has not run yet
+                    pass
+            lines.append(f"{{{label} dataloader: {described}}}")
+        return os.linesep.join(lines)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -163,11 +164,15 @@ class LightningDataModule(HyperparametersMixin):
 
 def _describe_loaders(loaders: Any) -> str:
     if isinstance(loaders, Mapping):
-        return "{" + ", ".join(f"{key}: {_describe_loaders(value)}" for key, value in loaders.items()) + "}"
+        loaders = list(loaders.values())
     if isinstance(loaders, Sequence) and not isinstance(loaders, (str, bytes)):
-        return "[" + ", ".join(_describe_loaders(loader) for loader in loaders) + "]"
-    dataset = getattr(loaders, "dataset", None)
+        return " ; ".join(f"{i}. {_size(loader)}" for i, loader in enumerate(loaders, start=1))
+    return _size(loaders)
+
+
+def _size(loader: Any) -> str:
+    dataset = getattr(loader, "dataset", None)
     try:
-        return f"size={len(dataset if dataset is not None else loaders)}"
+        return f"size={len(dataset if dataset is not None else loader)}"
     except TypeError:
-        return "size=unknown"
+        return "size=NA"
