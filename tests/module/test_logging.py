@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -192,7 +193,28 @@ def test_log_outside_allowed_hooks_fails():
             self.log("nope", 1.0)
             return super().configure_optimizers()
 
-    with pytest.raises(MisconfigurationException, match="configure_optimizers"):
+    with pytest.raises(MisconfigurationException, match="You can't `self.log\\(\\)` inside `configure_optimizers`"):
+        run(Bad())
+
+
+def test_log_during_predict_fails():
+    class Bad(BoringModel):
+        def predict_step(self, batch, batch_idx):
+            self.log("nope", 1.0)
+
+    with pytest.raises(MisconfigurationException, match="result collection is not registered yet.*predict"):
+        Trainer(**quiet()).predict(Bad(), loader(8))
+
+
+@pytest.mark.parametrize("value", [None, "foo", [1, 2], {"a": 1}])
+def test_log_of_a_value_that_is_not_a_number_fails(value):
+    class Bad(BoringModel):
+        def training_step(self, batch, batch_idx):
+            self.log("foo", value)
+            return self.loss(batch)
+
+    said = f"`self.log(foo, {value})` was called, but `{type(value).__name__}` values cannot be logged"
+    with pytest.raises(MisconfigurationException, match=re.escape(said)):
         run(Bad())
 
 
@@ -231,12 +253,12 @@ def test_dataloader_suffix_in_names_is_refused():
             self.log("x/dataloader_idx_0", 1.0)
             return self.loss(batch)
 
-    with pytest.raises(MisconfigurationException, match="dataloader_idx"):
+    with pytest.raises(MisconfigurationException, match="key `x/dataloader_idx_0` but it should not contain"):
         run(Bad())
 
 
 def test_log_without_a_trainer_warns_and_drops():
-    with pytest.warns(UserWarning, match="not attached"):
+    with pytest.warns(UserWarning, match="the `self.trainer` reference is not registered.*not attached"):
         BoringModel().log("x", 1.0)
 
 

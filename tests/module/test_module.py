@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import re
 from argparse import Namespace
 from typing import Any
 
@@ -374,6 +375,48 @@ def test_manual_optimization_refuses_automatic_only_flags():
         Trainer(**quiet(accumulate_grad_batches=2)).fit(ManualGAN(), loader(16))
     with pytest.raises(MisconfigurationException, match="gradient_clip_val"):
         Trainer(**quiet(gradient_clip_val=1.0)).fit(ManualGAN(), loader(16))
+
+
+class StepLessScheduler:
+    """Has an optimizer and a state, but no ``step``: fine when the module steps it itself."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def test_a_scheduler_without_step_is_refused_in_automatic_optimization_only():
+    class Automatic(BoringModel):
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            return [opt], [StepLessScheduler(opt)]
+
+    class Manual(Automatic):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            pass
+
+    with pytest.raises(MisconfigurationException, match="`StepLessScheduler` doesn't follow PyTorch's LRScheduler"):
+        Trainer(**quiet(max_epochs=1)).fit(Automatic(), loader(16))
+    Trainer(**quiet(max_epochs=1)).fit(Manual(), loader(16))
+
+
+def test_clip_gradients_with_other_values_than_the_trainer_flags_fails():
+    class Clips(BoringModel):
+        def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+            self.clip_gradients(optimizer, gradient_clip_val=0.01)
+
+    said = "You have set `Trainer(gradient_clip_val=0.5)` and have passed `clip_gradients(gradient_clip_val=0.01)`"
+    with pytest.raises(MisconfigurationException, match=re.escape(said)):
+        Trainer(**quiet(max_epochs=1, gradient_clip_val=0.5)).fit(Clips(), loader(16))
 
 
 def test_manual_backward_needs_manual_optimization():

@@ -242,12 +242,18 @@ class LightningModule(ModelHooks, HyperparametersMixin, nn.Module):
         trainer = self.__dict__.get("_trainer")
         if trainer is None:
             rank_zero_warn(
-                f"`self.log({name!r}, ...)` was called, but the module is not attached to a Trainer; "
-                "the value is dropped. Log from the hooks the Trainer calls."
+                "You are trying to `self.log()` but the `self.trainer` reference is not registered on the model "
+                f"yet: `self.log({name!r}, ...)` was called, but the module is not attached to a Trainer; the value "
+                "is dropped. Log from the hooks the Trainer calls."
             )
             return
         run = trainer.current_run
         results = run.results if run is not None else None
+        if trainer.predicting:
+            raise MisconfigurationException(
+                "You are trying to `self.log()` but the loop's result collection is not registered yet: "
+                f"`self.log({name!r}, ...)` was called during `predict`, which does not support logging."
+            )
         if results is None:
             raise MisconfigurationException(
                 f"`self.log({name!r}, ...)` was called outside the Trainer's loops. "

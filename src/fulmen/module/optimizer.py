@@ -147,9 +147,14 @@ def scheduler_configs(
             config = LRSchedulerConfig(entry, reduce_on_plateau=True, monitor=monitor)
         else:
             config = LRSchedulerConfig(entry)
-        if not hasattr(config.scheduler, "step") or not hasattr(config.scheduler, "optimizer"):
+        # In manual optimization the module steps its schedulers itself: any object will do.
+        if automatic_optimization and (
+            not hasattr(config.scheduler, "step") or not hasattr(config.scheduler, "optimizer")
+        ):
             raise MisconfigurationException(
-                f"{config.scheduler!r} is not a learning-rate scheduler: it needs `step()` and an `optimizer`."
+                f"The provided lr scheduler `{type(config.scheduler).__name__}` doesn't follow PyTorch's LRScheduler "
+                "API: it needs `step()` and an `optimizer`. Subclass `torch.optim.lr_scheduler.LRScheduler`, or "
+                "step it yourself in manual optimization."
             )
         configs.append(config)
     return configs

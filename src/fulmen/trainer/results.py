@@ -252,7 +252,10 @@ class ResultStore:
             value = torch.tensor(value, dtype=torch.get_default_dtype(), device=self._device)
         else:
             raise invalid_argument(
-                f"self.log({name!r}, value)", value, "a number, a one-element tensor or a torchmetrics Metric"
+                f"self.log({name!r}, value)",
+                value,
+                "a number, a one-element tensor or a torchmetrics Metric",
+                said=f"`self.log({name}, {value})` was called, but `{type(value).__name__}` values cannot be logged",
             )
 
         if entry.on_step:
@@ -275,12 +278,19 @@ class ResultStore:
         if not isinstance(name, str) or not name:
             raise invalid_argument("name", name, "a non-empty string")
         if "/dataloader_idx_" in name:
-            raise invalid_argument("name", name, "a name without '/dataloader_idx_' (fulmen adds it per dataloader)")
+            raise invalid_argument(
+                "name",
+                name,
+                "a name without '/dataloader_idx_' (fulmen adds it per dataloader)",
+                said=f"You called `self.log` with the key `{name}` but it should not contain information about "
+                "`dataloader_idx`",
+            )
         rules = LOG_RULES.get(fx)  # type: ignore[arg-type]
         if rules is None:
             allowed = sorted(LOG_RULES)
             raise MisconfigurationException(
-                f"`self.log({name!r}, ...)` cannot be called in `{fx}`. Log from: {allowed}."
+                f"You can't `self.log()` inside `{fx}`: `self.log({name!r}, ...)` cannot be called there. "
+                f"Log from: {allowed}."
             )
         allowed_step, allowed_epoch, default_step, default_epoch = rules
         on_step = default_step if on_step is None else bool(on_step)
