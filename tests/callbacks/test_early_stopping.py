@@ -221,3 +221,8 @@ def test_resumed_run_continues_counting(tmp_path):
 def test_invalid_arguments(kwargs, name):
     with pytest.raises(MisconfigurationException, match=f"`{name}="):
         EarlyStopping("val_loss", **kwargs)
+
+
+def test_invalid_mode_says_what_lightning_says():
+    with pytest.raises(MisconfigurationException, match="`mode` can be min, max, got avg"):
+        EarlyStopping("val_loss", mode="avg")

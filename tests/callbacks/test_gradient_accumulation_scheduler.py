@@ -91,9 +91,28 @@ def test_invalid_scheduling(scheduling, match):
         GradientAccumulationScheduler(scheduling)
 
 
+@pytest.mark.parametrize(
+    ("scheduling", "lightning_words"),
+    [({-1: 2}, "Epoch should be an int"), ({1: 0}, "Accumulation factor should be an int")],
+)
+def test_invalid_scheduling_says_what_lightning_says(scheduling, lightning_words):
+    with pytest.raises(MisconfigurationException, match=lightning_words):
+        GradientAccumulationScheduler(scheduling)
+
+
+def test_warns_when_the_module_overrides_the_optimizer_hooks(tmp_path):
+    class OwnStep(Model):
+        def optimizer_step(self, *args, **kwargs):
+            super().optimizer_step(*args, **kwargs)
+
+    t = trainer(tmp_path, [GradientAccumulationScheduler({0: 2})], max_epochs=1)
+    with pytest.warns(UserWarning, match="overrides `optimizer_step`.*the hooks will not be called on every batch"):
+        t.fit(OwnStep(), loader())
+
+
 def test_conflicts_with_the_trainer_flag(tmp_path):
     t = trainer(tmp_path, [GradientAccumulationScheduler({1: 2})], accumulate_grad_batches=2)
-    with pytest.raises(MisconfigurationException, match="accumulate_grad_batches=2"):
+    with pytest.raises(MisconfigurationException, match="`accumulate_grad_batches=2` and are using the `Gradient"):
         t.fit(Model(), loader())
 
 
@@ -106,7 +125,7 @@ def test_refuses_manual_optimization(tmp_path):
         def training_step(self, batch, batch_idx):
             pass
 
-    with pytest.raises(MisconfigurationException, match="automatic optimization only"):
+    with pytest.raises(RuntimeError, match="is not supported for manual optimization"):
         trainer(tmp_path, [GradientAccumulationScheduler({1: 2})]).fit(Manual(), loader())
 
 

@@ -189,8 +189,24 @@ def test_needs_a_logger(tmp_path):
         default_root_dir=tmp_path,
         callbacks=[LearningRateMonitor()],
     )
-    with pytest.raises(MisconfigurationException, match="needs a logger"):
+    with pytest.raises(MisconfigurationException, match="with `Trainer` that has no logger"):
         t.fit(Model(lambda m: torch.optim.SGD(m.parameters(), lr=0.1)), loader())
+
+
+def test_momentum_of_an_optimizer_without_it_is_zero_with_a_runtime_warning(tmp_path):
+    monitor = LearningRateMonitor(log_momentum=True)
+    with pytest.warns(RuntimeWarning, match="some optimizers do not have momentum.*ASGD"):
+        _, rows = fit(tmp_path, lambda m: torch.optim.ASGD(m.parameters(), lr=0.1), monitor, max_epochs=1)
+    assert monitor.last_momentum_values == {"lr-ASGD-momentum": 0}
+
+
+def test_identical_param_group_names_fail(tmp_path):
+    def opt(m):
+        groups = [{"params": m.a.parameters(), "name": "x"}, {"params": m.b.parameters(), "name": "x"}]
+        return torch.optim.SGD(groups, lr=0.1)
+
+    with pytest.raises(MisconfigurationException, match="cannot have multiple parameter groups with identical"):
+        fit(tmp_path, opt, LearningRateMonitor())
 
 
 def test_invalid_logging_interval():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -207,6 +208,22 @@ def test_invalid_arguments_raise_at_construction(kwargs, needle):
         ModelCheckpoint(**kwargs)
     assert needle in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "lightning_words"),
+    [
+        ({"save_top_k": -3}, "Invalid value for save_top_k=-3. Must be >= -1"),
+        ({"every_n_epochs": -3}, "Invalid value for every_n_epochs=-3. Must be >= 0"),
+        ({"every_n_train_steps": -3}, "Invalid value for every_n_train_steps=-3. Must be >= 0"),
+        ({"mode": "best"}, "`mode` can be min, max but got best"),
+        ({"save_top_k": 3}, "ModelCheckpoint(save_top_k=3, monitor=None) is not a valid configuration"),
+        ({"every_n_train_steps": 2, "every_n_epochs": 1}, "Combination of parameters every_n_train_steps=2"),
+    ],
+)
+def test_invalid_arguments_say_what_lightning_says(kwargs, lightning_words):
+    with pytest.raises(MisconfigurationException, match=re.escape(lightning_words)):
+        ModelCheckpoint(**kwargs)
 
 
 def test_valid_corner_arguments():
@@ -575,7 +592,7 @@ def test_state_dict_round_trip(tmp_path):
     assert same.best_model_score == ckpt.best_model_score and same.kth_value == ckpt.kth_value
 
     moved = ModelCheckpoint(dirpath=tmp_path / "elsewhere", monitor="val_loss", save_top_k=2)
-    with pytest.warns(UserWarning, match="folder changed"):
+    with pytest.warns(UserWarning, match="The dirpath has changed from"):
         moved.load_state_dict(state)
     assert moved.best_model_path == ckpt.best_model_path
     assert moved.best_k_models == {} and moved.last_model_path == "" and moved.best_model_score is None
@@ -646,7 +663,7 @@ def test_state_restored_before_setup_is_dropped_when_the_folder_differs(tmp_path
     fit(tmp_path / "one", [first], ScriptedModel(SCRIPT[:2]), max_epochs=2)
     second = ModelCheckpoint(monitor="val_loss", save_top_k=2)
     second.load_state_dict(first.state_dict())
-    with pytest.warns(UserWarning, match="folder changed"):
+    with pytest.warns(UserWarning, match="The dirpath has changed from"):
         fit(tmp_path / "two", [second], ScriptedModel([0.9, 0.9]), max_epochs=2)
     assert second.dirpath == str(tmp_path / "two" / "checkpoints")
     assert names(tmp_path / "two" / "checkpoints") == ["epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt"]

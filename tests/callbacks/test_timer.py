@@ -127,7 +127,14 @@ def test_invalid_duration(duration):
         Timer(duration)
 
 
+def test_invalid_string_duration_says_what_lightning_says():
+    with pytest.raises(MisconfigurationException, match="Expected a string in the format DD:HH:MM:SS"):
+        Timer("60 minutes")
+
+
 def test_invalid_interval_and_stage():
+    with pytest.raises(MisconfigurationException, match="Unsupported parameter value `Timer.interval=batch.`"):
+        Timer(interval="batch")
     with pytest.raises(MisconfigurationException, match="`interval='batch'`.*'step', 'epoch'"):
         Timer(interval="batch")
     with pytest.raises(MisconfigurationException, match="`stage='fit'`"):

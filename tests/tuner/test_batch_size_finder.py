@@ -147,7 +147,7 @@ def test_refusals():
     ]:
         with pytest.raises(MisconfigurationException, match=pattern):
             tuner.scale_batch_size(Model(), datamodule=Data(), **kwargs)
-    with pytest.warns(UserWarning, match="skipped: `fast_dev_run`"):
+    with pytest.warns(UserWarning, match="Skipping .* since `fast_dev_run` is enabled"):
         assert Tuner(Trainer(**quiet(fast_dev_run=True))).scale_batch_size(Model(), datamodule=Data()) is None
 
 

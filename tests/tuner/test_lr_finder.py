@@ -184,7 +184,7 @@ def test_refusals():
             tuner.lr_find(Regressor(), regression_data(), **kwargs)
     with pytest.raises(MisconfigurationException, match="already has a `LearningRateFinder`"):
         Tuner(Trainer(**quiet(), callbacks=[LearningRateFinder()])).lr_find(Regressor(), regression_data())
-    with pytest.warns(UserWarning, match="skipped: `fast_dev_run`"):
+    with pytest.warns(UserWarning, match="Skipping .* since `fast_dev_run` is enabled"):
         assert Tuner(Trainer(**quiet(fast_dev_run=True))).lr_find(Regressor(), regression_data()) is None
     with pytest.raises(TypeError, match="needs a `fulmen.Trainer`"):
         Tuner(object())

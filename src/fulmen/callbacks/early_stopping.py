@@ -87,7 +87,7 @@ class EarlyStopping(Callback):
         if not isinstance(monitor, str) or not monitor:
             raise invalid_argument("monitor", monitor, "the name of a logged value, e.g. 'val_loss'")
         if mode not in _MODES:
-            raise invalid_argument("mode", mode, tuple(_MODES))
+            raise invalid_argument("mode", mode, tuple(_MODES), f"`mode` can be {', '.join(_MODES)}, got {mode}")
         if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or not math.isfinite(min_delta):
             raise invalid_argument("min_delta", min_delta, "a finite number")
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:

@@ -11,7 +11,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from fulmen.callbacks.callback import Callback
+from fulmen.module import LightningModule
 from fulmen.utilities.exceptions import MisconfigurationException, invalid_argument
+from fulmen.utilities.overrides import is_overridden
+from fulmen.utilities.rank_zero import rank_zero_warn
 
 
 def _is_int(value: Any) -> bool:
@@ -35,9 +38,11 @@ class GradientAccumulationScheduler(Callback):
             raise invalid_argument("scheduling", scheduling, accepted)
         for epoch, factor in scheduling.items():
             if not _is_int(epoch) or epoch < 0:
-                raise invalid_argument(f"scheduling key {epoch!r}", epoch, "an epoch number, an int >= 0")
+                said = f"Epoch should be an int greater than or equal to 0. Got {epoch!r}."
+                raise invalid_argument(f"scheduling key {epoch!r}", epoch, "an epoch number, an int >= 0", said)
             if not _is_int(factor) or factor < 1:
-                raise invalid_argument(f"scheduling[{epoch!r}]", factor, "an accumulation factor, an int >= 1")
+                said = f"Accumulation factor should be an int greater than 0. Got {factor!r}."
+                raise invalid_argument(f"scheduling[{epoch!r}]", factor, "an accumulation factor, an int >= 1", said)
         self.scheduling = dict(scheduling)
         if 0 not in self.scheduling:
             self.scheduling[0] = 1
@@ -57,16 +62,28 @@ class GradientAccumulationScheduler(Callback):
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         if not pl_module.automatic_optimization:
-            raise MisconfigurationException(
-                "`GradientAccumulationScheduler` works with automatic optimization only: in manual "
-                "optimization you step the optimizer yourself. Remove the callback, or accumulate in "
+            raise RuntimeError(
+                "Automatic gradient accumulation and the `GradientAccumulationScheduler` is not supported for "
+                "manual optimization: there you step the optimizer yourself. Remove the callback, or accumulate in "
                 "`training_step`."
+            )
+        overridden = [
+            name
+            for name in ("optimizer_step", "optimizer_zero_grad")
+            if is_overridden(pl_module, LightningModule, name)
+        ]
+        if overridden and self.going_to_accumulate_grad_batches():
+            rank_zero_warn(
+                f"The provided model overrides {' and '.join(f'`{n}`' for n in overridden)}, so with "
+                "`GradientAccumulationScheduler` accumulating, the hooks will not be called on every batch "
+                "(rather, they are called on every optimization step)."
             )
         current = trainer.accumulate_grad_batches
         if current != 1 and current != self._last_set:
             raise MisconfigurationException(
-                f"`Trainer(accumulate_grad_batches={current})` and `GradientAccumulationScheduler` both set the "
-                "accumulation factor. Keep one: remove the Trainer argument, or the callback."
+                f"You have set `accumulate_grad_batches={current}` and are using the `GradientAccumulationScheduler`"
+                " callback: both set the accumulation factor. Keep one: remove the Trainer argument "
+                f"(`Trainer(accumulate_grad_batches={current})`), or the callback."
             )
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:

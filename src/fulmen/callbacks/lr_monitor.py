@@ -59,8 +59,8 @@ class LearningRateMonitor(Callback):
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         if not trainer.loggers:
             raise MisconfigurationException(
-                "`LearningRateMonitor` needs a logger to send values to, but the Trainer has none. "
-                "Pass `Trainer(logger=CSVLogger(...))` (or another logger), or remove the callback."
+                "Cannot use `LearningRateMonitor` callback with `Trainer` that has no logger: it needs one to send "
+                "values to. Pass `Trainer(logger=CSVLogger(...))` (or another logger), or remove the callback."
             )
         if self.log_momentum:
             without = [
@@ -70,8 +70,10 @@ class LearningRateMonitor(Callback):
             ]
             if without:
                 rank_zero_warn(
-                    f"`LearningRateMonitor(log_momentum=True)`: {', '.join(without)} has no momentum; "
-                    "0 is logged for it."
+                    f"You have set log_momentum=True, but some optimizers do not have momentum. "
+                    f"`LearningRateMonitor(log_momentum=True)`: {', '.join(without)} has no momentum; 0 is logged "
+                    "for it.",
+                    RuntimeWarning,
                 )
         names = [name for _, group_names, _ in self._entries(trainer) for name in group_names]
         self.lrs = {name: [] for name in names}
@@ -134,8 +136,9 @@ class LearningRateMonitor(Callback):
         duplicates = sorted({n for n in given if n is not None and given.count(n) > 1})
         if duplicates:
             raise MisconfigurationException(
-                f"{type(optimizer).__name__} has several parameter groups named {duplicates}; "
-                "`LearningRateMonitor` needs each group's `name` to be unique within an optimizer."
+                "A single `Optimizer` cannot have multiple parameter groups with identical `name` values: "
+                f"{type(optimizer).__name__} has several named {duplicates}; `LearningRateMonitor` needs each "
+                "group's `name` to be unique within an optimizer."
             )
         if len(groups) == 1:
             return [f"{base}/{given[0]}" if given[0] else base]

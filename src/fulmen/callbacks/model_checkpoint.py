@@ -135,11 +135,12 @@ class ModelCheckpoint(Checkpoint):
         if save_last not in _SAVE_LAST or (save_last is not None and not isinstance(save_last, (bool, str))):
             raise invalid_argument("save_last", save_last, _SAVE_LAST)
         if isinstance(save_top_k, bool) or not isinstance(save_top_k, int) or save_top_k < -1:
+            accepted = "-1 (keep every checkpoint), 0 (keep none) or a positive int"
             raise invalid_argument(
-                "save_top_k", save_top_k, "-1 (keep every checkpoint), 0 (keep none) or a positive int"
+                "save_top_k", save_top_k, accepted, f"Invalid value for save_top_k={save_top_k}. Must be >= -1."
             )
         if mode not in _MODES:
-            raise invalid_argument("mode", mode, _MODES)
+            raise invalid_argument("mode", mode, _MODES, f"`mode` can be {', '.join(_MODES)} but got {mode}")
         if not isinstance(save_on_exception, bool):
             raise invalid_argument("save_on_exception", save_on_exception, (True, False))
         if not isinstance(async_save, bool):
@@ -154,8 +155,8 @@ class ModelCheckpoint(Checkpoint):
             raise invalid_argument("train_time_interval", train_time_interval, "None or a positive datetime.timedelta")
         if monitor is None and save_top_k not in (-1, 0, 1):
             raise MisconfigurationException(
-                f"`ModelCheckpoint(save_top_k={save_top_k}, monitor=None)` is not valid: without a `monitor` there"
-                " is nothing to rank checkpoints by. Accepted: set `monitor` to a logged metric, or use"
+                f"ModelCheckpoint(save_top_k={save_top_k}, monitor=None) is not a valid configuration: without a"
+                " `monitor` there is nothing to rank checkpoints by. Accepted: set `monitor` to a logged metric, or use"
                 " save_top_k=1 (keep the latest), -1 (keep all) or 0 (keep none)."
             )
         triggers = {
@@ -166,7 +167,7 @@ class ModelCheckpoint(Checkpoint):
         if sum(bool(v) for v in triggers.values()) > 1:
             given = ", ".join(f"{k}={v!r}" for k, v in triggers.items() if v)
             raise MisconfigurationException(
-                f"`ModelCheckpoint({given})`: these triggers are mutually exclusive. Accepted: at most one of"
+                f"Combination of parameters {given} should be mutually exclusive. Accepted: at most one of"
                 " `every_n_train_steps`, `every_n_epochs` and `train_time_interval`; use a second"
                 " ModelCheckpoint for a second schedule."
             )
@@ -363,8 +364,9 @@ class ModelCheckpoint(Checkpoint):
 
     def _warn_folder_changed(self, old: Any, new: Any) -> None:
         rank_zero_warn(
-            f"ModelCheckpoint's folder changed from {old!r} to {new!r}: `best_model_score`, `kth_best_model_path`,"
-            " `kth_value`, `last_model_path` and `best_k_models` are not restored. Only `best_model_path` is."
+            f"The dirpath has changed from {old!r} to {new!r}, therefore `best_model_score`, `kth_best_model_path`,"
+            " `kth_value`, `last_model_path` and `best_k_models` won't be reloaded. Only `best_model_path` will be"
+            " reloaded."
         )
 
     def _reset_tracking(self) -> None:
@@ -702,7 +704,8 @@ def _check_every_n(name: str, value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise invalid_argument(name, value, "None, 0 (never) or a positive int")
+        said = f"Invalid value for {name}={value}. Must be >= 0."
+        raise invalid_argument(name, value, "None, 0 (never) or a positive int", said)
     return value
 
 

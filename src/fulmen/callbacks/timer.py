@@ -43,7 +43,9 @@ def parse_duration(duration: str | timedelta | dict[str, int] | None) -> timedel
     if isinstance(duration, str):
         match = re.fullmatch(r"(\d+):(\d{1,2}):(\d{1,2}):(\d{1,2})", duration.strip())
         if match is None:
-            raise invalid_argument("duration", duration, accepted)
+            said = f"`Timer(duration={duration!r})` is not a valid duration. Expected a string in the format "
+            said += "DD:HH:MM:SS."
+            raise invalid_argument("duration", duration, accepted, said)
         days, hours, minutes, seconds = (int(part) for part in match.groups())
         return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
     if isinstance(duration, dict):
@@ -73,7 +75,8 @@ class Timer(Callback):
         duration = parse_duration(duration)
         interval = getattr(interval, "value", interval)
         if interval not in _INTERVALS:
-            raise invalid_argument("interval", interval, _INTERVALS)
+            said = f"Unsupported parameter value `Timer(interval={interval})`. Possible choices are: step, epoch."
+            raise invalid_argument("interval", interval, _INTERVALS, said)
         self._duration = duration.total_seconds() if duration is not None else None
         self._interval = interval
         self._verbose = verbose

@@ -175,7 +175,7 @@ def scale_batch_size(
     """
     check_arguments(mode, steps_per_trial, init_val, max_trials, batch_arg_name)
     if trainer.fast_dev_run:
-        rank_zero_warn("The batch size finder is skipped: `fast_dev_run` is on.")
+        rank_zero_warn("Skipping batch size scaler since `fast_dev_run` is enabled.")
         return None
     if trainer.world_size > 1:
         raise MisconfigurationException(

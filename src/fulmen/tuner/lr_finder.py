@@ -219,7 +219,7 @@ def lr_find(
     """
     check_arguments(min_lr, max_lr, num_training, mode, early_stop_threshold)
     if trainer.fast_dev_run:
-        rank_zero_warn("The learning rate finder is skipped: `fast_dev_run` is on.")
+        rank_zero_warn("Skipping learning rate finder since `fast_dev_run` is enabled.")
         return None
     datamodule = trainer.datamodule
     if update_attr:
