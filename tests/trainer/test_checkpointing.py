@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -200,10 +201,40 @@ def test_ckpt_path_last_best_and_errors(tmp_path):
         trainer.fit(HParamModel(), loader(32), ckpt_path=str(tmp_path / "missing.ckpt"))
     with pytest.raises(MisconfigurationException, match="`ckpt_path=3`"):
         trainer.fit(HParamModel(), loader(32), ckpt_path=3)
-    with pytest.warns(UserWarning, match="found no checkpoint"):
+    with pytest.warns(UserWarning, match='fit\\(ckpt_path="last"\\) is set, .* No checkpoint will be loaded'):
         L.Trainer(**quiet(max_epochs=1, default_root_dir=str(tmp_path / "empty"))).fit(
             HParamModel(), loader(32), ckpt_path="last"
         )
+
+
+def test_evaluating_without_model_or_ckpt_path_loads_the_best_checkpoint_of_the_fit(tmp_path):
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpts", monitor="train_loss")
+    trainer = L.Trainer(**quiet(max_epochs=2, enable_checkpointing=True, callbacks=[checkpoint]))
+    model = HParamModel()
+    trainer.fit(model, loader(32))
+    for entry in ("validate", "test", "predict"):
+        with pytest.warns(UserWarning, match="The best model of the previous `fit` call will be used"):
+            getattr(trainer, entry)(dataloaders=loader(16))
+        assert trainer.ckpt_path == checkpoint.best_model_path
+        getattr(trainer, entry)(model, loader(16))  # a model given: its weights as they are
+        assert trainer.ckpt_path is None
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"enable_checkpointing": False}, '`.test(ckpt_path="best")` is set but `ModelCheckpoint` is not configured.'),
+        (
+            {"enable_checkpointing": True, "callbacks": [ModelCheckpoint(save_top_k=0)]},
+            "`ModelCheckpoint` is not configured to save the best model",
+        ),
+    ],
+)
+def test_best_without_a_best_checkpoint_fails_as_in_lightning(tmp_path, flags, message):
+    trainer = L.Trainer(**quiet(max_epochs=1, default_root_dir=tmp_path, **flags))
+    trainer.fit(BoringModel(), loader(32))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        trainer.test(ckpt_path="best", dataloaders=loader(16), verbose=False)
 
 
 def test_a_newer_schema_is_refused_with_advice(tmp_path):

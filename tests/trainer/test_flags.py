@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import re
 from typing import Any
 
 import pytest
@@ -60,12 +62,6 @@ def test_max_epochs():
     trainer, counter = fit(max_epochs=3)
     assert trainer.current_epoch == 3 and counter.epochs_started == 3
     assert trainer.global_step == 30
-
-
-def test_max_epochs_defaults_to_1000_only_without_other_limits():
-    assert Trainer(**quiet()).max_epochs == 1000
-    assert Trainer(**quiet(max_steps=5)).max_epochs == -1
-    assert Trainer(**quiet(max_time="00:00:01:00")).max_epochs == -1
 
 
 def test_max_steps_stops_mid_epoch():
@@ -243,7 +239,7 @@ class RecordFirstValues(Callback):
 def test_overfit_batches_uses_the_same_first_batches_without_shuffling():
     recorder = RecordFirstValues()
     trainer = Trainer(**quiet(callbacks=[recorder], max_epochs=2, overfit_batches=2))
-    with pytest.warns(UserWarning, match="shuffling"):
+    with pytest.warns(UserWarning, match="requested to overfit but enabled train dataloader shuffling"):
         trainer.fit(BoringModel(), loader(80, shuffle=True))
     assert isinstance(trainer.train_dataloader.sampler, SequentialSampler)
     assert len(recorder.firsts) == 4
@@ -380,9 +376,9 @@ def test_enable_flags_add_or_remove_the_default_callbacks(tmp_path):
 def test_disabled_flag_with_that_callback_given_fails():
     from fulmen.callbacks import ModelCheckpoint, TQDMProgressBar
 
-    with pytest.raises(MisconfigurationException, match="enable_checkpointing"):
+    with pytest.raises(MisconfigurationException, match="`enable_checkpointing=False` but found `ModelCheckpoint`"):
         Trainer(enable_checkpointing=False, callbacks=[ModelCheckpoint()])
-    with pytest.raises(MisconfigurationException, match="enable_progress_bar"):
+    with pytest.raises(MisconfigurationException, match="`enable_progress_bar=False` but found `TQDMProgressBar`"):
         Trainer(enable_progress_bar=False, callbacks=[TQDMProgressBar()])
 
 
@@ -488,7 +484,8 @@ def test_barebones_trains_without_logging():
      {"log_every_n_steps": 5}, {"num_sanity_val_steps": 2}, {"fast_dev_run": True}, {"detect_anomaly": True}],
 )  # fmt: skip
 def test_barebones_conflicts_fail(flags):
-    with pytest.raises(MisconfigurationException, match=next(iter(flags))):
+    ((name, value),) = flags.items()
+    with pytest.raises(MisconfigurationException, match=re.escape(f"`Trainer(barebones=True, {name}={value!r})` was")):
         Trainer(barebones=True, **flags)
 
 
@@ -555,6 +552,25 @@ def test_plugins_precision_instance_is_used():
 def test_invalid_flag_values_name_the_flag(flag, value):
     with pytest.raises(MisconfigurationException, match=flag):
         Trainer(**quiet(**{flag: value}))
+
+
+def test_val_check_interval_above_the_training_batches_says_what_lightning_says():
+    trainer = Trainer(**quiet(max_epochs=1, val_check_interval=100))
+    with pytest.raises(ValueError, match="must be less than or equal to the number of the training batches"):
+        trainer.fit(BoringModel(), loader(80), loader(16))
+
+
+def test_min_epochs_not_met_is_said_once(caplog):
+    class AlwaysStop(Callback):
+        def on_train_batch_end(self, trainer, *args):
+            trainer.should_stop = True
+
+    with caplog.at_level(logging.INFO, logger="fulmen"):
+        trainer = Trainer(**quiet(min_epochs=3, limit_train_batches=2, callbacks=[AlwaysStop()]))
+        trainer.fit(BoringModel(), loader(32))
+    said = "`min_epochs=3` or `min_steps=None` has not been met. Training will continue"
+    assert sum(said in r.getMessage() for r in caplog.records) == 1
+    assert trainer.current_epoch == 3
 
 
 def test_estimated_stepping_batches():

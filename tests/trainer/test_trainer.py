@@ -54,10 +54,13 @@ def test_verbose_results_are_printed(capsys):
 
 def test_entry_points_check_their_arguments():
     trainer = Trainer(**quiet())
-    with pytest.raises(TypeError, match="LightningModule"):
+    with pytest.raises(TypeError, match="`model` must be a `LightningModule`, got `Linear`"):
         trainer.fit(torch.nn.Linear(1, 1), loader(8))  # type: ignore[arg-type]
-    with pytest.raises(MisconfigurationException, match="needs a `model`"):
-        Trainer(**quiet()).validate()
+    for entry in ("validate", "test", "predict"):
+        # a TypeError as in Lightning, and a MisconfigurationException as fulmen's argument errors are
+        with pytest.raises(TypeError, match=rf"`Trainer.{entry}\(\)` requires a `LightningModule`") as error:
+            getattr(Trainer(**quiet()), entry)()
+        assert isinstance(error.value, MisconfigurationException)
     with pytest.raises(TypeError, match="LightningDataModule"):
         trainer.fit(BoringModel(), datamodule=object())  # type: ignore[arg-type]
 
@@ -199,7 +202,7 @@ def test_properties():
     assert trainer.checkpoint_callback is None and trainer.early_stopping_callback is None
     assert trainer.progress_bar_callback is None
     assert trainer.enable_validation
-    trainer.test(verbose=False)
+    trainer.test(model, verbose=False)
     assert trainer.num_test_batches == [8]
 
 
@@ -260,8 +263,9 @@ def test_save_checkpoint_writes_the_documented_keys(tmp_path):
 
 
 def test_save_checkpoint_needs_a_model():
-    with pytest.raises(RuntimeError, match="needs a model"):
+    with pytest.raises(RuntimeError, match="only possible if a model is attached") as error:
         Trainer(**quiet()).save_checkpoint("x.ckpt")
+    assert isinstance(error.value, AttributeError)  # what Lightning raises there
 
 
 def test_ckpt_path_restores_weights_for_evaluation_and_progress_for_fit(tmp_path):

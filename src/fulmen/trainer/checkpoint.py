@@ -184,7 +184,7 @@ def resolve_checkpoint_path(trainer: Trainer, ckpt_path: str | os.PathLike | Non
     if ckpt_path == "best":
         return _best_path(trainer, fn)
     if ckpt_path == "last":
-        return _last_path(trainer)
+        return _last_path(trainer, fn)
     if ckpt_path == "hpc":
         path = latest_hpc_checkpoint(trainer.default_root_dir)
         if path is None:
@@ -198,20 +198,51 @@ def resolve_checkpoint_path(trainer: Trainer, ckpt_path: str | os.PathLike | Non
     return ckpt_path
 
 
+def default_evaluation_ckpt_path(trainer: Trainer, fn: TrainerFn, model_given: bool, ckpt_path: Any) -> Any:
+    """validate/test/predict without a model or a ``ckpt_path`` after a fit: the best checkpoint of
+    that fit (``"best"``), with Lightning's warning; otherwise ``ckpt_path`` as given."""
+    if model_given or ckpt_path is not None or trainer.lightning_module is None:
+        return ckpt_path
+    name = fn.value
+    rank_zero_warn(
+        f"`.{name}(ckpt_path=None)` was called without a model. The best model of the previous `fit` call will be "
+        f"used. You can pass `.{name}(ckpt_path='best')` to use the best model or `.{name}(ckpt_path='last')` to "
+        "use the last model. If you pass a value, this warning will be silenced."
+    )
+    return "best"
+
+
 def _best_path(trainer: Trainer, fn: TrainerFn) -> str:
+    name = fn.value
     if fn == TrainerFn.FITTING:
         raise MisconfigurationException("`ckpt_path='best'` is for validate/test/predict; fit resumes with 'last'.")
     callback = trainer.checkpoint_callback
-    best = getattr(callback, "best_model_path", "") if callback is not None else ""
-    if not best:
+    if len(trainer.checkpoint_callbacks) > 1:
+        rank_zero_warn(
+            f'`.{name}(ckpt_path="best")` is called with Trainer configured with multiple `ModelCheckpoint` '
+            "callbacks. It will use the best checkpoint path from first checkpoint callback."
+        )
+    if callback is None:
         raise MisconfigurationException(
-            "`ckpt_path='best'` needs a ModelCheckpoint that saved a best model during fit; none did. "
-            "Pass a path, or fit with a ModelCheckpoint first."
+            f'`.{name}(ckpt_path="best")` is set but `ModelCheckpoint` is not configured. Add a ModelCheckpoint to '
+            "the fit, or pass a checkpoint path."
+        )
+    best = getattr(callback, "best_model_path", "")
+    if not best:
+        if trainer.fast_dev_run:
+            raise MisconfigurationException(
+                f'You cannot execute `.{name}(ckpt_path="best")` with `fast_dev_run=True`. Please pass an exact '
+                f"checkpoint path to `.{name}(ckpt_path=...)`"
+            )
+        raise MisconfigurationException(
+            f'`.{name}(ckpt_path="best")` is set but `ModelCheckpoint` is not configured to save the best model: '
+            "no best model was saved during fit. Pass a path, or fit with a ModelCheckpoint that saves "
+            "(save_top_k != 0)."
         )
     return best
 
 
-def _last_path(trainer: Trainer) -> str | None:
+def _last_path(trainer: Trainer, fn: TrainerFn) -> str | None:
     candidates: set[str] = set()
     for callback in trainer.checkpoint_callbacks:
         finder = getattr(callback, "_find_last_checkpoints", None)
@@ -224,7 +255,10 @@ def _last_path(trainer: Trainer) -> str | None:
     if hpc is not None:
         candidates.add(hpc)
     if not candidates:
-        rank_zero_warn("`ckpt_path='last'` found no checkpoint: training starts from the beginning.")
+        rank_zero_warn(
+            f'.{fn.value}(ckpt_path="last") is set, but there is no last checkpoint available. No checkpoint will be '
+            "loaded. HINT: Set `ModelCheckpoint(..., save_last=True)`."
+        )
         return None
     return max(candidates, key=_modified_time)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from fulmen.utilities.exceptions import invalid_argument
+from fulmen.utilities.exceptions import ConfigurationTypeError, PossibleUserWarning, invalid_argument
 from fulmen.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 DEFAULT_MAX_EPOCHS = 1000
@@ -35,7 +35,8 @@ class TrainerConfig:
     detect_anomaly: bool
     sync_batchnorm: bool
     fast_dev_run: int
-    max_epochs: int
+    #: ``None`` (not set) until fit resolves it (``resolve_max_epochs``), as in Lightning.
+    max_epochs: int | None
     max_steps: int
     min_epochs: int | None
     min_steps: int | None
@@ -136,7 +137,7 @@ def configure(
         log_every_n_steps, num_sanity_val_steps = 0, 0
 
     fast_dev_run = _check_fast_dev_run(fast_dev_run)
-    max_epochs, max_steps = _check_max_limits(max_epochs, max_steps, max_time)
+    max_epochs, max_steps = _check_max_limits(max_epochs, max_steps)
     overfit_batches = _batch_limit("overfit_batches", overfit_batches)
     limits = {
         name: _batch_limit(name, value)
@@ -155,12 +156,19 @@ def configure(
     else:
         val_check_interval = _batch_limit("val_check_interval", val_check_interval)
     if check_val_every_n_epoch is not None:
-        check_val_every_n_epoch = _check_count("check_val_every_n_epoch", check_val_every_n_epoch, minimum=1)
+        check_val_every_n_epoch = _check_count(
+            "check_val_every_n_epoch",
+            check_val_every_n_epoch,
+            minimum=1,
+            said=f"`check_val_every_n_epoch` should be an integer, found {check_val_every_n_epoch!r}.",
+        )
     elif not isinstance(val_check_interval, int) and val_check_seconds is None:
         raise invalid_argument(
             "val_check_interval",
             val_check_interval,
             "an int (a number of training batches) when `check_val_every_n_epoch=None`",
+            said="`val_check_interval` should be an integer or a time-based duration (str 'DD:HH:MM:SS', "
+            "datetime.timedelta, or dict kwargs for timedelta) when `check_val_every_n_epoch=None`.",
         )
     num_sanity_val_steps = (
         2 if num_sanity_val_steps is None else _check_count("num_sanity_val_steps", num_sanity_val_steps, -1)
@@ -168,11 +176,20 @@ def configure(
     log_every_n_steps = 50 if log_every_n_steps is None else _check_count("log_every_n_steps", log_every_n_steps, 0)
     if gradient_clip_val is not None and (
         isinstance(gradient_clip_val, bool) or not isinstance(gradient_clip_val, (int, float))
-        or gradient_clip_val < 0
-    ):  # fmt: skip
+    ):
+        raise ConfigurationTypeError(
+            f"`gradient_clip_val` should be an int or a float. Got {gradient_clip_val!r}. Accepted: a number >= 0 "
+            "or None."
+        )
+    if gradient_clip_val is not None and gradient_clip_val < 0:
         raise invalid_argument("gradient_clip_val", gradient_clip_val, "a number >= 0 or None")
     if gradient_clip_algorithm is not None and gradient_clip_algorithm not in ("norm", "value"):
-        raise invalid_argument("gradient_clip_algorithm", gradient_clip_algorithm, ("norm", "value", None))
+        raise invalid_argument(
+            "gradient_clip_algorithm",
+            gradient_clip_algorithm,
+            ("norm", "value", None),
+            said=f"`gradient_clip_algorithm` {gradient_clip_algorithm} is invalid",
+        )
     if deterministic not in (None, True, False, "warn"):
         raise invalid_argument("deterministic", deterministic, (True, False, "warn", None))
     if benchmark is not None and not isinstance(benchmark, bool):
@@ -267,13 +284,16 @@ def _check_barebones(**flags: Any) -> None:
     for name, conflicts_with in conflicts.items():
         if conflicts_with(flags[name]):
             raise invalid_argument(
-                name, flags[name], f"its default with `barebones=True`, which turns {name} off for raw speed"
+                name,
+                flags[name],
+                f"its default with `barebones=True`, which turns {name} off for raw speed",
+                said=f"`Trainer(barebones=True, {name}={flags[name]!r})` was passed",
             )
 
 
-def _check_count(name: str, value: Any, minimum: int) -> int:
+def _check_count(name: str, value: Any, minimum: int, said: str | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise invalid_argument(name, value, f"an int >= {minimum}")
+        raise invalid_argument(name, value, f"an int >= {minimum}", said)
     return value
 
 
@@ -289,13 +309,28 @@ def _check_fast_dev_run(value: Any) -> int:
     raise invalid_argument("fast_dev_run", value, "True, False or a number of batches >= 0")
 
 
-def _check_max_limits(max_epochs: Any, max_steps: Any, max_time: Any) -> tuple[int, int]:
-    max_steps = _check_count("max_steps", max_steps, -1)
+def _check_max_limits(max_epochs: Any, max_steps: Any) -> tuple[int | None, int]:
+    said = "`{}` must be a non-negative integer or -1"
+    max_steps = _check_count("max_steps", max_steps, -1, said.format("max_steps"))
     if max_epochs is None:
-        if max_steps == -1 and max_time is None:
-            return DEFAULT_MAX_EPOCHS, max_steps
-        return -1, max_steps
-    return _check_count("max_epochs", max_epochs, -1), max_steps
+        return None, max_steps
+    return _check_count("max_epochs", max_epochs, -1, said.format("max_epochs")), max_steps
+
+
+def resolve_max_epochs(config: TrainerConfig, has_timer: bool) -> None:
+    """At fit: an unset ``max_epochs`` becomes 1000 when nothing else ends training (with
+    Lightning's warning), else -1 (no epoch limit); the Trainer reports the value from then on."""
+    if config.max_epochs is not None:
+        return
+    if config.max_steps == -1 and config.max_time_seconds is None and not has_timer:
+        rank_zero_warn(
+            f"`max_epochs` was not set. Setting it to {DEFAULT_MAX_EPOCHS} epochs. To train without an epoch "
+            "limit, set `max_epochs=-1`.",
+            PossibleUserWarning,
+        )
+        config.max_epochs = DEFAULT_MAX_EPOCHS
+    else:
+        config.max_epochs = -1
 
 
 def _batch_limit(name: str, value: Any) -> int | float:
@@ -304,6 +339,8 @@ def _batch_limit(name: str, value: Any) -> int | float:
         return 1.0
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise invalid_argument(name, value, "a fraction in [0.0, 1.0] or an int number of batches")
+    if value == 1:
+        _explain_one(name, value)
     if isinstance(value, float):
         if 0.0 <= value <= 1.0:
             return value
@@ -313,6 +350,21 @@ def _batch_limit(name: str, value: Any) -> int | float:
     if value < 0:
         raise invalid_argument(name, value, "a fraction in [0.0, 1.0] or an int number of batches >= 0")
     return value
+
+
+def _explain_one(name: str, value: int | float) -> None:
+    """``1`` and ``1.0`` mean different things (one batch, all batches): say which was meant, as Lightning does."""
+    if isinstance(value, int):
+        meaning = {
+            "limit_train_batches": "1 batch per epoch will be used",
+            "val_check_interval": "validation will run after every training batch",
+        }.get(name, "1 batch will be used")
+    else:
+        meaning = {
+            "limit_train_batches": "100% of the batches per epoch will be used",
+            "val_check_interval": "validation will run at the end of each training epoch",
+        }.get(name, "100% of the batches will be used")
+    rank_zero_info(f"`Trainer({name}={value!r})` was configured so {meaning}.")
 
 
 _MAX_TIME_PATTERN = re.compile(r"^(\d+):(\d{1,2}):(\d{1,2}):(\d{1,2})$")

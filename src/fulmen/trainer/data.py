@@ -61,7 +61,10 @@ def without_shuffle(loader: Any) -> Any:
         and not isinstance(loader.sampler, SequentialSampler)
         and (loader.batch_sampler is None or type(loader.batch_sampler).__name__ == "BatchSampler")
     ):
-        rank_zero_warn("`overfit_batches` turns off the shuffling of this dataloader: the same batches every epoch.")
+        rank_zero_warn(
+            "You requested to overfit but enabled train dataloader shuffling: `overfit_batches` turns off the "
+            "shuffling of this dataloader, so the same batches come every epoch."
+        )
         return rebuild_dataloader(loader, sampler=SequentialSampler(loader.dataset))
     return loader
 

@@ -90,14 +90,18 @@ def configure_callbacks(
     checkpoint_classes = checkpoint_types()
     has_checkpoint = bool(checkpoint_classes) and any(isinstance(cb, checkpoint_classes) for cb in callbacks)
     if checkpointing_flag is False and has_checkpoint:
+        found = next(type(cb).__name__ for cb in callbacks if isinstance(cb, checkpoint_classes))
         raise MisconfigurationException(
-            "`enable_checkpointing=False`, but a checkpoint callback is in `callbacks`. Remove one of them."
+            f"Trainer was configured with `enable_checkpointing=False` but found `{found}` in callbacks list."
+            " Remove one of them."
         )
     bar_types = tuple(t for t in (builtin_callback("ProgressBar"), builtin_callback("TQDMProgressBar")) if t)
     has_bar = bool(bar_types) and any(isinstance(cb, bar_types) for cb in callbacks)
     if progress_bar_flag is False and has_bar:
+        found = next(type(cb).__name__ for cb in callbacks if isinstance(cb, bar_types))
         raise MisconfigurationException(
-            "`enable_progress_bar=False`, but a progress bar callback is in `callbacks`. Remove one of them."
+            f"Trainer was configured with `enable_progress_bar=False` but found `{found}` in callbacks list."
+            " Remove one of them."
         )
 
     if enable_model_summary:

@@ -65,6 +65,8 @@ def _val_check_batch(run: Run) -> int | float:
                 interval,
                 f"at most the number of training batches ({batches}); or set `check_val_every_n_epoch=None` "
                 "to count batches across epochs, or `limit_val_batches=0` to turn validation off",
+                said=f"`val_check_interval` ({interval}) must be less than or equal to the number of the training "
+                f"batches ({batches})",
             )
         return interval
     if batches == math.inf:

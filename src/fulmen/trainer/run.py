@@ -137,15 +137,15 @@ class Run:
             value = config.gradient_clip_val or 0.0
         elif config.gradient_clip_val is not None and config.gradient_clip_val != value:
             raise MisconfigurationException(
-                f"`Trainer(gradient_clip_val={config.gradient_clip_val})` and `clip_gradients(gradient_clip_val="
-                f"{value})` disagree; set one of them."
+                f"You have set `Trainer(gradient_clip_val={config.gradient_clip_val})` and have passed "
+                f"`clip_gradients(gradient_clip_val={value})`: they disagree; set one of them."
             )
         if algorithm is None:
             algorithm = config.gradient_clip_algorithm or "norm"
         elif config.gradient_clip_algorithm is not None and config.gradient_clip_algorithm != algorithm:
             raise MisconfigurationException(
-                f"`Trainer(gradient_clip_algorithm={config.gradient_clip_algorithm!r})` and `clip_gradients("
-                f"gradient_clip_algorithm={algorithm!r})` disagree; set one of them."
+                f"You have set `Trainer(gradient_clip_algorithm={config.gradient_clip_algorithm!r})` and have passed "
+                f"`clip_gradients(gradient_clip_algorithm={algorithm!r})`: they disagree; set one of them."
             )
         if not value:
             return

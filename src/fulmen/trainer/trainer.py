@@ -23,23 +23,25 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from fulmen.callbacks.callback import Callback
+from fulmen.callbacks.timer import Timer
 from fulmen.datamodule import LightningDataModule
 from fulmen.module import LightningModule
 from fulmen.module.optimizer import LRSchedulerConfig
 from fulmen.strategies import Strategy, select_strategy
 from fulmen.trainer import checkpoint as checkpoint_io
-from fulmen.trainer import data, defaults
+from fulmen.trainer import configuration, data, defaults
 from fulmen.trainer.configuration import TrainerConfig, configure, defaults_from_env, set_torch_flags
 from fulmen.trainer.execution import execute, execute_spawned, handle_exception, receive_spawned, was_handled
 from fulmen.trainer.loaders import load_train_dataloader, validation_enabled
 from fulmen.trainer.loop_views import EvaluationLoopView, FitLoopView
 from fulmen.trainer.metrics import Metrics
 from fulmen.trainer.profiling import select_profiler
+from fulmen.trainer.results_table import print_results
 from fulmen.trainer.run import Run
 from fulmen.trainer.setup import lightning_optimizers
 from fulmen.trainer.state import TrainerState
 from fulmen.trainer.trainer_properties import CallbackLookups, StrategyProperties
-from fulmen.utilities.exceptions import MisconfigurationException
+from fulmen.utilities.exceptions import ConfigurationTypeError, MisconfigurationException, ModelNotAttachedError
 from fulmen.utilities.rank_zero import rank_zero_info
 from fulmen.utilities.stages import STAGE_OF, RunningStage, TrainerFn, TrainerStatus
 
@@ -288,6 +290,7 @@ class Trainer(StrategyProperties, CallbackLookups):
         """Run ``predict_step`` over the data; returns the predictions (a list per dataloader when several)."""
         keep = True if return_predictions is None else bool(return_predictions)
         attach = functools.partial(self._attach_for, TrainerFn.PREDICTING, model, dataloaders, datamodule, keep)
+        ckpt_path = checkpoint_io.default_evaluation_ckpt_path(self, TrainerFn.PREDICTING, model is not None, ckpt_path)
         return self._launch(TrainerFn.PREDICTING, ckpt_path, attach, weights_only)
 
     def _evaluate(
@@ -301,9 +304,10 @@ class Trainer(StrategyProperties, CallbackLookups):
         weights_only: bool | None,
     ) -> list[dict[str, float]]:
         attach = functools.partial(self._attach_for, fn, model, dataloaders, datamodule, True)
+        ckpt_path = checkpoint_io.default_evaluation_ckpt_path(self, fn, model is not None, ckpt_path)
         results = self._launch(fn, ckpt_path, attach, weights_only)
         if verbose and self.is_global_zero and results:
-            _print_results(results, "Validate" if fn == TrainerFn.VALIDATING else "Test")
+            print_results(results, "Validate" if fn == TrainerFn.VALIDATING else "Test")
         return results
 
     def _attach_for(self, fn: TrainerFn, model: Any, dataloaders: Any, datamodule: Any, keep: bool) -> None:
@@ -318,8 +322,9 @@ class Trainer(StrategyProperties, CallbackLookups):
         if model is None:
             model = self.lightning_module
             if model is None:
-                raise MisconfigurationException(
-                    f"`Trainer.{name}()` needs a `model` when no earlier run attached one to this Trainer."
+                raise ConfigurationTypeError(
+                    f"`Trainer.{name}()` requires a `LightningModule` when it hasn't been passed in a previous run: "
+                    "pass `model`, or call it after a run that attached one."
                 )
         model = _check_module(model, name)
         _check_datamodule(datamodule)
@@ -360,6 +365,8 @@ class Trainer(StrategyProperties, CallbackLookups):
             self.state.fn = fn
             self.state.status = TrainerStatus.RUNNING
             self.state.stage = STAGE_OF[fn]
+            if fn == TrainerFn.FITTING:
+                configuration.resolve_max_epochs(self.config, any(isinstance(c, Timer) for c in self.callbacks))
             launcher = self._strategy.launcher
             if launcher is None:
                 return execute(run)
@@ -392,8 +399,9 @@ class Trainer(StrategyProperties, CallbackLookups):
         next save and the end of the run wait for it.
         """
         if self.lightning_module is None:
-            raise RuntimeError(
-                "`Trainer.save_checkpoint` needs a model: call it after (or during) fit/validate/test/predict."
+            raise ModelNotAttachedError(
+                "Saving a checkpoint is only possible if a model is attached to the Trainer: call "
+                "`Trainer.save_checkpoint` after (or during) fit/validate/test/predict."
             )
         checkpoint = checkpoint_io.dump_checkpoint(self, weights_only)
         path = os.fspath(filepath)
@@ -573,7 +581,7 @@ for _name in _CONFIG_ATTRIBUTES:
 
 def _check_module(model: Any, entry: str) -> LightningModule:
     if not isinstance(model, LightningModule):
-        raise TypeError(f"`Trainer.{entry}()` needs a `LightningModule`; got {type(model).__name__}.")
+        raise TypeError(f"`Trainer.{entry}()`: `model` must be a `LightningModule`, got `{type(model).__qualname__}`.")
     return model
 
 
@@ -586,20 +594,6 @@ def _single_or_list(loaders: list[Any] | None) -> Any:
     if loaders is None:
         return None
     return loaders[0] if len(loaders) == 1 else loaders
-
-
-def _print_results(results: list[dict[str, float]], stage: str) -> None:
-    names = sorted({name for result in results for name in result})
-    if not names:
-        return
-    header = [f"{stage} metric", *(f"DataLoader {i}" for i in range(len(results)))]
-    rows = [[name, *(f"{r[name]:.6g}" if name in r else "" for r in results)] for name in names]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    rule = "─" * (sum(widths) + 3 * (len(widths) - 1))
-    lines = [rule, "   ".join(h.center(w) for h, w in zip(header, widths)), rule]
-    lines += ["   ".join(cell.center(w) for cell, w in zip(row, widths)) for row in rows]
-    lines.append(rule)
-    print("\n".join(lines))
 
 
 __all__ = ["Trainer"]

@@ -10,6 +10,19 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 log = logging.getLogger("fulmen")
+
+
+def _show_info_lines() -> None:
+    """fulmen's INFO lines reach the console, as Lightning's do: the ``fulmen`` logger logs at INFO,
+    and prints to stderr itself only when the program configured no logging (no root handler)."""
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.INFO)
+    if not logging.getLogger().hasHandlers() and not log.handlers:
+        log.addHandler(logging.StreamHandler())
+        log.propagate = False
+
+
+_show_info_lines()
 T = TypeVar("T")
 
 _RANK_VARIABLES = ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK", "LOCAL_RANK")

@@ -259,8 +259,8 @@ def _epoch_can_stop(run: Run) -> bool:
         run.warned_min_limits = True
         config = run.config
         rank_zero_info(
-            f"`trainer.should_stop` was set, but `min_epochs={config.min_epochs}` / `min_steps={config.min_steps}` "
-            "are not met yet: training continues."
+            f"`trainer.should_stop` was set, but the required `min_epochs={config.min_epochs}` or "
+            f"`min_steps={config.min_steps}` has not been met. Training will continue..."
         )
     return False
 
