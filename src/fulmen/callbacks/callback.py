@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 from torch.optim import Optimizer
 
+from fulmen.utilities.annotations import resolve_init_annotations
+
 if TYPE_CHECKING:
     from fulmen.module import LightningModule
     from fulmen.trainer import Trainer
@@ -25,6 +27,10 @@ if TYPE_CHECKING:
 
 class Callback:
     """Base class of callbacks; every hook is a no-op here."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        resolve_init_annotations(cls)  # real types in the signature, as Lightning's have
 
     @property
     def state_key(self) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from fulmen.utilities.annotations import resolve_init_annotations
 from fulmen.utilities.exceptions import invalid_argument
 from fulmen.utilities.rank_zero import rank_zero_only
 
@@ -30,6 +31,10 @@ class Logger(ABC):
 
     #: Joins the levels of nested metric and hyperparameter names (``{"a": {"b": 1}}`` -> ``a/b``).
     group_separator = "/"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        resolve_init_annotations(cls)  # real types in the signature, as Lightning's have
 
     @property
     @abstractmethod

@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Generator, Iterable, Iterator
 from typing import Any, TextIO
 
+from fulmen.utilities.annotations import resolve_init_annotations
 from fulmen.utilities.rank_zero import rank_zero_print
 
 
@@ -23,6 +24,10 @@ class Profiler(ABC):
     ``dirpath``: the folder of the report file (default: ``trainer.log_dir``). ``filename``: write
     the report to ``<stage>-<filename>.txt`` there instead of printing it.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        resolve_init_annotations(cls)  # real types in the signature, as Lightning's have
 
     def __init__(self, dirpath: str | os.PathLike | None = None, filename: str | None = None) -> None:
         if filename is not None and (not isinstance(filename, str) or not filename or os.sep in filename):

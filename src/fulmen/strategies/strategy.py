@@ -23,6 +23,7 @@ from fulmen.strategies.accelerators import Accelerator
 from fulmen.strategies.environments import ClusterEnvironment
 from fulmen.strategies.launchers import Launcher
 from fulmen.strategies.precision import Precision
+from fulmen.utilities.annotations import resolve_init_annotations
 from fulmen.utilities.apply_func import move_data_to_device
 from fulmen.utilities.init import skip_parameter_init
 from fulmen.utilities.rank_zero import rank_zero_warn
@@ -40,6 +41,10 @@ class Strategy(ABC):
     process_group_backend: str | None = None
     #: This node's devices as set by the strategy or the resolver; empty: only ``root_device``.
     _parallel_devices: tuple[torch.device, ...] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        resolve_init_annotations(cls)  # real types in the signature, as Lightning's have
 
     def __init__(
         self,
