@@ -218,7 +218,10 @@ def test_invalid_arguments_raise_at_construction(kwargs, needle):
         ({"every_n_train_steps": -3}, "Invalid value for every_n_train_steps=-3. Must be >= 0"),
         ({"mode": "best"}, "`mode` can be min, max but got best"),
         ({"save_top_k": 3}, "ModelCheckpoint(save_top_k=3, monitor=None) is not a valid configuration"),
-        ({"every_n_train_steps": 2, "every_n_epochs": 1}, "Combination of parameters every_n_train_steps=2"),
+        (
+            {"every_n_epochs": 2, "train_time_interval": timedelta(hours=1)},
+            "Combination of parameters every_n_train_steps=None, every_n_epochs=2, train_time_interval=",
+        ),
     ],
 )
 def test_invalid_arguments_say_what_lightning_says(kwargs, lightning_words):

@@ -81,9 +81,9 @@ class GradientAccumulationScheduler(Callback):
         current = trainer.accumulate_grad_batches
         if current != 1 and current != self._last_set:
             raise MisconfigurationException(
-                f"You have set `accumulate_grad_batches={current}` and are using the `GradientAccumulationScheduler`"
-                " callback: both set the accumulation factor. Keep one: remove the Trainer argument "
-                f"(`Trainer(accumulate_grad_batches={current})`), or the callback."
+                "You have set `accumulate_grad_batches` and are using the `GradientAccumulationScheduler` callback: "
+                f"both set the accumulation factor. Keep one: remove `Trainer(accumulate_grad_batches={current})`, "
+                "or the callback."
             )
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:

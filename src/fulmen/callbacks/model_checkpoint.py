@@ -165,7 +165,7 @@ class ModelCheckpoint(Checkpoint):
             "train_time_interval": train_time_interval,
         }
         if sum(bool(v) for v in triggers.values()) > 1:
-            given = ", ".join(f"{k}={v!r}" for k, v in triggers.items() if v)
+            given = ", ".join(f"{k}={v!r}" for k, v in triggers.items())
             raise MisconfigurationException(
                 f"Combination of parameters {given} should be mutually exclusive. Accepted: at most one of"
                 " `every_n_train_steps`, `every_n_epochs` and `train_time_interval`; use a second"
