@@ -205,7 +205,11 @@ class Lite:
         return module
 
     def _wrap_module(self, forward_module: nn.Module, original: nn.Module) -> LiteModule:
-        wrapped = LiteModule(forward_module, unwrap_module(original), self._strategy)
+        original = unwrap_module(original)
+        if isinstance(getattr(type(original), "fabric", None), property):
+            # a LightningModule: its self.log, loggers and clip_gradients go through this Lite
+            original.fabric = self
+        wrapped = LiteModule(forward_module, original, self._strategy)
         self._models.append(wrapped)
         return wrapped
 

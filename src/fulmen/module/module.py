@@ -20,6 +20,7 @@ from torch.optim import Optimizer
 
 from fulmen.module import export
 from fulmen.module.hooks import ModelHooks
+from fulmen.module.lite_link import clip_through_lite, log_through_lite
 from fulmen.module.optimizer import LightningOptimizer
 from fulmen.utilities.apply_func import apply_to_collection, move_data_to_device
 from fulmen.utilities.checkpoint_migration import match_module_keys
@@ -44,7 +45,7 @@ class LightningModule(ModelHooks, HyperparametersMixin, nn.Module):
     __jit_unused_properties__: list[str] = [  # noqa: RUF012
         "trainer", "device", "dtype", "automatic_optimization", "strict_loading", "example_input_array",
         "current_epoch", "global_step", "global_rank", "local_rank", "logger", "loggers", "hparams",
-        "hparams_initial", "_attached", "_log_hyperparams_enabled",
+        "hparams_initial", "_attached", "_log_hyperparams_enabled", "fabric",
     ]  # fmt: skip
 
     #: Run ``prepare_data`` on local rank 0 of every node (True) or only on global rank 0 (False).
@@ -55,6 +56,7 @@ class LightningModule(ModelHooks, HyperparametersMixin, nn.Module):
         super().__init__(*args, **kwargs)
         d = self.__dict__
         d["_trainer"] = None
+        d["_fabric"] = None
         d["_example_input_array"] = None
         d["_automatic_optimization"] = True
         d["_strict_loading"] = None
@@ -72,7 +74,24 @@ class LightningModule(ModelHooks, HyperparametersMixin, nn.Module):
 
     @trainer.setter
     def trainer(self, trainer: Trainer | None) -> None:
+        for child in self.children():  # an ensemble's inner modules share its Trainer, as in Lightning
+            if isinstance(child, LightningModule):
+                child.trainer = trainer
         self.__dict__["_trainer"] = trainer
+
+    @property
+    def fabric(self) -> Any:
+        """The ``Lite`` that set this module up (``lite.setup(module)``), or None; see ``module.lite_link``."""
+        return self.__dict__.get("_fabric")
+
+    @fabric.setter
+    def fabric(self, lite: Any) -> None:
+        for child in self.children():
+            if isinstance(child, LightningModule):
+                child.fabric = lite
+        # A strong reference (Lightning keeps a weak one): `Lite(...).setup(module)` in one line must
+        # still log; the cycle Lite -> module -> Lite is collected as any other.
+        self.__dict__["_fabric"] = lite
 
     def _run_link(self) -> RunLink:
         """The Trainer call that runs this module: what ``manual_backward`` and ``clip_gradients`` need."""
@@ -156,11 +175,17 @@ class LightningModule(ModelHooks, HyperparametersMixin, nn.Module):
 
     @property
     def logger(self) -> Any:
+        lite = self.__dict__.get("_fabric")
+        if lite is not None:
+            return lite.loggers[0]  # IndexError without loggers, as under Lightning's Fabric
         trainer = self.__dict__.get("_trainer")
         return trainer.logger if trainer is not None else None
 
     @property
     def loggers(self) -> list[Any]:
+        lite = self.__dict__.get("_fabric")
+        if lite is not None:
+            return lite.loggers
         trainer = self.__dict__.get("_trainer")
         return trainer.loggers if trainer is not None else []
 
@@ -239,6 +264,10 @@ class LightningModule(ModelHooks, HyperparametersMixin, nn.Module):
         "max", "min" or a callable on the stacked values); ``sync_dist`` reduces across
         processes too. A torchmetrics ``Metric`` is computed at epoch end and reset.
         """
+        lite = self.__dict__.get("_fabric")
+        if lite is not None:
+            log_through_lite(lite, {name: value}, logger, f"self.log({name}, {value})")
+            return
         trainer = self.__dict__.get("_trainer")
         if trainer is None:
             rank_zero_warn(
@@ -293,6 +322,10 @@ class LightningModule(ModelHooks, HyperparametersMixin, nn.Module):
         """``log`` every entry of ``dictionary`` (a dict or a torchmetrics ``MetricCollection``)."""
         if not hasattr(dictionary, "items"):
             raise invalid_argument("dictionary", dictionary, "a dict of name -> value, or a MetricCollection")
+        lite = self.__dict__.get("_fabric")
+        if lite is not None:
+            log_through_lite(lite, dictionary, logger, f"self.log_dict({dict(dictionary)})")
+            return
         for name, value in dictionary.items():
             self.log(
                 name,
@@ -398,6 +431,10 @@ class LightningModule(ModelHooks, HyperparametersMixin, nn.Module):
         gradient_clip_algorithm: str | None = None,
     ) -> None:
         """Clip the gradients of ``optimizer``'s parameters by norm (default) or by value."""
+        lite = self.__dict__.get("_fabric")
+        if lite is not None:
+            clip_through_lite(lite, self, optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
         self._run_link().clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_gradient_clipping(
@@ -537,6 +574,7 @@ class LightningModule(ModelHooks, HyperparametersMixin, nn.Module):
         # The Trainer holds processes, files and loggers; a copied or pickled module leaves it behind.
         state = self.__dict__.copy()
         state["_trainer"] = None
+        state["_fabric"] = None
         return state
 
 
