@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from fulmen.strategies import fsdp_checkpoint
+from fulmen.strategies import direct_calls, fsdp_checkpoint
 from fulmen.strategies import fsdp_options as options
 from fulmen.strategies.ddp import DDPStrategy
 from fulmen.strategies.fsdp_options import FSDPPrecision, Policy
@@ -113,7 +113,13 @@ class FSDPStrategy(DDPStrategy):
             return super().setup_module(module)
         earlier = self._sharded_root_of(module)
         if earlier is None:
-            return self._shard(module)
+            # The user's module is the root, not a front end's wrapper: called directly anywhere
+            # (a callback, after fit) it gathers its parameters, and its steps gather as forward does.
+            inner = _wrapped_module(module)
+            self._shard(inner if inner is not None else module)
+            if inner is not None:
+                _gather_around(inner, "training_step", *_EVALUATION_STEPS)
+            return module
         if earlier is not getattr(module, "module", None):
             return earlier  # the router an earlier fit sharded: its parameters are shards already
         # The user's module itself was sharded (by an evaluation): its training step gathers as forward does.
@@ -129,7 +135,7 @@ class FSDPStrategy(DDPStrategy):
         if earlier is not None:
             return earlier
         self._shard(module)
-        _gather_around(module, "validation_step", "test_step", "predict_step")
+        _gather_around(module, *_EVALUATION_STEPS)
         return module
 
     def _shard(self, module: nn.Module) -> nn.Module:
@@ -151,12 +157,8 @@ class FSDPStrategy(DDPStrategy):
             fully_shard(child, **settings)
         fully_shard(module, **settings)
         options.materialize(module, torch.device("cpu") if self.cpu_offload else self.root_device)
+        direct_calls.allow(module)
         self._sharded_modules.append(module)
-        held = getattr(module, "module", None) if getattr(module, "_fulmen_wrapper", False) else None
-        if held is not None:
-            # Found again by a later Trainer or call on the same module (its parameters are shards
-            # now); kept out of the module's children, so that it is no submodule of its own child.
-            held.__dict__[_ROOT_KEY] = module
         return module
 
     def _sharded_root_of(self, module: nn.Module) -> nn.Module | None:
@@ -164,12 +166,8 @@ class FSDPStrategy(DDPStrategy):
         remembered here, so that its optimizers' state is read and loaded the sharded way."""
         from torch.distributed.fsdp import FSDPModule
 
-        inner = getattr(module, "module", None) if getattr(module, "_fulmen_wrapper", False) else None
-        for candidate in (module, inner):
-            if candidate is None:
-                continue
-            root = candidate if isinstance(candidate, FSDPModule) else candidate.__dict__.get(_ROOT_KEY)
-            if root is not None:
+        for root in (module, _wrapped_module(module)):
+            if isinstance(root, FSDPModule):
                 if not any(root is known for known in self._sharded_modules):
                     self._sharded_modules.append(root)
                 return root
@@ -334,7 +332,12 @@ def _wrapper_prefix(target: nn.Module) -> str:
     return "module." if getattr(target, "_fulmen_wrapper", False) and hasattr(target, "module") else ""
 
 
-_ROOT_KEY = "_fulmen_fsdp_root"
+_EVALUATION_STEPS = ("validation_step", "test_step", "predict_step")
+
+
+def _wrapped_module(module: nn.Module) -> nn.Module | None:
+    """The module a front end's wrapper (the Trainer's step router) holds, else None."""
+    return getattr(module, "module", None) if getattr(module, "_fulmen_wrapper", False) else None
 
 
 def _on_meta(module: nn.Module) -> bool:
@@ -347,8 +350,8 @@ def _gather_around(module: nn.Module, *methods: str) -> None:
 
     for name in methods:
         original = getattr(module, name, None)
-        if not callable(original) or not hasattr(original, "__func__"):
-            continue
+        if not callable(original) or not hasattr(original, "__func__") or name in module.__dict__:
+            continue  # not a method, or registered already (an instance attribute now)
         register_fsdp_forward_method(module, name)
         # torch's wrapper names the bound method as wrapped, which hides its first argument from
         # `inspect.signature`; give it the method's own signature (steps are called by arity).
