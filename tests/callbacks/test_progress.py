@@ -143,6 +143,21 @@ def test_loader_without_length(tmp_path, capsys):
     assert "5it" in capsys.readouterr().out
 
 
+def test_bars_stay_readable_after_the_run_and_max_steps_is_the_total_without_a_length(tmp_path):
+    class Endless(IterableDataset):
+        def __iter__(self):
+            while True:
+                yield torch.ones(2)
+
+    bar = TQDMProgressBar()
+    t = trainer(tmp_path, [bar], max_epochs=-1, max_steps=7)
+    t.fit(Model(), DataLoader(Endless(), batch_size=1))
+    assert bar.train_progress_bar.total == 7 and bar.train_progress_bar.n == 7
+    assert bar.train_progress_bar.disable  # closed: nothing redraws it
+    t.test(Model(), loader(3), verbose=False)
+    assert bar.test_progress_bar.total == 3 and bar.test_progress_bar.n == 3
+
+
 @pytest.mark.parametrize("switch", ["refresh_rate_zero", "disable", "other_rank"])
 def test_nothing_is_drawn_when_off(tmp_path, capsys, monkeypatch, switch):
     if switch == "refresh_rate_zero":

@@ -339,7 +339,10 @@ class TQDMProgressBar(ProgressBar):
             return
         if self._leave or self._train_bar is None:
             self._train_bar = self.init_train_tqdm()
-        self._train_bar.reset(total=self.total_train_batches)
+        total = self.total_train_batches
+        if total is None and trainer.max_steps > 0:  # no length: the step budget is the best guess
+            total = trainer.max_steps
+        self._train_bar.reset(total=total)
         self._train_bar.initial = 0
         self._train_bar.set_description(f"Epoch {trainer.current_epoch}")
 
@@ -361,9 +364,10 @@ class TQDMProgressBar(ProgressBar):
             self._close(self._train_bar)
             self._train_bar = None
 
+    # The *_end hooks close their bar but keep it: `train_progress_bar.total` and `.n` stay readable
+    # after the run, as in Lightning (a closed tqdm is disabled, so nothing redraws it).
     def on_train_end(self, trainer: Any, pl_module: LightningModule) -> None:
         self._close(self._train_bar)
-        self._train_bar = None
 
     # ----------------------------------------------------------------- validation, test, predict
     def _start_eval_dataloader(self, bar: Any, label: str, dataloader_idx: int) -> None:
@@ -404,7 +408,6 @@ class TQDMProgressBar(ProgressBar):
     def on_validation_end(self, trainer: Any, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:
             self._close(self._val_bar)
-            self._val_bar = None
         self._reset_eval_dataloader_idx()
         if self._train_bar is not None and trainer.state.fn == TrainerFn.FITTING:
             self._show_metrics(self._train_bar, trainer, pl_module)
@@ -432,7 +435,6 @@ class TQDMProgressBar(ProgressBar):
 
     def on_test_end(self, trainer: Any, pl_module: LightningModule) -> None:
         self._close(self._test_bar)
-        self._test_bar = None
         self._reset_eval_dataloader_idx()
 
     # --------------------------------------------------------------------------------- predict
@@ -458,7 +460,6 @@ class TQDMProgressBar(ProgressBar):
 
     def on_predict_end(self, trainer: Any, pl_module: LightningModule) -> None:
         self._close(self._predict_bar)
-        self._predict_bar = None
         self._reset_eval_dataloader_idx()
 
     # ------------------------------------------------------------------------------- failures
