@@ -81,15 +81,36 @@ def test_step_interval_logs_every_step(tmp_path):
     assert [v for _, v in values] == pytest.approx([1 / (s + 1) for s in range(8)])
 
 
-def test_optimizer_without_scheduler_follows_log_every_n_steps(tmp_path):
+def test_optimizer_without_scheduler_is_logged_at_epoch_starts_and_steps(tmp_path):
+    monitor = LearningRateMonitor(log_momentum=True)
     _, rows = fit(
         tmp_path,
-        lambda m: torch.optim.SGD(m.parameters(), lr=0.3),
-        LearningRateMonitor(),
+        lambda m: torch.optim.SGD(m.parameters(), lr=0.3, momentum=0.5),
+        monitor,
         max_epochs=2,
         module=None,
     )
-    assert column(rows, "lr-SGD") == [(s, 0.3) for s in range(8)]
+    # as in Lightning: at each epoch start (steps 0 and 4) and at every step that logs
+    assert [s for s, _ in column(rows, "lr-SGD")] == [0, 0, 1, 2, 3, 4, 4, 5, 6, 7]
+    assert monitor.last_momentum_values == {"lr-SGD-momentum": 0.5}
+
+
+def test_two_optimizers_in_one_batch_log_once_per_batch(tmp_path):
+    class TwoOptimizers(Model):
+        def __init__(self):
+            super().__init__(lambda m: [torch.optim.SGD(m.a.parameters(), 0.1), torch.optim.SGD(m.b.parameters(), 0.1)])
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            for opt in self.optimizers():
+                opt.zero_grad()
+                self.manual_backward(self.b(self.a(batch[0])).sum())
+                opt.step()
+
+    monitor = LearningRateMonitor(logging_interval="step")
+    t, rows = fit(tmp_path, None, monitor, max_epochs=1, module=TwoOptimizers())
+    assert t.global_step == 8  # two optimizer steps per batch
+    assert [s for s, _ in column(rows, "lr-SGD")] == [0, 1, 2, 3]  # the step that logs counts batches
 
 
 def test_every_other_step_with_log_every_n_steps(tmp_path):

@@ -84,8 +84,10 @@ class LearningRateMonitor(Callback):
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         if self.logging_interval == "epoch":
             return
-        step = trainer.global_step
-        # Within an accumulation window several batches share a step: log it once.
+        # The logging step counts batches that stepped (not optimizer steps: two optimizers step
+        # twice per batch), as the Trainer's own logging does; within an accumulation window
+        # several batches share it: log it once.
+        step = _batches_that_stepped(trainer)
         if step == self._last_step_logged or not self._should_log(trainer, step):
             return
         self._last_step_logged = step
@@ -114,7 +116,8 @@ class LearningRateMonitor(Callback):
         for opt in map(_unwrap, trainer.optimizers):
             if id(opt) not in seen:
                 seen.add(id(opt))
-                entries.append((opt, f"lr-{type(opt).__name__}", "step", False))
+                # No scheduler: logged at every check, epoch starts and steps alike (as Lightning does)
+                entries.append((opt, f"lr-{type(opt).__name__}", "always", False))
 
         counts: Counter[type] = Counter(type(opt) for opt, _, _, named in entries if not named)
         occurrence: dict[type, int] = defaultdict(int)
@@ -147,7 +150,7 @@ class LearningRateMonitor(Callback):
     def _log(self, trainer: Any, interval: str) -> None:
         stats: dict[str, float] = {}
         for opt, names, opt_interval in self._entries(trainer):
-            if interval not in (opt_interval, "any"):
+            if interval not in (opt_interval, "any") and opt_interval != "always":
                 continue
             use_betas = "betas" in opt.defaults
             for group, name in zip(opt.param_groups, names):
@@ -170,4 +173,8 @@ class LearningRateMonitor(Callback):
             device = trainer.strategy.root_device
             callback_metrics.update({k: torch.tensor(v, device=device) for k, v in stats.items()})
         for logger in trainer.loggers:
-            logger.log_metrics(stats, step=trainer.global_step)
+            logger.log_metrics(stats, step=_batches_that_stepped(trainer))
+
+
+def _batches_that_stepped(trainer: Any) -> int:
+    return trainer.state.batches_that_stepped
