@@ -7,6 +7,7 @@ every hook call a real run makes.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -242,3 +243,62 @@ def test_hooks_nobody_overrides_are_not_called(record):
     assert all(fns == [] for fns in hooks.callbacks.values())
     assert hooks.module["on_train_batch_start"] is None
     assert not hooks.any("on_before_backward")
+
+
+class StageRecorder(Callback):
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple, dict]] = []
+
+    def setup(self, *args: Any, **kwargs: Any) -> None:
+        self.calls.append(("setup", args[2:], kwargs))
+
+    def teardown(self, *args: Any, **kwargs: Any) -> None:
+        self.calls.append(("teardown", args[2:], kwargs))
+
+
+def test_setup_and_teardown_get_the_stage_by_keyword_and_every_stage_starts_without_gradients():
+    class Grads(BoringModel):
+        def on_fit_start(self) -> None:
+            for p in self.parameters():
+                p.grad = torch.ones_like(p)
+
+        def on_train_start(self) -> None:
+            self.grads_at_train_start = [p.grad for p in self.parameters()]
+
+        def on_predict_start(self) -> None:
+            self.grads_at_predict_start = [p.grad for p in self.parameters()]
+
+    recorder = StageRecorder()
+    model = Grads()
+    trainer = Trainer(**quiet(max_epochs=1, limit_train_batches=1, callbacks=[recorder]))
+    trainer.fit(model, BoringDataModule())
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    trainer.predict(model, BoringDataModule().predict_dataloader())
+    assert recorder.calls == [
+        ("setup", (), {"stage": "fit"}),
+        ("teardown", (), {"stage": "fit"}),
+        ("setup", (), {"stage": "predict"}),
+        ("teardown", (), {"stage": "predict"}),
+    ]
+    assert model.grads_at_train_start == [None, None] and model.grads_at_predict_start == [None, None]
+
+
+def test_a_datamodule_that_only_wraps_its_transfer_hooks_leaves_them_to_the_module():
+    seen: list[str] = []
+
+    class Moves(BoringModel):
+        def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+            seen.append("module")
+            return batch
+
+    dm = BoringDataModule()
+    original = dm.on_before_batch_transfer
+
+    def recording(*args: Any) -> Any:
+        seen.append("datamodule wrapper")
+        return original(*args)
+
+    dm.on_before_batch_transfer = functools.update_wrapper(functools.partial(recording), original)
+    Trainer(**quiet(max_epochs=1, limit_train_batches=1)).fit(Moves(), datamodule=dm)
+    assert seen and set(seen) == {"module"}

@@ -70,19 +70,21 @@ def execute(run: Run) -> Any:
                 fit_loop(run)
             result = None
         elif fn == TrainerFn.PREDICTING:
+            module.zero_grad()  # every stage starts without gradients, as in Lightning
             loaders = load_eval_dataloaders(run, RunningStage.PREDICTING)
             result = predict_loop(run, loaders, run.num_predict_batches, run.return_predictions)
         else:
             stage = RunningStage.VALIDATING if fn == TrainerFn.VALIDATING else RunningStage.TESTING
+            module.zero_grad()
             loaders = load_eval_dataloaders(run, stage)
             limits = run.num_val_batches if fn == TrainerFn.VALIDATING else run.num_test_batches
             result = evaluation_run(run, stage, loaders, limits)
 
         # Asynchronous checkpoint saves are published before the run counts as finished.
         strategy.wait_for_checkpoint_saves()
-        hooks.call_datamodule("teardown", fn.value)
-        hooks.call_callbacks("teardown", fn.value)
-        hooks.call_module("teardown", fn.value)
+        hooks.call_datamodule("teardown", stage=fn.value)  # by keyword, as Lightning calls it
+        hooks.call_callbacks("teardown", stage=fn.value)
+        hooks.call_module("teardown", stage=fn.value)
         for logger in trainer.loggers:
             logger.finalize("success")
         trainer.profiler.describe()

@@ -14,13 +14,13 @@ hooks belong to the datamodule instead when it overrides them.
         module.configure_callbacks()
         datamodule.prepare_data()         # on local rank 0 of each node (global rank 0 with
         module.prepare_data()             # prepare_data_per_node=False); the other ranks wait
-        datamodule.setup("fit")
-        callbacks.setup("fit")
-        module.setup("fit")
+        datamodule.setup(stage="fit")
+        callbacks.setup(stage="fit")
+        module.setup(stage="fit")
         module.configure_model()          # inside the strategy's module init context
         module.configure_optimizers()
         callbacks.on_fit_start()
-        module.on_fit_start()
+        module.on_fit_start()             # then the gradients are zeroed (nn.Module.zero_grad, every stage)
         if sanity check:                  # num_sanity_val_steps > 0 and validation is enabled
             callbacks.on_sanity_check_start()
             validation_run()              # at most num_sanity_val_steps batches per loader, not logged
@@ -64,9 +64,9 @@ hooks belong to the datamodule instead when it overrides them.
         module.on_train_end()
         callbacks.on_fit_end()
         module.on_fit_end()
-        datamodule.teardown("fit")
-        callbacks.teardown("fit")
-        module.teardown("fit")
+        datamodule.teardown(stage="fit")
+        callbacks.teardown(stage="fit")
+        module.teardown(stage="fit")
 
     def closure():                        # called once per batch; LBFGS-like optimizers call it again
         module.training_step(batch, batch_idx)
@@ -111,22 +111,22 @@ hooks belong to the datamodule instead when it overrides them.
         module.configure_callbacks()
         datamodule.prepare_data()
         module.prepare_data()
-        datamodule.setup("validate")
-        callbacks.setup("validate")
-        module.setup("validate")
+        datamodule.setup(stage="validate")
+        callbacks.setup(stage="validate")
+        module.setup(stage="validate")
         module.configure_model()
         validation_run()
-        datamodule.teardown("validate")
-        callbacks.teardown("validate")
-        module.teardown("validate")
+        datamodule.teardown(stage="validate")
+        callbacks.teardown(stage="validate")
+        module.teardown(stage="validate")
 
     def test():
         module.configure_callbacks()
         datamodule.prepare_data()
         module.prepare_data()
-        datamodule.setup("test")
-        callbacks.setup("test")
-        module.setup("test")
+        datamodule.setup(stage="test")
+        callbacks.setup(stage="test")
+        module.setup(stage="test")
         module.configure_model()
         datamodule.test_dataloader()
         module.on_test_model_eval()
@@ -148,17 +148,17 @@ hooks belong to the datamodule instead when it overrides them.
         callbacks.on_test_end()
         module.on_test_end()
         module.on_test_model_train()
-        datamodule.teardown("test")
-        callbacks.teardown("test")
-        module.teardown("test")
+        datamodule.teardown(stage="test")
+        callbacks.teardown(stage="test")
+        module.teardown(stage="test")
 
     def predict():
         module.configure_callbacks()
         datamodule.prepare_data()
         module.prepare_data()
-        datamodule.setup("predict")
-        callbacks.setup("predict")
-        module.setup("predict")
+        datamodule.setup(stage="predict")
+        callbacks.setup(stage="predict")
+        module.setup(stage="predict")
         module.configure_model()
         datamodule.predict_dataloader()
         module.on_predict_model_eval()
@@ -179,9 +179,9 @@ hooks belong to the datamodule instead when it overrides them.
         module.on_predict_epoch_end()
         callbacks.on_predict_end()
         module.on_predict_end()
-        datamodule.teardown("predict")
-        callbacks.teardown("predict")
-        module.teardown("predict")
+        datamodule.teardown(stage="predict")
+        callbacks.teardown(stage="predict")
+        module.teardown(stage="predict")
 
 On an exception in any of them: ``callbacks.on_exception``, ``datamodule.on_exception``,
 ``module.on_exception``, then every logger's ``finalize("failed")``, then the exception is
@@ -251,7 +251,8 @@ class Hooks:
         # the module's otherwise; None when neither does (the loop then only moves the batch).
         self.transfer: dict[str, Callable[..., Any] | None] = {}
         for name in BATCH_TRANSFER_HOOKS:
-            self.transfer[name] = self.datamodule[name] or self.module[name]
+            chosen = datamodule is not None and is_overridden(datamodule, LightningDataModule, name, True)
+            self.transfer[name] = self.datamodule[name] if chosen else self.module[name]
 
         #: Whether calling each hook would run anything (read on the per-batch path).
         self.active: dict[str, bool] = {
@@ -279,16 +280,16 @@ class Hooks:
                     fn(trainer, module, *args)
             return module_fn(*args) if module_fn is not None else None
 
-    def call_callbacks(self, name: str, *args: Any, fns: list[Callable[..., Any]] | None = None) -> None:
+    def call_callbacks(self, name: str, *args: Any, fns: list[Callable[..., Any]] | None = None, **kwargs: Any) -> None:
         fns = self.callbacks[name] if fns is None else fns
         if not fns:
             return
         with self._run.results.hook(name):
             trainer, module = self._trainer, self._module
             for fn in fns:
-                fn(trainer, module, *args)
+                fn(trainer, module, *args, **kwargs)
 
-    def call_module(self, name: str, *args: Any, always: bool = False) -> Any:
+    def call_module(self, name: str, *args: Any, always: bool = False, **kwargs: Any) -> Any:
         """The module's hook; with ``always`` even when not overridden (hooks whose default does work)."""
         fn = self.module.get(name)
         if fn is None:
@@ -296,11 +297,11 @@ class Hooks:
                 return None
             fn = getattr(self._module, name)
         with self._run.results.hook(name):
-            return fn(*args)
+            return fn(*args, **kwargs)
 
-    def call_datamodule(self, name: str, *args: Any) -> Any:
+    def call_datamodule(self, name: str, *args: Any, **kwargs: Any) -> Any:
         fn = self.datamodule.get(name)
-        return fn(*args) if fn is not None else None
+        return fn(*args, **kwargs) if fn is not None else None
 
     def train_epoch_end(self) -> None:
         """``on_train_epoch_end``: callbacks, the module, then the monitoring callbacks."""

@@ -91,14 +91,18 @@ def setup_hooks(run: Run) -> None:
     for logger in run.trainer.loggers:  # create folders and writers before any hook may need them
         _ = getattr(logger, "experiment", None)
     strategy.barrier("pre_setup")
-    hooks.call_datamodule("setup", stage)
-    hooks.call_callbacks("setup", stage)
-    hooks.call_module("setup", stage)
+    hooks.call_datamodule("setup", stage=stage)  # by keyword, as Lightning calls it
+    hooks.call_callbacks("setup", stage=stage)
+    hooks.call_module("setup", stage=stage)
     strategy.barrier("post_setup")
-    if hooks.module["configure_model"] is not None or hooks.module["configure_sharded_model"] is not None:
+    # The legacy configure_sharded_model runs only where a class overrides it (a wrapper that only
+    # records calls does not count), as in Lightning.
+    legacy = is_overridden(run.module, LightningModule, "configure_sharded_model", see_through_wrappers=True)
+    if hooks.module["configure_model"] is not None or legacy:
         with strategy.module_init_context():
             hooks.call_module("configure_model")
-            hooks.call_module("configure_sharded_model")
+            if legacy:
+                hooks.call_module("configure_sharded_model")
 
 
 def setup_model(run: Run) -> None:

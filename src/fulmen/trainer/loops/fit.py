@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 def fit_loop(run: Run) -> None:
     hooks, state = run.hooks, run.state
     hooks.call("on_fit_start")
+    run.module.zero_grad()  # every stage starts without gradients, as in Lightning
     if validation_enabled(run) and run.config.num_sanity_val_steps != 0:
         run_sanity_check(run)
     load_train_dataloader(run)
