@@ -158,6 +158,20 @@ def test_bars_stay_readable_after_the_run_and_max_steps_is_the_total_without_a_l
     assert bar.test_progress_bar.total == 3 and bar.test_progress_bar.n == 3
 
 
+def test_total_val_batches_is_zero_in_epochs_that_do_not_validate(tmp_path):
+    class Totals(L.Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            self.seen.append(trainer.progress_bar_callback.total_val_batches)
+
+    totals = Totals()
+    t = trainer(tmp_path, [TQDMProgressBar(), totals], max_epochs=4, check_val_every_n_epoch=2, num_sanity_val_steps=0)
+    t.fit(Model(), loader(2), loader(3))
+    assert totals.seen == [0, 3, 0, 3]
+
+
 @pytest.mark.parametrize("switch", ["refresh_rate_zero", "disable", "other_rank"])
 def test_nothing_is_drawn_when_off(tmp_path, capsys, monkeypatch, switch):
     if switch == "refresh_rate_zero":

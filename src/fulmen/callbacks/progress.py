@@ -90,9 +90,10 @@ class ProgressBar(Callback):
         Counted only when this epoch validates; 0 otherwise (as Lightning's progress bars count).
         """
         trainer = self.trainer
+        every = trainer.check_val_every_n_epoch
         if trainer.sanity_checking:
             counts = trainer.num_sanity_val_batches
-        elif not trainer.enable_validation:
+        elif not trainer.enable_validation or (every is not None and (trainer.current_epoch + 1) % every):
             return 0
         else:
             counts = trainer.num_val_batches
