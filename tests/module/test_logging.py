@@ -227,6 +227,16 @@ def test_on_step_in_an_epoch_hook_fails():
         run(Bad())
 
 
+def test_neither_on_step_nor_on_epoch_fails():
+    class Bad(BoringModel):
+        def training_step(self, batch, batch_idx):
+            self.log("x", 1.0, on_step=False, on_epoch=False)
+            return self.loss(batch)
+
+    with pytest.raises(MisconfigurationException, match="`on_step=False` and `on_epoch=False` is not useful"):
+        run(Bad())
+
+
 def test_non_scalar_tensor_fails():
     class Bad(BoringModel):
         def training_step(self, batch, batch_idx):

@@ -295,6 +295,11 @@ class ResultStore:
         allowed_step, allowed_epoch, default_step, default_epoch = rules
         on_step = default_step if on_step is None else bool(on_step)
         on_epoch = default_epoch if on_epoch is None else bool(on_epoch)
+        if not on_step and not on_epoch:
+            raise MisconfigurationException(
+                f"Logging `{name}` with `on_step=False` and `on_epoch=False` is not useful: the value would reach "
+                "neither the loggers nor the callbacks. Set one of them to True."
+            )
         if on_step not in allowed_step:
             raise invalid_argument(f"self.log({name!r}, on_step)", on_step, f"{allowed_step} in `{fx}`")
         if on_epoch not in allowed_epoch:
