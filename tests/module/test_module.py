@@ -480,9 +480,9 @@ def test_device_and_dtype_follow_the_parameters():
 
 def test_freeze_and_unfreeze():
     model = BoringModel()
-    model.freeze()
+    assert model.freeze() is model  # both return the module, as Lightning's do
     assert not any(p.requires_grad for p in model.parameters()) and not model.training
-    model.unfreeze()
+    assert model.unfreeze() is model
     assert all(p.requires_grad for p in model.parameters()) and model.training
 
 

@@ -482,17 +482,17 @@ class LightningModule(ModelHooks, HyperparametersMixin, nn.Module):
         sample = input_sample if input_sample is not None else self.example_input_array
         export.to_onnx(self, file_path, sample, **kwargs)
 
-    def freeze(self) -> None:
-        """Make every parameter untrainable and switch to eval mode."""
+    def freeze(self) -> LightningModule:
+        """Make every parameter untrainable and switch to eval mode; returns the module (as Lightning's)."""
         for param in self.parameters():
             param.requires_grad = False
-        self.eval()
+        return self.eval()
 
-    def unfreeze(self) -> None:
-        """Make every parameter trainable and switch to train mode."""
+    def unfreeze(self) -> LightningModule:
+        """Make every parameter trainable and switch to train mode; returns the module (as Lightning's)."""
         for param in self.parameters():
             param.requires_grad = True
-        self.train()
+        return self.train()
 
     # -------------------------------------------------------------------------- data hooks
     def prepare_data(self) -> None:
