@@ -109,6 +109,7 @@ class Run:
         self.eval_seen_batches: dict[int, int] = {}
         self.warned_min_limits = False
         self.warned_none_loss = False
+        self.warned_none_batch = False
 
     # ------------------------------------------------------------------------------ RunLink
     def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:

@@ -115,12 +115,16 @@ def train_epoch(run: Run) -> None:
             batch = to_device(batch, 0)
         store.batch = batch
         store.batch_size = None
-        if plan.batch_start and hooks.call("on_train_batch_start", batch, batch_idx) == -1:
-            if plan.epoch_schedulers:  # the epoch ends here: its schedulers step as at a last batch
-                _step_schedulers(run, plan.epoch_schedulers, state.current_epoch, plateau=False)
-            break
         stepping = is_last or not plan.automatic or (batch_idx + 1) % accumulate == 0
-        outputs = batch_step(run, plan, batch, batch_idx, stepping)
+        if batch is None:  # a collate_fn may drop a batch: no step, the batch-end hooks get None
+            _warn_none_batch(run)
+            outputs = None
+        else:
+            if plan.batch_start and hooks.call("on_train_batch_start", batch, batch_idx) == -1:
+                if plan.epoch_schedulers:  # the epoch ends here: its schedulers step as at a last batch
+                    _step_schedulers(run, plan.epoch_schedulers, state.current_epoch, plateau=False)
+                break
+            outputs = batch_step(run, plan, batch, batch_idx, stepping)
 
         if stepping and plan.step_schedulers:
             _step_schedulers(run, plan.step_schedulers, state.batches_that_stepped, plateau=False)
@@ -251,6 +255,15 @@ def _finish_batch(run: Run, plan: EpochPlan, batch_idx: int, is_last: bool, step
     if stepping:
         state.batches_that_stepped += 1
     state.phase = None
+
+
+def _warn_none_batch(run: Run) -> None:
+    if not run.warned_none_batch:
+        run.warned_none_batch = True
+        rank_zero_warn(
+            "train_dataloader yielded None. If this was on purpose, ignore this warning: such batches are skipped "
+            "(no training_step, no optimizer step) and on_train_batch_end receives None as outputs."
+        )
 
 
 def _epoch_can_stop(run: Run) -> bool:
