@@ -409,6 +409,26 @@ def test_a_scheduler_without_step_is_refused_in_automatic_optimization_only():
     Trainer(**quiet(max_epochs=1)).fit(Manual(), loader(16))
 
 
+def test_manual_optimization_warns_that_automatic_only_scheduler_keys_are_ignored():
+    class Manual(BoringModel):
+        def __init__(self):
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            pass
+
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt)
+            return [opt], [{"scheduler": plateau, "monitor": "loss", "interval": "step"}]
+
+    trainer = Trainer(**quiet(max_epochs=1))
+    with pytest.warns(RuntimeWarning, match=r"\['monitor'\], but the keys will be ignored"):
+        trainer.fit(Manual(), loader(16))
+    assert trainer.lr_scheduler_configs[0].interval == "step"
+
+
 def test_clip_gradients_with_other_values_than_the_trainer_flags_fails():
     class Clips(BoringModel):
         def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):

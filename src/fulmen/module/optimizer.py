@@ -114,6 +114,13 @@ def scheduler_configs(
                 raise MisconfigurationException(
                     "The lr scheduler dict needs the key 'scheduler' holding the scheduler itself."
                 )
+            ignored = [key for key in ("monitor", "reduce_on_plateau", "strict") if key in entry]
+            if not automatic_optimization and ignored:
+                rank_zero_warn(
+                    f"The lr scheduler dict contains the key(s) {ignored}, but the keys will be ignored: in manual "
+                    "optimization you call `lr_scheduler.step()` yourself.",
+                    category=RuntimeWarning,
+                )
             if entry.get("interval", "epoch") not in ("epoch", "step"):
                 raise MisconfigurationException(
                     f"The lr scheduler dict has `interval={entry['interval']!r}`. Accepted: 'epoch', 'step'."
