@@ -242,3 +242,17 @@ def test_a_newer_schema_is_refused_with_advice(tmp_path):
     torch.save({"schema_version": 99, "state_dict": {}}, path)
     with pytest.raises(CheckpointError, match="newer fulmen"):
         HParamModel.load_from_checkpoint(path)
+
+
+class Stateful(L.Callback):
+    def state_dict(self):
+        return {"seen": 1}
+
+
+def test_resuming_without_a_callback_whose_state_was_saved_warns_naming_it(tmp_path):
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpts", save_last=True)
+    trainer = L.Trainer(**quiet(max_epochs=1, enable_checkpointing=True, callbacks=[checkpoint, Stateful()]))
+    trainer.fit(BoringModel(), loader(32))
+    resumed = L.Trainer(**quiet(max_epochs=2, enable_checkpointing=True, default_root_dir=tmp_path))
+    with pytest.warns(UserWarning, match=r"Please add the following callbacks: \['Stateful'\]"):
+        resumed.fit(BoringModel(), loader(32), ckpt_path=checkpoint.last_model_path)

@@ -146,6 +146,13 @@ def restore_checkpoint(run: Run, checkpoint: dict[str, Any], fn: TrainerFn) -> N
     for config, state in zip(run.lr_scheduler_configs, checkpoint.get("lr_schedulers", [])):
         config.scheduler.load_state_dict(state)
     states = checkpoint.get("callbacks", {})
+    missing = sorted(set(states) - {callback.state_key for callback in trainer.callbacks})
+    if missing:
+        rank_zero_warn(
+            "Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be provided "
+            f"during `Trainer` instantiation. Please add the following callbacks: {missing}; their state is not "
+            "restored."
+        )
     for callback in trainer.callbacks:
         if callback.state_key in states:
             callback.load_state_dict(states[callback.state_key])
