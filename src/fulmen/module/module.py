@@ -115,6 +115,13 @@ class LightningModule(ModelHooks, HyperparametersMixin, nn.Module):
     def dtype(self) -> torch.dtype:
         return self.__dict__.get("_dtype", torch.get_default_dtype())
 
+    @property
+    def device_mesh(self) -> Any:
+        """The strategy's ``DeviceMesh`` (``ModelParallelStrategy``: dims ``("data_parallel",
+        "tensor_parallel")``) for ``configure_model`` to lay the module out on; None under others."""
+        source = self.__dict__.get("_trainer") or self.__dict__.get("_fabric")
+        return None if source is None else source.strategy.device_mesh
+
     def _apply(self, fn: Callable, *args: Any, **kwargs: Any) -> LightningModule:
         result = super()._apply(fn, *args, **kwargs)
         tensor = next(self.parameters(), None)

@@ -10,6 +10,7 @@ from fulmen.strategies.data import has_len, prepare_dataloader, rebuild_dataload
 from fulmen.strategies.ddp import DDPStrategy
 from fulmen.strategies.dp import DataParallelStrategy
 from fulmen.strategies.fsdp import FSDPStrategy
+from fulmen.strategies.model_parallel import ModelParallelStrategy
 from fulmen.strategies.resolver import select_strategy
 from fulmen.strategies.resumable_sampler import ResumableSampler, make_resumable, resumable_sampler
 from fulmen.strategies.sharded import DDPShardedStrategy
@@ -22,6 +23,7 @@ __all__ = [
     "DataParallelStrategy",
     "DeepSpeedStrategy",
     "FSDPStrategy",
+    "ModelParallelStrategy",
     "ResumableSampler",
     "SingleDeviceStrategy",
     "Strategy",

@@ -13,26 +13,24 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import os
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from fulmen.strategies import direct_calls, fsdp_checkpoint
+from fulmen.strategies import direct_calls
 from fulmen.strategies import fsdp_options as options
 from fulmen.strategies.ddp import DDPStrategy
+from fulmen.strategies.dtensor_state import DTensorState
 from fulmen.strategies.fsdp_options import FSDPPrecision, Policy
 from fulmen.strategies.optimizer_rebuild import parameter_names, rebuild_optimizer
 from fulmen.strategies.precision import Precision
-from fulmen.strategies.strategy import _unwrap_optimizer
-from fulmen.strategies.strategy import unwrap_module as unwrap
 from fulmen.utilities import checkpoint_dir
 from fulmen.utilities.exceptions import MisconfigurationException
 
 
-class FSDPStrategy(DDPStrategy):
+class FSDPStrategy(DTensorState, DDPStrategy):
     """Shards with FSDP2. Options beyond the DDP ones:
 
     - ``sharding_strategy``, ``cpu_offload`` (bool or FSDP1's ``CPUOffload``);
@@ -208,115 +206,17 @@ class FSDPStrategy(DDPStrategy):
 
     # ------------------------------------------------------------------------------ checkpoints
     # "full": whole tensors gathered on rank zero (every rank takes part). "sharded": references
-    # that `save_checkpoint` turns into one DCP shard per rank. Either kind loads into either.
-    def get_module_state_dict(self, module: nn.Module) -> dict[str, Any]:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    # that `save_checkpoint` turns into one DCP shard per rank (DTensorState). Either loads into either.
+    @property
+    def writes_shards(self) -> bool:
+        return self.state_dict_type == "sharded"
 
-        target = _find_fsdp(module)
-        if target is None:
-            return super().get_module_state_dict(module)
-        prefix = _wrapper_prefix(target)
-        if self.state_dict_type == "sharded":
-            return fsdp_checkpoint.ModuleShards(target, prefix)
-        state = get_model_state_dict(target, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return fsdp_checkpoint.strip_prefix(state, prefix)
-
-    def load_module_state_dict(self, module: nn.Module, state_dict: dict[str, Any], strict: bool = True) -> Any:
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_model_state_dict,
-            set_model_state_dict,
-        )
-
-        target = _find_fsdp(module)
-        if isinstance(state_dict, checkpoint_dir.ShardedStateRef):
-            if target is None:  # a module that is not sharded reads whole tensors from the shards
-                plain = unwrap(module)
-                return plain.load_state_dict(fsdp_checkpoint.load_into(state_dict, plain.state_dict()), strict=strict)
-            prefix = _wrapper_prefix(target)
-            template = fsdp_checkpoint.strip_prefix(get_model_state_dict(target), prefix)
-            state_dict = fsdp_checkpoint.add_prefix(fsdp_checkpoint.load_into(state_dict, template), prefix)
-            return set_model_state_dict(target, state_dict, options=StateDictOptions(strict=strict))
-        if target is None:
-            return super().load_module_state_dict(module, state_dict, strict)
-        state_dict = fsdp_checkpoint.add_prefix(state_dict, _wrapper_prefix(target))
-        return set_model_state_dict(target, state_dict, options=StateDictOptions(full_state_dict=True, strict=strict))
-
-    def get_optimizer_state(self, optimizer: Optimizer) -> dict[str, Any]:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-        module = self._module_of(optimizer)
-        if module is None:
-            return super().get_optimizer_state(optimizer)
-        if self.state_dict_type == "sharded":
-            return fsdp_checkpoint.OptimizerShards(module, _unwrap_optimizer(optimizer))
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return get_optimizer_state_dict(module, _unwrap_optimizer(optimizer), options=options)
-
-    def load_optimizer_state(self, optimizer: Optimizer, state: dict[str, Any]) -> None:
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_optimizer_state_dict,
-            set_optimizer_state_dict,
-        )
-
-        module = self._module_of(optimizer)
-        if module is None:
-            return super().load_optimizer_state(optimizer, state)
-        optimizer = _unwrap_optimizer(optimizer)
-        if isinstance(state, checkpoint_dir.ShardedStateRef):
-            loaded = fsdp_checkpoint.load_into(state, get_optimizer_state_dict(module, optimizer))
-            set_optimizer_state_dict(module, optimizer, loaded)
-            return None
-        if not state.get("state"):
-            # A stateless optimizer (SGD without momentum): torch's loader finds no tensor to place
-            # the state by and fails, yet only the hyperparameters are there to restore.
-            for group, saved in zip(optimizer.param_groups, state["param_groups"]):
-                group.update({key: value for key, value in saved.items() if key != "params"})
-            return None
-        set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True))
-
-    def save_checkpoint(
-        self,
-        checkpoint: dict[str, Any],
-        filepath: str,
-        storage_options: dict | None = None,
-        *,
-        async_save: bool = False,
-    ) -> None:
-        """``state_dict_type="full"``: one file from rank zero; ``"sharded"``: a directory of DCP
-        shards, one per rank. Either is written in the background with ``async_save``."""
-        if not fsdp_checkpoint.has_refs(checkpoint):
-            return super().save_checkpoint(checkpoint, filepath, storage_options, async_save=async_save)
-        if storage_options:
-            raise MisconfigurationException(
-                "Sharded FSDP checkpoints are written to a local or mounted filesystem; `storage_options` do not apply."
-            )
-        self.wait_for_checkpoint_saves()
-        fsdp_checkpoint.save(self, checkpoint, filepath, asynchronous=async_save)
-
-    def load_checkpoint(
-        self, filepath: str, map_location: Any = None, weights_only: bool = True, storage_options: dict | None = None
-    ) -> dict[str, Any]:
-        """A sharded FSDP directory comes back with references that the module and optimizers
-        load their shards from (re-sharded to this run's processes); anything else as usual."""
-        local = None if storage_options else checkpoint_dir.local_path(filepath)
-        if local is not None and os.path.isdir(local):
-            loaded = fsdp_checkpoint.load_state(local, weights_only)
-            if loaded is not None:
-                return loaded
-        return super().load_checkpoint(filepath, map_location, weights_only, storage_options)
+    def state_target(self, module: nn.Module) -> nn.Module | None:
+        return _find_fsdp(module)
 
     def teardown(self) -> None:
         checkpoint_dir.wait_for_removals()  # the run ends with no replaced checkpoint left behind
         super().teardown()
-
-    def _module_of(self, optimizer: Optimizer) -> nn.Module | None:
-        params = {id(p) for group in _unwrap_optimizer(optimizer).param_groups for p in group["params"]}
-        for module in self._sharded_modules:
-            if any(id(p) in params for p in module.parameters()):
-                return module
-        return None
 
     def __repr__(self) -> str:
         return (
@@ -324,12 +224,6 @@ class FSDPStrategy(DDPStrategy):
             f"state_dict_type={self.state_dict_type!r}, "
             f"devices={self.num_processes}, num_nodes={self.num_nodes}, precision={self.precision!r})"
         )
-
-
-def _wrapper_prefix(target: nn.Module) -> str:
-    """``"module."`` when the sharded root is a fulmen wrapper around the user's module (the Trainer's step
-    router): checkpoints hold the module's own names, loadable without the wrapper."""
-    return "module." if getattr(target, "_fulmen_wrapper", False) and hasattr(target, "module") else ""
 
 
 _EVALUATION_STEPS = ("validation_step", "test_step", "predict_step")

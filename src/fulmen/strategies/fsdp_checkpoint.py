@@ -349,17 +349,16 @@ def full_module_state(directory: str, meta: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------- references
 class ModuleShards(ShardedStateRef):
-    """The sharded module's state, read when the checkpoint is written (names without fulmen's wrapper)."""
+    """The sharded module's state, read when the checkpoint is written."""
 
-    def __init__(self, target: nn.Module, prefix: str) -> None:
+    def __init__(self, target: nn.Module) -> None:
         super().__init__("module")
-        self.target, self.prefix = target, prefix
+        self.target = target
 
     def read(self) -> dict[str, Any]:
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-        state = get_model_state_dict(self.target)
-        return strip_prefix(state, self.prefix)
+        return get_model_state_dict(self.target)
 
 
 class OptimizerShards(ShardedStateRef):
@@ -371,14 +370,6 @@ class OptimizerShards(ShardedStateRef):
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
         return get_optimizer_state_dict(self.module, self.optimizer)
-
-
-def strip_prefix(state: dict[str, Any], prefix: str) -> dict[str, Any]:
-    return {name[len(prefix) :]: value for name, value in state.items()} if prefix else state
-
-
-def add_prefix(state: dict[str, Any], prefix: str) -> dict[str, Any]:
-    return {prefix + name: value for name, value in state.items()} if prefix else state
 
 
 __all__ = [

@@ -93,6 +93,11 @@ class Strategy(ABC):
         return self.global_rank == 0
 
     @property
+    def device_mesh(self) -> Any:
+        """The ``DeviceMesh`` that a module lays itself out on; None where the strategy has none."""
+        return None
+
+    @property
     def distributed_sampler_kwargs(self) -> dict[str, int] | None:
         """``num_replicas``/``rank`` for a DistributedSampler, or None when one process sees all data."""
         return None

@@ -1,0 +1,198 @@
+"""``python model_parallel_worker.py OUT PART``: tensor parallelism (TP=2) on 2 CPU processes.
+
+PART ``lite``: a raw loop with ``parallelize_fn``; ``trainer``: a LightningModule whose
+``configure_model`` parallelises itself. Both train a small Llama-style transformer with
+``loss_parallel`` and compare, on every rank, the losses, the first step's gradients and the
+final weights with the same model trained unsharded in this process; then save a DCP directory
+(and one file of whole tensors), load it into a fresh parallel model and call the module
+directly. Each rank writes ``OUT/PART_rankN.json``.
+"""
+
+import copy
+import json
+import os
+import sys
+
+import torch
+from torch.distributed.tensor.parallel import loss_parallel
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+
+from tests.strategies.tp_models import SEQ, Transformer, batches, loss_of, parallelize  # noqa: E402
+
+import fulmen as L  # noqa: E402
+from fulmen.lite import Lite  # noqa: E402
+from fulmen.strategies import ModelParallelStrategy  # noqa: E402
+
+STEPS = 3
+
+
+def full(tensor):
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+def reference_run(model, data):
+    """The same model, unsharded, on this process alone: losses, first gradients, final weights."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    losses, grads = [], None
+    for tokens in data:
+        loss = loss_of(model(tokens[:, :-1]), tokens)
+        loss.backward()
+        if grads is None:
+            grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses, grads, {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def compare(named, expected):
+    return max((full(value).detach() - expected[name]).abs().max().item() for name, value in named)
+
+
+def probe(model):
+    with torch.no_grad():
+        return full(model(batches(1, seed=9)[0][:, :-1])).float().sum().item()
+
+
+def lite_part(out):
+    lite = Lite(accelerator="cpu", devices=2, strategy=ModelParallelStrategy(parallelize_fn=parallelize))
+    lite.launch()
+    torch.manual_seed(0)
+    model = Transformer()
+    plain = copy.deepcopy(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, optimizer = lite.setup(model, optimizer)
+    data = batches(STEPS)
+    losses, first_grads = [], None
+    for tokens in data:
+        logits = model(tokens[:, :-1])
+        with loss_parallel():
+            loss = loss_of(logits, tokens)
+            lite.backward(loss)
+        if first_grads is None:
+            first_grads = [(n, full(p.grad).clone()) for n, p in model.module.named_parameters()]
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(full(loss).item())
+    ref_losses, ref_grads, ref_weights = reference_run(plain, data)
+    seen = {
+        "mesh": list(lite.strategy.device_mesh.mesh_dim_names),
+        "losses": losses,
+        "ref_losses": ref_losses,
+        "grad_diff": compare(first_grads, ref_grads),
+        "weight_diff": compare(model.module.named_parameters(), ref_weights),
+        "probe": probe(model),
+        "ref_probe": probe(plain),
+    }
+    path = os.path.join(out, "lite.ckpt")
+    lite.save(path, {"model": model, "optimizer": optimizer, "step": STEPS})
+    torch.manual_seed(1)  # other initial weights: the load must replace them
+    fresh = Transformer()
+    fresh_optimizer = torch.optim.SGD(fresh.parameters(), lr=0.1)
+    fresh, fresh_optimizer = lite.setup(fresh, fresh_optimizer)
+    rest = lite.load(path, {"model": fresh, "optimizer": fresh_optimizer})
+    seen["loaded_rest"] = rest
+    seen["loaded_diff"] = compare(fresh.module.named_parameters(), ref_weights)
+    seen["checkpoint_files"] = sorted(os.listdir(path)) if os.path.isdir(path) else None
+    write(out, "lite", seen)
+
+
+class TPModule(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.model = Transformer()
+        self.mesh_seen = None
+
+    def configure_model(self):
+        self.mesh_seen = list(self.device_mesh.mesh_dim_names)
+        parallelize(self.model, self.device_mesh)
+
+    def forward(self, tokens):
+        return self.model(tokens)
+
+    def training_step(self, batch, batch_idx):
+        logits = self.model(batch[:, :-1])
+        with loss_parallel():
+            loss = loss_of(logits, batch)
+        self.log("train_loss", full(loss), sync_dist=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        with loss_parallel():
+            self.log("val_loss", full(loss_of(self.model(batch[:, :-1]), batch)))
+
+    def backward(self, loss, *args, **kwargs):
+        with loss_parallel():
+            loss.backward(*args, **kwargs)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class Recorder(L.Callback):
+    def __init__(self):
+        self.losses, self.grads, self.probe = [], None, None
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if self.grads is None:
+            self.grads = [(n, full(p.grad).clone()) for n, p in pl_module.model.named_parameters()]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(full(outputs["loss"]).item())
+
+    def on_fit_end(self, trainer, pl_module):
+        self.probe = probe(pl_module)  # the module called directly, outside any step
+
+
+def trainer_part(out):
+    data = batches(STEPS)
+    plain = copy.deepcopy(TPModule().model)
+    module, recorder = TPModule(), Recorder()
+    trainer = L.Trainer(
+        accelerator="cpu", devices=2, strategy=ModelParallelStrategy(), max_epochs=1, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False, callbacks=[recorder],
+        default_root_dir=out,
+    )  # fmt: skip
+    # One batch per step: batch_size 4 over a dataset of the 3 batches' rows, no shuffling.
+    rows = torch.cat(data)
+    trainer.fit(module, DataLoader(rows, batch_size=4))
+    ref_losses, ref_grads, ref_weights = reference_run(plain, [rows[i : i + 4] for i in range(0, len(rows), 4)])
+    seen = {
+        "mesh": module.mesh_seen,
+        "losses": recorder.losses,
+        "ref_losses": ref_losses,
+        "grad_diff": compare(recorder.grads, ref_grads),
+        "weight_diff": compare(module.model.named_parameters(), ref_weights),
+        "probe": recorder.probe,
+        "ref_probe": probe(plain),
+        "global_step": trainer.global_step,
+        "logged": float(trainer.callback_metrics["train_loss"]),
+    }
+    sharded, whole = os.path.join(out, "tp.ckpt"), os.path.join(out, "tp_whole.ckpt")
+    trainer.save_checkpoint(sharded)
+    seen["checkpoint_files"] = sorted(os.listdir(sharded))
+    fresh = TPModule()
+    again = L.Trainer(
+        accelerator="cpu", devices=2, strategy=ModelParallelStrategy(save_distributed_checkpoint=False),
+        max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False, default_root_dir=out,
+    )  # fmt: skip
+    again.validate(fresh, DataLoader(rows, batch_size=4), ckpt_path=sharded, verbose=False)
+    seen["validated_diff"] = compare(fresh.model.named_parameters(), ref_weights)
+    again.save_checkpoint(whole)
+    seen["whole_is_file"] = os.path.isfile(whole)
+    write(out, "trainer", seen)
+
+
+def write(out, part, seen):
+    rank = int(os.environ.get("LOCAL_RANK", 0))
+    with open(os.path.join(out, f"{part}_rank{rank}.json"), "w") as f:
+        json.dump(seen, f)
+
+
+if __name__ == "__main__":
+    {"lite": lite_part, "trainer": trainer_part}[sys.argv[2]](sys.argv[1])
+    assert SEQ
