@@ -89,3 +89,28 @@ def test_options_are_taken_or_refused_by_name():
         _ = strategy.device_mesh
     with pytest.raises(TypeError, match="required to override the `configure_model\\(\\)` hook"):
         strategy.setup_module(nn.Linear(2, 2))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_d_meshes_on_four_processes(tmp_path):
+    """TP=2 x DP=2 (ModelParallelStrategy) and HSDP 2 x 2 (FSDPStrategy(device_mesh=(2, 2))) against one process."""
+    proc = run_python(str(SCRIPTS / "model_parallel_worker.py"), str(tmp_path), "2d", timeout=280, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for rank in range(4):
+        seen = json.loads((tmp_path / f"2d_rank{rank}.json").read_text())
+        assert seen["tp_dp_global_step"] == 3
+        assert seen["tp_dp_grad_diff"] < 1e-5 and seen["tp_dp_weight_diff"] < 1e-5
+        assert math.isclose(seen["tp_dp_probe"], seen["tp_dp_ref_probe"], rel_tol=1e-5)
+        assert seen["hsdp_mesh"] == [["replicate", "shard"], [2, 2]]
+        assert seen["hsdp_weight_diff"] < 1e-6 and seen["hsdp_direct_call_diff"] < 1e-6
+
+
+def test_hybrid_sharding_options_are_checked_by_name():
+    from fulmen.strategies import FSDPStrategy
+
+    assert FSDPStrategy(device_mesh=(2, 2)).sharding_strategy == "HYBRID_SHARD"
+    with pytest.raises(MisconfigurationException, match="`device_mesh=\\(2, 0\\)` is not valid"):
+        FSDPStrategy(device_mesh=(2, 0))
+    with pytest.raises(MisconfigurationException, match="does not go with `NO_SHARD`"):
+        FSDPStrategy(sharding_strategy="NO_SHARD", device_mesh=(1, 2))

@@ -16,6 +16,7 @@ import inspect
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
@@ -39,7 +40,9 @@ class FSDPStrategy(DTensorState, DDPStrategy):
       takes the place of the one ``precision=`` implies;
     - ``activation_checkpointing_policy`` (``activation_checkpointing`` is the older name):
       module classes (or a predicate) whose activations are recomputed in backward;
-    - ``state_dict_type``: ``"full"`` or ``"sharded"`` checkpoints.
+    - ``state_dict_type``: ``"full"`` or ``"sharded"`` checkpoints;
+    - ``device_mesh``: ``(replicate, shard)`` sizes (or a 2-D ``DeviceMesh``) for hybrid sharding
+      (HSDP): shards within each group of ``shard`` ranks, replicas across the groups.
 
     Any other keyword is refused by name. Under ``init_module()`` the model is created on the
     meta device and materialised shard by shard (``reset_parameters``) when it is set up.
@@ -56,11 +59,15 @@ class FSDPStrategy(DTensorState, DDPStrategy):
         activation_checkpointing_policy: Policy = None,
         activation_checkpointing: Policy = None,
         state_dict_type: Any = "full",
+        device_mesh: Any = None,
         **kwargs: Any,
     ) -> None:
         options.check_extra_arguments(kwargs)
         super().__init__(**kwargs)
         self.sharding_strategy = options.sharding_strategy_name(sharding_strategy)
+        self._hsdp_mesh = options.hybrid_mesh(device_mesh, self.sharding_strategy)
+        if self._hsdp_mesh is not None and self.sharding_strategy == "FULL_SHARD":
+            self.sharding_strategy = "HYBRID_SHARD"  # a (replicate, shard) mesh means hybrid sharding
         self.cpu_offload = bool(getattr(cpu_offload, "offload_params", cpu_offload))
         self.auto_wrap_policy = auto_wrap_policy
         self._wrap_matcher = options.module_matcher(auto_wrap_policy, "auto_wrap_policy")
@@ -76,6 +83,7 @@ class FSDPStrategy(DTensorState, DDPStrategy):
         self.state_dict_type = options.state_dict_type_name(state_dict_type)
         self.sync_files = True  # fsync shards before a directory is published
         self._sharded_modules: list[nn.Module] = []
+        self._mesh: Any = None
 
     def precision_for(self, name: str) -> Precision:
         if name in ("64-true", "16-true", "bf16-true"):
@@ -171,12 +179,30 @@ class FSDPStrategy(DTensorState, DDPStrategy):
                 return root
         return None
 
+    @property
+    def device_mesh(self) -> Any:
+        """The mesh the module is sharded on (1-D, or ``("replicate", "shard")`` for hybrid sharding)."""
+        if self._mesh is None and self.sharding_strategy != "NO_SHARD" and dist.is_initialized():
+            self._mesh = self._create_mesh()
+        return self._mesh
+
     def _device_mesh(self) -> Any:
-        from torch.distributed.device_mesh import init_device_mesh
+        mesh = self.device_mesh
+        return mesh if mesh is not None else self._create_mesh()
+
+    def _create_mesh(self) -> Any:
+        from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
         device_type = self.root_device.type
+        given = self._hsdp_mesh
+        if isinstance(given, DeviceMesh):
+            return given
         if self.sharding_strategy == "HYBRID_SHARD":
-            shape = (self.num_nodes, self.num_processes)
+            shape = given or (self.num_nodes, self.num_processes)
+            if shape[0] * shape[1] != self.world_size:
+                raise MisconfigurationException(
+                    f"`device_mesh={shape}` (replicate x shard) must multiply to the world size ({self.world_size})."
+                )
             return init_device_mesh(device_type, shape, mesh_dim_names=("replicate", "shard"))
         return init_device_mesh(device_type, (self.world_size,))
 

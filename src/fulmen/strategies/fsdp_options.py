@@ -62,6 +62,19 @@ def state_dict_type_name(value: Any) -> str:
     return name
 
 
+def hybrid_mesh(value: Any, sharding_strategy: str) -> Any:
+    """``device_mesh=``: None, a ``(replicate, shard)`` pair of positive ints, or a 2-D ``DeviceMesh``."""
+    if value is None:
+        return None
+    if sharding_strategy == "NO_SHARD":
+        raise MisconfigurationException("`device_mesh` sets up hybrid sharding; it does not go with `NO_SHARD`.")
+    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value):
+        return value
+    if getattr(value, "ndim", None) == 2 and hasattr(value, "mesh_dim_names"):
+        return value
+    raise invalid_argument("device_mesh", value, "a (replicate, shard) tuple of positive ints, or a 2-D DeviceMesh")
+
+
 def check_extra_arguments(kwargs: dict[str, Any]) -> None:
     """Refuse every keyword that is neither a DDP-family argument nor an FSDPStrategy option."""
     for name in kwargs:
@@ -74,7 +87,7 @@ def check_extra_arguments(kwargs: dict[str, Any]) -> None:
             )
         accepted = (
             "sharding_strategy, cpu_offload, auto_wrap_policy, mixed_precision, activation_checkpointing_policy, "
-            "state_dict_type, " + ", ".join(BASE_ARGUMENTS)
+            "state_dict_type, device_mesh, " + ", ".join(BASE_ARGUMENTS)
         )
         raise MisconfigurationException(f"`FSDPStrategy({name}=...)` is not an option. Accepted: {accepted}.")
 

@@ -24,13 +24,12 @@ from fulmen.strategies import direct_calls
 from fulmen.strategies.ddp import DDPStrategy
 from fulmen.strategies.dtensor_state import DTensorState
 from fulmen.strategies.fsdp import _gather_around, _wrapped_module
-from fulmen.strategies.fsdp_options import materialize
+from fulmen.strategies.fsdp_options import BASE_ARGUMENTS, materialize
 from fulmen.strategies.optimizer_rebuild import parameter_names, rebuild_optimizer
 from fulmen.utilities.exceptions import MisconfigurationException, invalid_argument
 
 MESH_DIMS = ("data_parallel", "tensor_parallel")
 _STEPS = ("training_step", "validation_step", "test_step", "predict_step")
-_BASE_OPTIONS = {"accelerator", "parallel_devices", "cluster_environment", "precision", "start_method", "num_nodes"}
 _NOT_HERE = {
     "sharding_strategy": "the module shards itself in configure_model (fully_shard on mesh['data_parallel'])",
     "auto_wrap_policy": "the module chooses its FSDP units in configure_model",
@@ -62,8 +61,10 @@ class ModelParallelStrategy(DTensorState, DDPStrategy):
         for name in kwargs:
             if name in _NOT_HERE:
                 raise MisconfigurationException(f"ModelParallelStrategy does not take `{name}`: {_NOT_HERE[name]}.")
-            if name not in _BASE_OPTIONS:
-                raise invalid_argument(name, kwargs[name], f"the keywords of its signature and {sorted(_BASE_OPTIONS)}")
+            if name not in BASE_ARGUMENTS:
+                raise invalid_argument(
+                    name, kwargs[name], f"the keywords of its signature and {sorted(BASE_ARGUMENTS)}"
+                )
         super().__init__(process_group_backend=process_group_backend, timeout=timeout, **kwargs)
         if parallelize_fn is not None and not callable(parallelize_fn):
             raise invalid_argument("parallelize_fn", parallelize_fn, "a function `fn(model, device_mesh) -> model`")

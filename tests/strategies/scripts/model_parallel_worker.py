@@ -23,7 +23,7 @@ from tests.strategies.tp_models import SEQ, Transformer, batches, loss_of, paral
 
 import fulmen as L  # noqa: E402
 from fulmen.lite import Lite  # noqa: E402
-from fulmen.strategies import ModelParallelStrategy  # noqa: E402
+from fulmen.strategies import FSDPStrategy, ModelParallelStrategy  # noqa: E402
 
 STEPS = 3
 
@@ -187,6 +187,63 @@ def trainer_part(out):
     write(out, "trainer", seen)
 
 
+class HSDPNet(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layer = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+
+    def forward(self, x):
+        return self.layer(x)
+
+    def training_step(self, batch, batch_idx):
+        return self(batch).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def two_d_part(out):
+    """4 processes: TP=2 x DP=2 through ModelParallelStrategy, then HSDP 2 x 2 through FSDPStrategy."""
+    data = batches(2 * STEPS)
+    rows = torch.cat(data)
+    plain = copy.deepcopy(TPModule().model)
+    module, recorder = TPModule(), Recorder()
+    settings = dict(
+        accelerator="cpu", devices=4, max_epochs=1, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=False, default_root_dir=out,
+    )  # fmt: skip
+    trainer = L.Trainer(strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=2),
+                        callbacks=[recorder], **settings)  # fmt: skip
+    # Each data-parallel rank takes every other row: together they make one batch of 8 rows per step.
+    trainer.fit(module, DataLoader(rows, batch_size=4))
+    _, ref_grads, ref_weights = reference_run(plain, [rows[i : i + 8] for i in range(0, len(rows), 8)])
+    seen = {
+        "tp_dp_global_step": trainer.global_step,
+        "tp_dp_grad_diff": compare(recorder.grads, ref_grads),
+        "tp_dp_weight_diff": compare(module.model.named_parameters(), ref_weights),
+        "tp_dp_probe": recorder.probe,
+        "tp_dp_ref_probe": probe(plain),
+    }
+    hsdp = HSDPNet()
+    reference = copy.deepcopy(hsdp)
+    strategy = FSDPStrategy(device_mesh=(2, 2))
+    hsdp_trainer = L.Trainer(strategy=strategy, max_steps=2, **settings)
+    points = torch.randn(32, 8, generator=torch.Generator().manual_seed(3))
+    hsdp_trainer.fit(hsdp, DataLoader(points, batch_size=4))
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
+    for step in range(2):  # 4 ranks x 4 rows per step, interleaved: rows step*16 .. step*16+15
+        optimizer.zero_grad()
+        reference(points[step * 16 : (step + 1) * 16]).pow(2).mean().backward()
+        optimizer.step()
+    weights = {k: full(v) for k, v in hsdp.state_dict().items()}
+    seen["hsdp_mesh"] = [list(strategy.device_mesh.mesh_dim_names), list(strategy.device_mesh.shape)]
+    seen["hsdp_weight_diff"] = max((weights[k] - v).abs().max().item() for k, v in reference.state_dict().items())
+    with torch.no_grad():
+        seen["hsdp_direct_call_diff"] = (hsdp(points[:4]) - reference(points[:4])).abs().max().item()
+    write(out, "2d", seen)
+
+
 def write(out, part, seen):
     rank = int(os.environ.get("LOCAL_RANK", 0))
     with open(os.path.join(out, f"{part}_rank{rank}.json"), "w") as f:
@@ -194,5 +251,5 @@ def write(out, part, seen):
 
 
 if __name__ == "__main__":
-    {"lite": lite_part, "trainer": trainer_part}[sys.argv[2]](sys.argv[1])
+    {"lite": lite_part, "trainer": trainer_part, "2d": two_d_part}[sys.argv[2]](sys.argv[1])
     assert SEQ
