@@ -45,7 +45,7 @@ class LightningModule(ModelHooks, HyperparametersMixin, nn.Module):
     __jit_unused_properties__: list[str] = [  # noqa: RUF012
         "trainer", "device", "dtype", "automatic_optimization", "strict_loading", "example_input_array",
         "current_epoch", "global_step", "global_rank", "local_rank", "logger", "loggers", "hparams",
-        "hparams_initial", "_attached", "_log_hyperparams_enabled", "fabric",
+        "hparams_initial", "_attached", "_log_hyperparams_enabled", "fabric", "device_mesh",
     ]  # fmt: skip
 
     #: Run ``prepare_data`` on local rank 0 of every node (True) or only on global rank 0 (False).
