@@ -398,6 +398,13 @@ def test_save_last_true(tmp_path):
     assert last["callbacks"][ckpt.state_key]["last_model_path"] == str(tmp_path / "last.ckpt")
 
 
+def test_save_last_without_validation_saves_at_epoch_end_even_with_save_on_train_epoch_end_false(tmp_path):
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_on_train_epoch_end=False, save_top_k=0)
+    trainer, _ = fit(tmp_path, [ckpt], val=False, max_epochs=2)
+    assert names(tmp_path) == ["last.ckpt"]
+    assert safe_load(tmp_path / "last.ckpt")["global_step"] == trainer.global_step
+
+
 def test_save_last_link(tmp_path):
     ckpt = ModelCheckpoint(dirpath=tmp_path, save_last="link")
     fit(tmp_path, [ckpt])

@@ -282,8 +282,12 @@ class ModelCheckpoint(Checkpoint):
         self._save_checkpoints(trainer, self._monitor_candidates(trainer))
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self._should_skip_saving_checkpoint(trainer) and self._should_save_on_train_epoch_end(trainer):
+        if self._should_skip_saving_checkpoint(trainer):
+            return
+        if self._should_save_on_train_epoch_end(trainer):
             self._save_at_epoch_end(trainer)
+        elif self.save_last and not trainer.enable_validation:  # no validation end will come to save it
+            self._save_checkpoints(trainer, self._monitor_candidates(trainer), top_k=False)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if _sanity_checking(trainer) or not _fitting(trainer):
