@@ -139,3 +139,20 @@ def test_invalid_interval_and_stage():
         Timer(interval="batch")
     with pytest.raises(MisconfigurationException, match="`stage='fit'`"):
         Timer().time_elapsed("fit")
+
+
+def test_validate_time_counts_the_sanity_check_when_no_validation_follows(tmp_path):
+    timer = Timer()
+    t = L.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[timer],
+    )
+    t.fit(Slow(delay=0.01), loader(), loader(2))  # max_steps ends fit before its first validation
+    assert timer.time_elapsed("sanity_check") > 0
+    assert timer.time_elapsed("validate") > 0  # as in Lightning: the latest validation run, sanity check included

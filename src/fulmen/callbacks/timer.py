@@ -134,13 +134,13 @@ class Timer(Callback):
     def on_sanity_check_end(self, trainer: Any, pl_module: Any) -> None:
         self._end("sanity_check")
 
+    # "validate" is the latest validation run, the sanity check's included (as Lightning's Timer
+    # measures it); "sanity_check" is the sanity check alone.
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
-        if not trainer.sanity_checking:
-            self._start("validate")
+        self._start("validate")
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-        if not trainer.sanity_checking:
-            self._end("validate")
+        self._end("validate")
 
     def on_test_start(self, trainer: Any, pl_module: Any) -> None:
         self._start("test")
