@@ -256,3 +256,14 @@ def test_resuming_without_a_callback_whose_state_was_saved_warns_naming_it(tmp_p
     resumed = L.Trainer(**quiet(max_epochs=2, enable_checkpointing=True, default_root_dir=tmp_path))
     with pytest.warns(UserWarning, match=r"Please add the following callbacks: \['Stateful'\]"):
         resumed.fit(BoringModel(), loader(32), ckpt_path=checkpoint.last_model_path)
+
+
+def test_resuming_past_max_epochs_fails_in_lightnings_words(tmp_path):
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpts", save_last=True)
+    L.Trainer(**quiet(max_epochs=3, enable_checkpointing=True, callbacks=[checkpoint])).fit(BoringModel(), loader(32))
+    resumed = L.Trainer(**quiet(max_epochs=1, default_root_dir=tmp_path))
+    with pytest.raises(
+        MisconfigurationException,
+        match=r"You restored a checkpoint with current_epoch=2, but you have set Trainer\(max_epochs=1\)",
+    ):
+        resumed.fit(BoringModel(), loader(32), ckpt_path=checkpoint.last_model_path)

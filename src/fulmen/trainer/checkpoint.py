@@ -159,6 +159,12 @@ def restore_checkpoint(run: Run, checkpoint: dict[str, Any], fn: TrainerFn) -> N
     if checkpoint.get("precision"):
         strategy.precision.load_state_dict(checkpoint["precision"])
     trainer.state.load_state_dict(checkpoint["loops"])
+    max_epochs = run.config.max_epochs
+    if max_epochs is not None and max_epochs != -1 and trainer.current_epoch > max_epochs:
+        raise MisconfigurationException(
+            f"You restored a checkpoint with current_epoch={trainer.current_epoch}, but you have set "
+            f"Trainer(max_epochs={max_epochs}). Raise `max_epochs` to train on from it."
+        )
     rng = checkpoint.get("rng")
     if rng:
         rank = strategy.global_rank
