@@ -237,6 +237,18 @@ def test_neither_on_step_nor_on_epoch_fails():
         run(Bad())
 
 
+def test_logger_true_without_a_logger_warns_and_the_value_is_still_a_logged_metric():
+    class Explicit(BoringModel):
+        def training_step(self, batch, batch_idx):
+            self.log("x", 2.0, logger=True)
+            return self.loss(batch)
+
+    trainer = Trainer(**quiet(max_epochs=1, limit_train_batches=2))
+    with pytest.warns(UserWarning, match=r"log\('x', ..., logger=True\)` but have no logger configured"):
+        trainer.fit(Explicit(), loader(32))
+    assert trainer.logged_metrics == {"x": torch.tensor(2.0)}
+
+
 def test_non_scalar_tensor_fails():
     class Bad(BoringModel):
         def training_step(self, batch, batch_idx):

@@ -162,8 +162,11 @@ class ResultStore:
         world_size: int = 1,
         device: torch.device | None = None,
         enabled: bool = True,
+        has_loggers: bool = True,
     ) -> None:
         self.training = training
+        #: Whether the Trainer has a logger (``self.log(..., logger=True)`` warns without one).
+        self.has_loggers = has_loggers
         self._reduce = reduce
         self._gather = gather
         self._world_size = world_size
@@ -275,6 +278,11 @@ class ResultStore:
     def _register(self, key: tuple[str | None, str, int | None], opts: tuple, value: Any) -> _Entry:
         fx, name, dataloader_idx = key
         prog_bar, logger, on_step, on_epoch, reduce_fx, enable_graph, sync_dist, group, rank_zero_only = opts
+        if logger is True and not self.has_loggers:
+            rank_zero_warn(
+                f"You called `self.log({name!r}, ..., logger=True)` but have no logger configured: the value reaches "
+                "the callbacks and the progress bar only. Enable one with `Trainer(logger=...)`."
+            )
         if not isinstance(name, str) or not name:
             raise invalid_argument("name", name, "a non-empty string")
         if "/dataloader_idx_" in name:

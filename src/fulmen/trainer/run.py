@@ -185,6 +185,7 @@ class Run:
             world_size=strategy.world_size,
             device=strategy.root_device,
             enabled=not self.config.barebones,
+            has_loggers=bool(self.trainer.loggers),
         )
 
     def trial(self, callbacks: list[Any], max_steps: int) -> None:
