@@ -7,10 +7,8 @@ Processes started outside (torchrun, srun, Ray) are joined as they are.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
-import time
 from datetime import timedelta
 from typing import Any
 
@@ -19,7 +17,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from fulmen.strategies import existing_group
+from fulmen.strategies import existing_group, group_exit
 from fulmen.strategies.accelerators import Accelerator
 from fulmen.strategies.environments import ClusterEnvironment, LightningEnvironment
 from fulmen.strategies.launchers import MultiprocessingLauncher, SubprocessScriptLauncher
@@ -120,7 +118,8 @@ class DDPStrategy(Strategy):
     def _init_process_group(self) -> None:
         env = self.cluster_environment
         if existing_group.found():
-            return  # joined in _set_ranks
+            group_exit.register(created=False)  # joined in _set_ranks
+            return
         if dist.is_initialized():
             if dist.get_world_size() != env.world_size():
                 raise RuntimeError(
@@ -138,7 +137,7 @@ class DDPStrategy(Strategy):
             timeout=self.timeout or default_timeout(),
         )
         existing_group.mark_created()
-        atexit.register(_destroy_process_group)
+        group_exit.register(created=True)
 
     def setup_module(self, module: nn.Module) -> nn.Module:
         if self.root_device.type == "cpu" and any(isinstance(m, nn.SyncBatchNorm) for m in module.modules()):
@@ -201,33 +200,6 @@ class DDPStrategy(Strategy):
             f"DDPStrategy(start_method={self.start_method!r}, devices={self.num_processes}, "
             f"num_nodes={self.num_nodes}, precision={self.precision!r})"
         )
-
-
-#: Seconds the exit handler sleeps, the GIL released, before it lets the process group go.
-EXIT_SETTLE_SECONDS = 0.1
-
-
-def _destroy_process_group() -> None:
-    """Let the process group go at interpreter exit, while Python still runs (``atexit``).
-
-    ``destroy_process_group`` only forgets the group: its backend and worker threads live on while
-    anything else holds it, and every ``DistributedDataParallel`` reducer does. Gloo's worker thread
-    drops its reference to a finished collective just after the caller's wait returned, and when that
-    collective's tensors are Python tensors (``all_gather`` into a list, say), dropping them takes the
-    GIL. The main thread can finish the script and begin finalisation without ever releasing the GIL
-    for it; Python then ends the waiting thread with a forced unwind through a ``noexcept`` destructor,
-    and the rank dies with ``terminate called without an active exception`` (SIGABRT) after all its work
-    succeeded. Sleeping here hands the GIL to such a thread, so it finishes before finalisation starts.
-    No barrier: the ranks need not agree (a peer that left first does not harm this one), and a
-    thread that has not yet asked for the GIL when a barrier returns would still be caught out.
-    """
-    if dist.is_initialized():
-        _release_gil_for_worker_threads()
-        dist.destroy_process_group()
-
-
-def _release_gil_for_worker_threads() -> None:
-    time.sleep(EXIT_SETTLE_SECONDS)
 
 
 def _find_ddp(module: nn.Module) -> DistributedDataParallel | None:
