@@ -30,3 +30,5 @@ def test_direct_calls_of_a_sharded_module_match_the_unsharded_module(tmp_path):
                 assert seen[f"{tag}2:{where}"] == [True, True], (tag, where)
             assert seen[f"{tag}:predictions"] == [2, [4, 4]]
             assert seen[f"{tag}:global_step"] == 4
+            assert seen[f"{tag}:optimizer_params"] == ["block.inner.0.weight", "block.inner.0.bias", "head.weight",
+                                                        "head.bias"]  # fmt: skip

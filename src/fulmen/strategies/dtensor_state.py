@@ -41,6 +41,7 @@ class DTensorState:
         target = self.state_target(module)
         if target is None:
             return super().get_module_state_dict(module)  # type: ignore[misc]
+        _reshard(target)
         if self.writes_shards:
             return fsdp_checkpoint.ModuleShards(target)
         return get_model_state_dict(target, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -53,6 +54,8 @@ class DTensorState:
         )
 
         target = self.state_target(module)
+        if target is not None:
+            _reshard(target)
         if isinstance(state_dict, checkpoint_dir.ShardedStateRef):
             if target is None:  # a module that is not sharded reads whole tensors from the shards
                 plain = unwrap(module)
@@ -131,6 +134,17 @@ class DTensorState:
     def _module_of(self, optimizer: Optimizer) -> nn.Module | None:
         params = {id(p) for group in _unwrap_optimizer(optimizer).param_groups for p in group["params"]}
         for module in self._sharded_modules:
+            _reshard(module)
             if any(id(p) in params for p in module.parameters()):
                 return module
         return None
+
+
+def _reshard(module: nn.Module) -> None:
+    """Put FSDP's sharded parameters back in place: a root keeps its gathered ones after a forward
+    without backward (validation), and the state dicts (and the optimizer's parameters) are the shards."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for unit in module.modules():
+        if isinstance(unit, FSDPModule):
+            unit.reshard()

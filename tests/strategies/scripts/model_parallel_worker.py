@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 from tests.strategies.tp_models import SEQ, Transformer, batches, loss_of, parallelize  # noqa: E402
 
 import fulmen as L  # noqa: E402
+from fulmen.callbacks import ModelCheckpoint  # noqa: E402
 from fulmen.lite import Lite  # noqa: E402
 from fulmen.strategies import FSDPStrategy, ModelParallelStrategy  # noqa: E402
 
@@ -107,8 +108,10 @@ class TPModule(L.LightningModule):
         self.mesh_seen = None
 
     def configure_model(self):
-        self.mesh_seen = list(self.device_mesh.mesh_dim_names)
-        parallelize(self.model, self.device_mesh)
+        # Called by every fit/validate/test/predict: lay the model out once.
+        if self.mesh_seen is None:
+            self.mesh_seen = list(self.device_mesh.mesh_dim_names)
+            parallelize(self.model, self.device_mesh)
 
     def forward(self, tokens):
         return self.model(tokens)
@@ -151,14 +154,17 @@ def trainer_part(out):
     data = batches(STEPS)
     plain = copy.deepcopy(TPModule().model)
     module, recorder = TPModule(), Recorder()
+    # Saved right after validation (a forward without backward, after which FSDP's root keeps its
+    # parameters gathered): the optimizer's state must still be read from the shards.
+    after_validation = ModelCheckpoint(dirpath=os.path.join(out, "cb"), monitor="val_loss")
     trainer = L.Trainer(
         accelerator="cpu", devices=2, strategy=ModelParallelStrategy(), max_epochs=1, logger=False,
-        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False, callbacks=[recorder],
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[recorder, after_validation],
         default_root_dir=out,
     )  # fmt: skip
     # One batch per step: batch_size 4 over a dataset of the 3 batches' rows, no shuffling.
     rows = torch.cat(data)
-    trainer.fit(module, DataLoader(rows, batch_size=4))
+    trainer.fit(module, DataLoader(rows, batch_size=4), DataLoader(rows[:4], batch_size=4))
     ref_losses, ref_grads, ref_weights = reference_run(plain, [rows[i : i + 4] for i in range(0, len(rows), 4)])
     seen = {
         "mesh": module.mesh_seen,
@@ -172,8 +178,10 @@ def trainer_part(out):
         "logged": float(trainer.callback_metrics["train_loss"]),
     }
     sharded, whole = os.path.join(out, "tp.ckpt"), os.path.join(out, "tp_whole.ckpt")
-    trainer.save_checkpoint(sharded)
+    trainer.save_checkpoint(sharded)  # after the fit's last validation: a forward without backward
     seen["checkpoint_files"] = sorted(os.listdir(sharded))
+    state = torch.load(os.path.join(after_validation.best_model_path, "fulmen_checkpoint.pt"), weights_only=True)
+    seen["optimizer_placeholders"] = state["optimizer_states"]
     fresh = TPModule()
     again = L.Trainer(
         accelerator="cpu", devices=2, strategy=ModelParallelStrategy(save_distributed_checkpoint=False),

@@ -100,6 +100,12 @@ def main(out):
         first = trainer(strategy, [Probe(seen, tag)])
         first.fit(model, loader(), loader())
         probe(model, f"{tag}:after_fit", seen)
+        # Saved after the fit's last validation (the root keeps gathered weights after a forward
+        # without backward): the optimizer's state is still read by parameter name.
+        path = os.path.join(out, f"{tag}.ckpt")
+        first.save_checkpoint(path)
+        saved = torch.load(path, weights_only=True)["optimizer_states"][0]["param_groups"][0]["params"]
+        seen[f"{tag}:optimizer_params"] = saved
         first.validate(model, loader(), verbose=False)
         probe(model, f"{tag}:after_validate", seen)
         predictions = first.predict(model, loader())

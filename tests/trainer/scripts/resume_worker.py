@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import fulmen as L
 from fulmen.callbacks import Callback, ModelCheckpoint
-from fulmen.strategies import FSDPStrategy
+from fulmen.strategies import FSDPStrategy, ModelParallelStrategy
 
 
 class NoisyDataset(Dataset):
@@ -55,6 +55,19 @@ class DropoutRegressor(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, step_size=7)}
 
 
+class TensorParallelRegressor(DropoutRegressor):
+    """The same network, split column- then row-wise over the tensor-parallel ranks (ModelParallelStrategy)."""
+
+    def configure_model(self):
+        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+        parallelize_module(
+            self.net, self.device_mesh["tensor_parallel"], {"0": ColwiseParallel(), "3": RowwiseParallel()}
+        )
+        fully_shard(self.net, mesh=self.device_mesh["data_parallel"])
+
+
 class KillAt(Callback):
     def __init__(self, step: int, rank: int) -> None:
         self.step, self.rank = step, rank
@@ -75,7 +88,7 @@ def main() -> None:
     devices = 2 if args.strategy != "auto" else 1
 
     L.seed_everything(1234, workers=True)
-    model = DropoutRegressor()
+    model = TensorParallelRegressor() if args.strategy == "model_parallel" else DropoutRegressor()
     # Fresh workers each epoch (persistent_workers=False): their generators are seeded from the
     # main process when an epoch starts, which a resumed epoch reproduces.
     train = DataLoader(NoisyDataset(64 * devices), shuffle=True, batch_size=4, num_workers=args.workers)
@@ -91,6 +104,8 @@ def main() -> None:
     strategy = args.strategy
     if strategy.startswith("fsdp"):  # fsdp_full / fsdp_sharded: the checkpoint kind
         strategy = FSDPStrategy(state_dict_type=strategy.split("_")[1])
+    elif strategy == "model_parallel":  # tensor parallel over both processes, DCP checkpoints
+        strategy = ModelParallelStrategy()
     trainer = L.Trainer(
         accelerator="cpu",
         devices=devices,
