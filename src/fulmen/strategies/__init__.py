@@ -11,6 +11,7 @@ from fulmen.strategies.ddp import DDPStrategy
 from fulmen.strategies.dp import DataParallelStrategy
 from fulmen.strategies.fsdp import FSDPStrategy
 from fulmen.strategies.model_parallel import ModelParallelStrategy
+from fulmen.strategies.parallel import ParallelStrategy
 from fulmen.strategies.resolver import select_strategy
 from fulmen.strategies.resumable_sampler import ResumableSampler, make_resumable, resumable_sampler
 from fulmen.strategies.sharded import DDPShardedStrategy
@@ -24,6 +25,7 @@ __all__ = [
     "DeepSpeedStrategy",
     "FSDPStrategy",
     "ModelParallelStrategy",
+    "ParallelStrategy",
     "ResumableSampler",
     "SingleDeviceStrategy",
     "Strategy",

@@ -21,8 +21,8 @@ from fulmen.strategies import existing_group, group_exit
 from fulmen.strategies.accelerators import Accelerator
 from fulmen.strategies.environments import ClusterEnvironment, LightningEnvironment
 from fulmen.strategies.launchers import MultiprocessingLauncher, SubprocessScriptLauncher
+from fulmen.strategies.parallel import ParallelStrategy
 from fulmen.strategies.precision import Precision
-from fulmen.strategies.strategy import Strategy
 from fulmen.utilities import rank_zero
 from fulmen.utilities.exceptions import MisconfigurationException, invalid_argument
 from fulmen.utilities.seed import reset_seed
@@ -41,7 +41,7 @@ def default_timeout() -> timedelta:
     return timedelta(seconds=float(value)) if value else DEFAULT_TIMEOUT
 
 
-class DDPStrategy(Strategy):
+class DDPStrategy(ParallelStrategy):
     supports_no_backward_sync = True
 
     def __init__(

@@ -9,11 +9,12 @@ import torch
 from torch import Tensor, nn
 
 from fulmen.strategies.accelerators import Accelerator
+from fulmen.strategies.parallel import ParallelStrategy
 from fulmen.strategies.precision import Precision
-from fulmen.strategies.strategy import Strategy, warn_no_backward_sync_unsupported
+from fulmen.strategies.strategy import warn_no_backward_sync_unsupported
 
 
-class DataParallelStrategy(Strategy):
+class DataParallelStrategy(ParallelStrategy):
     def __init__(
         self,
         accelerator: Accelerator | None = None,

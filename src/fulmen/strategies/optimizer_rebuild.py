@@ -7,6 +7,7 @@ and groups over the new parameters, matched by name.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from torch import nn
@@ -38,4 +39,17 @@ def rebuild_optimizer(
             ) from err
         groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": params})
     build = factory or type(optimizer)
-    return build(groups, **optimizer.defaults)
+    return build(groups, **_accepted(build, optimizer.defaults))
+
+
+def _accepted(build: Callable[..., Optimizer], defaults: dict) -> dict:
+    """The defaults that ``build`` takes: some optimizers keep more in ``defaults`` than their
+    constructor accepts (AdamW records ``decoupled_weight_decay``); each group carries them anyway."""
+    try:
+        parameters = inspect.signature(build).parameters.values()
+    except (TypeError, ValueError):
+        return defaults
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return defaults
+    names = {p.name for p in parameters}
+    return {key: value for key, value in defaults.items() if key in names}
