@@ -8,9 +8,10 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from torch import nn
 
-from fulmen.strategies import ModelParallelStrategy
+from fulmen.strategies import ModelParallelStrategy, consolidate_checkpoint
 from fulmen.utilities.exceptions import MisconfigurationException
 from tests.conftest import run_python
 
@@ -54,6 +55,14 @@ def test_trainer_tensor_parallel_matches_the_unsharded_model_and_checkpoints(tmp
         assert math.isclose(seen["logged"], seen["losses"][-1], rel_tol=1e-6)
         assert seen["validated_diff"] < 1e-5  # a second Trainer validated from the DCP directory
         assert seen["whole_is_file"]  # save_distributed_checkpoint=False: one file of whole tensors
+        assert seen["reshaped_mesh"] == [2, 1] and seen["reshaped_diff"] < 1e-5  # DCP re-sharded TP=2 -> DP=2
+    # On one process: the directory consolidated into one file holds the same weights as the whole file.
+    consolidate_checkpoint(tmp_path / "tp.ckpt", tmp_path / "consolidated.ckpt")
+    merged = torch.load(tmp_path / "consolidated.ckpt", weights_only=True)["state_dict"]
+    whole = torch.load(tmp_path / "tp_whole.ckpt", weights_only=True)["state_dict"]
+    assert sorted(merged) == sorted(whole) and len(merged) > 10
+    for name, value in whole.items():
+        assert torch.allclose(merged[name], value, atol=1e-6), name
 
 
 @pytest.mark.slow

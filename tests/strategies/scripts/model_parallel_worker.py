@@ -192,6 +192,16 @@ def trainer_part(out):
     seen["validated_diff"] = compare(fresh.model.named_parameters(), ref_weights)
     again.save_checkpoint(whole)
     seen["whole_is_file"] = os.path.isfile(whole)
+    # The TP=2 directory on another mesh: no tensor parallelism, data parallel over both processes.
+    reshaped = TPModule()
+    other_mesh = L.Trainer(
+        accelerator="cpu", devices=2, strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1),
+        logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        default_root_dir=out,
+    )  # fmt: skip
+    other_mesh.validate(reshaped, DataLoader(rows, batch_size=4), ckpt_path=sharded, verbose=False)
+    seen["reshaped_mesh"] = list(other_mesh.strategy.device_mesh.shape)
+    seen["reshaped_diff"] = compare(reshaped.model.named_parameters(), ref_weights)
     write(out, "trainer", seen)
 
 
