@@ -75,6 +75,18 @@ def test_lite_ddp_rank_exits_0_every_time_whether_or_not_the_script_destroys_the
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_script_run_through_fulmens_launcher_exits_0_when_it_destroys_the_group(tmp_path):
+    # The same script as a user runs it: fulmen's launcher starts rank 1 by running it again, and
+    # rank 0's exit code is the job's (a rank 1 that aborted makes it non-zero).
+    proc = run_python(str(DRIVER), str(tmp_path), "--direct", "destroy:2", timeout=150, env=LOOPBACK)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "terminate called" not in proc.stderr
+    records = [json.loads((tmp_path / f"rank_{rank}.json").read_text()) for rank in (0, 1)]
+    assert [r["gathered"] for r in records] == [[0.0, 1.0], [0.0, 1.0]]
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_every_front_end_and_strategy_exits_0_whatever_the_script_does_with_the_group(tmp_path):
     # The Trainer (the group destroyed in a callback before fulmen's teardown, after fit, or a

@@ -1,6 +1,7 @@
 """Ranks that end while gloo's worker thread still has Python tensors to drop, many times over.
 
     python ddp_exit_destroy.py OUT RUNS SCENARIO:DEVICES [SCENARIO:DEVICES ...]
+    python ddp_exit_destroy.py OUT --direct SCENARIO:DEVICES
 
 Each run of a scenario is one job of DEVICES ranks that use fulmen's public API and end as a script
 ends. Every scenario ends the same hard way: an ``all_gather`` into Python tensors, left to gloo's
@@ -24,6 +25,10 @@ fulmen's launcher starts rank 0; more are started as torchrun starts them (its v
 at a time. Each rank writes ``OUT/<scenario>-<devices>/run_<i>/rank_<r>.json`` once its work is done,
 and its stderr to ``rank_<r>.err`` beside it; the parent writes every rank's exit code to
 ``OUT/summary.json`` (-6: SIGABRT, -9: still running after RUN_TIMEOUT).
+
+``--direct`` runs one scenario once, as the script itself, the way a user runs it: fulmen's
+launcher re-runs it for the other ranks, and rank 0's exit code says whether any rank failed.
+Each rank writes ``OUT/rank_<r>.json``.
 """
 
 import ctypes
@@ -230,5 +235,9 @@ def main(out: Path, runs: int, configs: list[tuple[str, int]]) -> None:
 
 
 if __name__ == "__main__":
-    configs = [(config.split(":")[0], int(config.split(":")[1])) for config in sys.argv[3:]]
-    main(Path(sys.argv[1]), int(sys.argv[2]), configs)
+    if sys.argv[2] == "--direct":
+        scenario, devices = sys.argv[3].split(":")
+        SCENARIOS[scenario](Path(sys.argv[1]), int(devices))
+    else:
+        configs = [(config.split(":")[0], int(config.split(":")[1])) for config in sys.argv[3:]]
+        main(Path(sys.argv[1]), int(sys.argv[2]), configs)
