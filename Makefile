@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_async_save.py
 	$(PY) benchmarks/bench_ddp_signals.py
 	$(PY) benchmarks/bench_deepspeed.py
+	$(PY) benchmarks/bench_model_parallel.py
 
 # The documentation site (mkdocs.yml, docs/). `make test` builds it strictly too (tests/docs).
 docs: $(STAMP)
