@@ -44,3 +44,31 @@ def report(title: str, times: dict[str, list[float]], baseline: str, targets: di
             verdict = f"  target <= {target:.2f}x  {'OK' if passed else 'MISSED'}"
         print(f"  {name:<22} {statistics.median(values) * 1000:9.2f} ms   {ratio:6.3f}x{verdict}")
     return ok
+
+
+def two_rank_times(script: str, *args: str) -> dict[str, list[float]]:
+    """Run ``script --worker OUT *args`` as 2 CPU ranks under torchrun (loopback); the times rank 0 wrote to OUT."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        out = str(Path(folder) / "times.json")
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+            script, *args, "--worker", out,
+        ]  # fmt: skip
+        env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+        subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return json.loads(Path(out).read_text())
+
+
+def print_ratios(times: dict[str, list[float]], baseline: str, unit: float, unit_name: str) -> None:
+    """One line per contender: its median time per step and its median ratio to ``baseline`` by round."""
+    base = times[baseline]
+    for name, values in times.items():
+        ratio = statistics.median(v / b for v, b in zip(values, base))
+        print(f"  {name:<26} {statistics.median(values) * unit:8.2f} {unit_name}/step   {ratio:5.2f}x {baseline}")

@@ -22,19 +22,17 @@ import io
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from _timing import print_ratios, two_rank_times
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-CONTENDERS = ("raw DDP", "fulmen, check every step", "fulmen, agreed interval")
 
 
 def loader(steps: int) -> DataLoader:
@@ -131,20 +129,9 @@ def main() -> int:
     if args.worker is not None:
         worker(args.steps, args.rounds, args.worker)
         return 0
-    with tempfile.TemporaryDirectory() as folder:
-        out = str(Path(folder) / "times.json")
-        command = [
-            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-            __file__, "--steps", str(args.steps), "--rounds", str(args.rounds), "--worker", out,
-        ]  # fmt: skip
-        env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
-        subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
-        times = json.loads(Path(out).read_text())
+    times = two_rank_times(__file__, "--steps", str(args.steps), "--rounds", str(args.rounds))
     print(f"\nPer-step time under DDP, 2 CPU processes, tiny Linear(32, 2) ({args.steps} steps, {args.rounds} rounds)")
-    base = times["raw DDP"]
-    for name in CONTENDERS:
-        ratio = statistics.median(v / b for v, b in zip(times[name], base))
-        print(f"  {name:<26} {statistics.median(times[name]) * 1e6:8.0f} us/step   {ratio:5.2f}x raw DDP")
+    print_ratios(times, "raw DDP", 1e6, "us")
     return 0
 
 

@@ -17,11 +17,8 @@ import argparse
 import contextlib
 import io
 import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -32,9 +29,9 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _timing import print_ratios, two_rank_times  # noqa: E402
 from tests.strategies.tp_models import Transformer, batches, loss_of, parallelize  # noqa: E402
 
-CONTENDERS = ("raw DTensor", "fulmen Trainer")
 
 
 def median_step(stamps: list[float]) -> float:
@@ -131,20 +128,9 @@ def main() -> int:
     if args.worker is not None:
         worker(args.steps, args.rounds, args.worker)
         return 0
-    with tempfile.TemporaryDirectory() as folder:
-        out = str(Path(folder) / "times.json")
-        command = [
-            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-            __file__, "--steps", str(args.steps), "--rounds", str(args.rounds), "--worker", out,
-        ]  # fmt: skip
-        env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
-        subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        times = json.loads(Path(out).read_text())
+    times = two_rank_times(__file__, "--steps", str(args.steps), "--rounds", str(args.rounds))
     print(f"\nPer-step time, tensor parallel TP=2 on 2 CPU processes ({args.steps} steps, {args.rounds} rounds)")
-    base = times["raw DTensor"]
-    for name in CONTENDERS:
-        ratio = statistics.median(v / b for v, b in zip(times[name], base))
-        print(f"  {name:<16} {statistics.median(times[name]) * 1e3:8.2f} ms/step   {ratio:5.2f}x raw DTensor")
+    print_ratios(times, "raw DTensor", 1e3, "ms")
     return 0
 
 

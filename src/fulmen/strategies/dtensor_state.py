@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from fulmen.strategies import fsdp_checkpoint
@@ -34,6 +34,18 @@ class DTensorState:
     def state_target(self, module: nn.Module) -> nn.Module | None:
         """The module holding DTensors behind ``module`` (and its wrappers), or None."""
         raise NotImplementedError
+
+    def clip_gradients_norm(
+        self,
+        module: nn.Module,
+        optimizer: Optimizer,
+        max_norm: float,
+        norm_type: float = 2.0,
+        error_if_nonfinite: bool = False,
+    ) -> Tensor:
+        """The total norm over DTensor gradients, as a plain tensor (every rank takes part)."""
+        norm = super().clip_gradients_norm(module, optimizer, max_norm, norm_type, error_if_nonfinite)  # type: ignore[misc]
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
     def get_module_state_dict(self, module: nn.Module) -> dict[str, Any]:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict

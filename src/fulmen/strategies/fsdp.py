@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import nn
 from torch.optim import Optimizer
 
 from fulmen.strategies import direct_calls
@@ -218,17 +218,6 @@ class FSDPStrategy(DTensorState, DDPStrategy):
             yield
         finally:
             target.set_requires_gradient_sync(True)
-
-    def clip_gradients_norm(
-        self,
-        module: nn.Module,
-        optimizer: Optimizer,
-        max_norm: float,
-        norm_type: float = 2.0,
-        error_if_nonfinite: bool = False,
-    ) -> Tensor:
-        norm = super().clip_gradients_norm(module, optimizer, max_norm, norm_type, error_if_nonfinite)
-        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
     # ------------------------------------------------------------------------------ checkpoints
     # "full": whole tensors gathered on rank zero (every rank takes part). "sharded": references

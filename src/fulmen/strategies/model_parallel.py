@@ -178,17 +178,6 @@ class ModelParallelStrategy(DTensorState, DDPStrategy):
             for unit in units:
                 unit.set_requires_gradient_sync(True)
 
-    def clip_gradients_norm(
-        self,
-        module: nn.Module,
-        optimizer: Optimizer,
-        max_norm: float,
-        norm_type: float = 2.0,
-        error_if_nonfinite: bool = False,
-    ) -> Tensor:
-        norm = super().clip_gradients_norm(module, optimizer, max_norm, norm_type, error_if_nonfinite)
-        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-
     # ------------------------------------------------------------------------------ collectives
     def all_reduce(self, tensor: Tensor | float, group: Any = None, reduce_op: str | Any = "mean") -> Tensor:
         """Over the data-parallel group by default: the ranks of a tensor-parallel group hold one value."""
