@@ -34,7 +34,6 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 
-
 def loader(steps: int) -> DataLoader:
     generator = torch.Generator().manual_seed(0)
     samples = steps * 8

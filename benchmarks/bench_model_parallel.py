@@ -33,7 +33,6 @@ from _timing import print_ratios, two_rank_times  # noqa: E402
 from tests.strategies.tp_models import Transformer, batches, loss_of, parallelize  # noqa: E402
 
 
-
 def median_step(stamps: list[float]) -> float:
     deltas = [b - a for a, b in zip(stamps, stamps[1:])][3:]  # the first steps warm up
     return statistics.median(deltas)
