@@ -112,7 +112,8 @@ def test_warns_when_the_module_overrides_the_optimizer_hooks(tmp_path):
 
 def test_conflicts_with_the_trainer_flag(tmp_path):
     t = trainer(tmp_path, [GradientAccumulationScheduler({1: 2})], accumulate_grad_batches=2)
-    with pytest.raises(MisconfigurationException, match="`accumulate_grad_batches` and are using the `Gradient.*accumulate_grad_batches=2"):
+    expected = "`accumulate_grad_batches` and are using the `Gradient.*accumulate_grad_batches=2"
+    with pytest.raises(MisconfigurationException, match=expected):
         t.fit(Model(), loader())
 
 
