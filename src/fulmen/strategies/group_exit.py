@@ -6,7 +6,9 @@ work a moment after the caller's wait returned. When the work holds tensors that
 (an ``all_gather`` into a list, say), the drop takes the GIL: torch releases a tensor's Python object
 when the last C++ reference but one goes. Once the interpreter is finalising, Python ends a thread
 that asks for the GIL with a forced unwind, which meets a ``noexcept`` destructor on the way out, and
-the process aborts (``terminate called without an active exception``, SIGABRT).
+the process aborts (``terminate called without an active exception``, SIGABRT). The thread drops the
+work while it holds its group's queue lock, so a backend freed meanwhile with the GIL held (a DDP
+reducer collected during finalisation) waits for that lock, and the process hangs instead.
 
 torch gives no way to wait for that thread. ``destroy_process_group`` only forgets the group: the
 backend and its threads live on while anything holds it (every DDP reducer, DeepSpeed's engine,
@@ -24,9 +26,10 @@ stays asleep, since nothing gives it work after this handler. The threads are fo
 ``/proc/self/task`` (Linux); where they cannot be (no ``/proc``, a torch that does not name them),
 the handler falls back to leaving the GIL free for a fixed time.
 
-Outside the guarantee: a collective that the script started (``async_op=True``) and never waited
-for, which may still end during finalisation; and another Python thread that holds the GIL through
-the whole interval.
+No barrier: each rank looks after its own threads, so ranks need not agree on when they end (a peer
+that left first does not matter). Outside the guarantee: a collective that the script started
+(``async_op=True``) and never waited for, which may still end during finalisation; and another
+Python thread that holds the GIL through a whole interval.
 """
 
 from __future__ import annotations
@@ -41,8 +44,8 @@ import torch.distributed as dist
 WORKER_THREAD_NAMES = frozenset({"pt_gloo_runloop"})
 #: Seconds the GIL is left free between two looks at the worker threads.
 SETTLE_INTERVAL = 0.01
-#: Idle looks in a row (after the first) that count as settled: two, so that a thread that a waking
-#: peer keeps waiting one interval more (both after the same GIL) still shows.
+#: Looks in a row (each after an interval) that must find every worker asleep and not woken: two, so
+#: that a worker queued for the GIL behind another thread (one wake-up per release) gets its turn.
 SETTLE_LOOKS = 2
 #: Seconds the handler waits at most for busy workers (a collective that is still running) to settle.
 SETTLE_TIMEOUT = 10.0
