@@ -56,6 +56,8 @@ def test_trainer_tensor_parallel_matches_the_unsharded_model_and_checkpoints(tmp
         assert seen["validated_diff"] < 1e-5  # a second Trainer validated from the DCP directory
         assert seen["whole_is_file"]  # save_distributed_checkpoint=False: one file of whole tensors
         assert seen["reshaped_mesh"] == [2, 1] and seen["reshaped_diff"] < 1e-5  # DCP re-sharded TP=2 -> DP=2
+        # init_module(empty_init=True): on meta until setup, then real, trained with gradient clipping.
+        assert (seen["meta_before"], seen["meta_after"], seen["meta_trained"]) == (True, False, [2, True])
     # On one process: the directory consolidated into one file holds the same weights as the whole file.
     consolidate_checkpoint(tmp_path / "tp.ckpt", tmp_path / "consolidated.ckpt")
     merged = torch.load(tmp_path / "consolidated.ckpt", weights_only=True)["state_dict"]

@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from fulmen.strategies import fsdp_checkpoint
-from fulmen.strategies.strategy import _unwrap_optimizer
+from fulmen.strategies.strategy import _optimizer_parameters, _unwrap_optimizer
 from fulmen.strategies.strategy import unwrap_module as unwrap
 from fulmen.utilities import checkpoint_dir
 from fulmen.utilities.exceptions import MisconfigurationException
@@ -43,9 +44,30 @@ class DTensorState:
         norm_type: float = 2.0,
         error_if_nonfinite: bool = False,
     ) -> Tensor:
-        """The total norm over DTensor gradients, as a plain tensor (every rank takes part)."""
-        norm = super().clip_gradients_norm(module, optimizer, max_norm, norm_type, error_if_nonfinite)  # type: ignore[misc]
-        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        """The total norm over DTensor gradients, as a plain tensor (every rank takes part).
+
+        torch's ``clip_grad_norm_`` stacks the per-gradient norms, which fails when they live on
+        different meshes (tensor-parallel layers on the 2-D mesh, norms' weights on the data-parallel
+        one): each norm is reduced to a plain tensor on its own mesh first.
+        """
+        from torch.distributed.tensor import DTensor
+
+        self.precision.unscale_gradients(_unwrap_optimizer(optimizer))  # type: ignore[attr-defined]
+        grads = [p.grad for p in _optimizer_parameters(optimizer) if p.grad is not None]
+        if not grads:
+            return torch.tensor(0.0)
+        norms = []
+        for grad in grads:
+            norm = torch.linalg.vector_norm(grad, norm_type)
+            norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+        total = torch.linalg.vector_norm(torch.stack(norms), norm_type)
+        if error_if_nonfinite and not torch.isfinite(total):
+            raise RuntimeError(f"The total norm of order {norm_type} of the gradients is non-finite: {total.item()}.")
+        scale = min(float(max_norm) / (float(total) + 1e-6), 1.0)
+        if scale < 1.0:
+            for grad in grads:
+                grad.mul_(scale)
+        return total
 
     def get_module_state_dict(self, module: nn.Module) -> dict[str, Any]:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict

@@ -27,13 +27,14 @@ from fulmen.lite import Lite  # noqa: E402
 from fulmen.strategies import FSDPStrategy, ModelParallelStrategy  # noqa: E402
 
 STEPS = 3
+CLIP = 0.05  # below the gradients' norm: every step is clipped
 
 
 def full(tensor):
     return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
-def reference_run(model, data):
+def reference_run(model, data, clip=None):
     """The same model, unsharded, on this process alone: losses, first gradients, final weights."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     losses, grads = [], None
@@ -42,6 +43,8 @@ def reference_run(model, data):
         loss.backward()
         if grads is None:
             grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
         optimizer.zero_grad()
         losses.append(loss.item())
@@ -74,10 +77,11 @@ def lite_part(out):
             lite.backward(loss)
         if first_grads is None:
             first_grads = [(n, full(p.grad).clone()) for n, p in model.module.named_parameters()]
+        lite.clip_gradients(model, optimizer, max_norm=CLIP)  # over DTensors on two meshes
         optimizer.step()
         optimizer.zero_grad()
         losses.append(full(loss).item())
-    ref_losses, ref_grads, ref_weights = reference_run(plain, data)
+    ref_losses, ref_grads, ref_weights = reference_run(plain, data, clip=CLIP)
     seen = {
         "mesh": list(lite.strategy.device_mesh.mesh_dim_names),
         "losses": losses,
@@ -202,6 +206,18 @@ def trainer_part(out):
     other_mesh.validate(reshaped, DataLoader(rows, batch_size=4), ckpt_path=sharded, verbose=False)
     seen["reshaped_mesh"] = list(other_mesh.strategy.device_mesh.shape)
     seen["reshaped_diff"] = compare(reshaped.model.named_parameters(), ref_weights)
+    # Built on the meta device (no memory), laid out there, materialised by the strategy; clipped steps.
+    with other_mesh.init_module(empty_init=True):
+        on_meta = TPModule()
+    seen["meta_before"] = all(p.is_meta for p in on_meta.parameters())
+    clipped = L.Trainer(
+        accelerator="cpu", devices=2, strategy=ModelParallelStrategy(), max_steps=2, gradient_clip_val=0.01,
+        logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        default_root_dir=out,
+    )  # fmt: skip
+    clipped.fit(on_meta, DataLoader(rows, batch_size=4))
+    seen["meta_after"] = any(full(p).is_meta for p in on_meta.model.parameters())
+    seen["meta_trained"] = [clipped.global_step, bool(torch.isfinite(full(on_meta.model.output.weight)).all())]
     write(out, "trainer", seen)
 
 
