@@ -26,7 +26,8 @@ def test_the_rebuilt_optimizer_holds_the_new_parameters_and_the_same_settings(ma
     replaced = copy.deepcopy(module)  # new parameter objects, the same names
     rebuilt = rebuild_optimizer(optimizer, names, replaced)
     assert type(rebuilt) is type(optimizer)
-    assert [p is q for p, q in zip(rebuilt.param_groups[0]["params"], replaced.parameters())][0]
+    rebuilt_params = [p for group in rebuilt.param_groups for p in group["params"]]
+    assert all(p is q for p, q in zip(rebuilt_params, replaced.parameters()))
     for old, new in zip(optimizer.param_groups, rebuilt.param_groups):
         assert {k: v for k, v in old.items() if k != "params"} == {k: v for k, v in new.items() if k != "params"}
         assert [id(p) for p in new["params"]] != [id(p) for p in old["params"]]

@@ -32,10 +32,13 @@ def allow(root: nn.Module) -> None:
 
 
 def _hook(module: nn.Module, unit: Any) -> None:
+    # Looked up once: these hooks run on every forward of every submodule, training steps included.
+    # torch offers no public query of a unit's state (torch is pinned; the FSDP tests cover this).
+    groups = unit._get_fsdp_state()._fsdp_param_groups
     gathered_here: list[bool] = []
 
     def before(_module: nn.Module, _args: Any) -> None:
-        sharded = not _is_gathered(unit)
+        sharded = not all(group.is_unsharded for group in groups)
         if sharded:
             unit.unshard()
         gathered_here.append(sharded)
@@ -46,9 +49,3 @@ def _hook(module: nn.Module, unit: Any) -> None:
 
     module.register_forward_pre_hook(before)
     module.register_forward_hook(after)
-
-
-def _is_gathered(unit: Any) -> bool:
-    # torch offers no public query of a unit's state (torch is pinned; a test covers this call).
-    groups = unit._get_fsdp_state()._fsdp_param_groups
-    return all(group.is_unsharded for group in groups)

@@ -8,6 +8,7 @@ load, so either kind loads into any layout of the same model.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -35,6 +36,21 @@ class DTensorState:
     def state_target(self, module: nn.Module) -> nn.Module | None:
         """The module holding DTensors behind ``module`` (and its wrappers), or None."""
         raise NotImplementedError
+
+    def meta_init_context(self) -> contextlib.AbstractContextManager:
+        """Build on the meta device (no memory): ``setup_module`` materialises each rank's part."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.device("meta"))
+        stack.enter_context(self.precision.module_init_context())  # type: ignore[attr-defined]
+        return stack
+
+    def module_to_device(self, module: nn.Module) -> None:
+        if not any(t.is_meta for t in (*module.parameters(), *module.buffers())):  # else materialised at setup
+            super().module_to_device(module)  # type: ignore[misc]
+
+    def teardown(self) -> None:
+        checkpoint_dir.wait_for_removals()  # the run ends with no replaced checkpoint left behind
+        super().teardown()  # type: ignore[misc]
 
     def clip_gradients_norm(
         self,

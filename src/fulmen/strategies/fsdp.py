@@ -27,7 +27,6 @@ from fulmen.strategies.dtensor_state import DTensorState
 from fulmen.strategies.fsdp_options import FSDPPrecision, Policy
 from fulmen.strategies.optimizer_rebuild import parameter_names, rebuild_optimizer
 from fulmen.strategies.precision import Precision
-from fulmen.utilities import checkpoint_dir
 from fulmen.utilities.exceptions import MisconfigurationException
 
 
@@ -98,10 +97,7 @@ class FSDPStrategy(DTensorState, DDPStrategy):
         materialised shard by shard in ``setup_module``; otherwise as for any strategy."""
         if empty_init is False or self.sharding_strategy == "NO_SHARD":
             return super().module_init_context(empty_init)
-        stack = contextlib.ExitStack()
-        stack.enter_context(torch.device("meta"))
-        stack.enter_context(self.precision.module_init_context())
-        return stack
+        return self.meta_init_context()
 
     def setup_module_and_optimizers(
         self, module: nn.Module, optimizers: list[Optimizer]
@@ -109,10 +105,6 @@ class FSDPStrategy(DTensorState, DDPStrategy):
         names = parameter_names(module)
         sharded = self.setup_module(module)
         return sharded, [self.setup_optimizer(rebuild_optimizer(opt, names, sharded)) for opt in optimizers]
-
-    def module_to_device(self, module: nn.Module) -> None:
-        if not _on_meta(module):  # a model created under init_module() is materialised when sharded
-            super().module_to_device(module)
 
     def setup_module(self, module: nn.Module) -> nn.Module:
         if self.sharding_strategy == "NO_SHARD":
@@ -229,10 +221,6 @@ class FSDPStrategy(DTensorState, DDPStrategy):
     def state_target(self, module: nn.Module) -> nn.Module | None:
         return _find_fsdp(module)
 
-    def teardown(self) -> None:
-        checkpoint_dir.wait_for_removals()  # the run ends with no replaced checkpoint left behind
-        super().teardown()
-
     def __repr__(self) -> str:
         return (
             f"FSDPStrategy(sharding_strategy={self.sharding_strategy!r}, cpu_offload={self.cpu_offload}, "
@@ -247,10 +235,6 @@ _EVALUATION_STEPS = ("validation_step", "test_step", "predict_step")
 def _wrapped_module(module: nn.Module) -> nn.Module | None:
     """The module a front end's wrapper (the Trainer's step router) holds, else None."""
     return getattr(module, "module", None) if getattr(module, "_fulmen_wrapper", False) else None
-
-
-def _on_meta(module: nn.Module) -> bool:
-    return any(t.is_meta for t in (*module.parameters(), *module.buffers()))
 
 
 def _gather_around(module: nn.Module, *methods: str) -> None:

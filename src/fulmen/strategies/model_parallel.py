@@ -15,8 +15,6 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
@@ -117,16 +115,7 @@ class ModelParallelStrategy(DTensorState, DDPStrategy):
     # --------------------------------------------------------------------------------- module
     def module_init_context(self, empty_init: bool | None = None) -> contextlib.AbstractContextManager:
         """``empty_init=True``: on the meta device, materialised after the module parallelised itself."""
-        if not empty_init:
-            return super().module_init_context(empty_init)
-        stack = contextlib.ExitStack()
-        stack.enter_context(torch.device("meta"))
-        stack.enter_context(self.precision.module_init_context())
-        return stack
-
-    def module_to_device(self, module: nn.Module) -> None:
-        if not any(t.is_meta for t in module.parameters()):
-            super().module_to_device(module)
+        return self.meta_init_context() if empty_init else super().module_init_context(empty_init)
 
     def setup_module_and_optimizers(
         self, module: nn.Module, optimizers: list[Optimizer]
@@ -185,26 +174,14 @@ class ModelParallelStrategy(DTensorState, DDPStrategy):
             group = self._device_mesh.get_group("data_parallel")
         return super().all_reduce(tensor, group=group, reduce_op=reduce_op)
 
-    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
-        if self.world_size == 1:
-            return decision
-        votes = super().all_reduce(torch.tensor(int(decision), device=self.root_device), dist.group.WORLD, "sum")
-        return bool(votes == self.world_size) if all else bool(votes > 0)
-
     # ------------------------------------------------------------------------------ checkpoints
     @property
     def writes_shards(self) -> bool:
         return self.save_distributed_checkpoint
 
     def state_target(self, module: nn.Module) -> nn.Module | None:
-        inner = _wrapped_module(module) or getattr(module, "_forward_module", None) or module
+        inner = _wrapped_module(module) or module
         return inner if any(inner is known for known in self._sharded_modules) else None
-
-    def teardown(self) -> None:
-        from fulmen.utilities import checkpoint_dir
-
-        checkpoint_dir.wait_for_removals()
-        super().teardown()
 
     def __repr__(self) -> str:
         return (

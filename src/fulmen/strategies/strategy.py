@@ -259,7 +259,8 @@ class Strategy(ABC):
         """Agree on a flag: ``all=True`` needs every rank to say yes, ``all=False`` any rank."""
         if self.world_size == 1:
             return decision
-        votes = self.all_reduce(torch.tensor(int(decision), device=self.root_device), reduce_op="sum")
+        # Every rank votes, whatever group a subclass reduces logged values over by default.
+        votes = collectives.all_reduce(torch.tensor(int(decision), device=self.root_device), reduce_op="sum")
         return bool(votes == self.world_size) if all else bool(votes > 0)
 
     # ------------------------------------------------------------------------------ checkpoint
