@@ -15,18 +15,17 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
-from fulmen.strategies import Strategy, set_sampler_epoch
+from fulmen.strategies import Strategy, WrappedModule, WrappedOptimizer, set_sampler_epoch
 from fulmen.strategies.precision import Precision
 
 
-class LiteModule(nn.Module):
-    _fulmen_wrapper = True
-
+class LiteModule(WrappedModule):
     def __init__(self, forward_module: nn.Module, original_module: nn.Module, strategy: Strategy) -> None:
         super().__init__()
         self._forward_module = forward_module
-        # The same module as a plain attribute: read every step without nn.Module.__getattr__.
-        self.__dict__["_forward"] = forward_module
+        # The same module as a plain attribute: read every step without nn.Module.__getattr__;
+        # ``inner`` is what the strategy layer sees through (WrappedModule).
+        self.__dict__["_forward"] = self.__dict__["inner"] = forward_module
         # Kept out of nn.Module's registry so state_dict() keys match the user's module exactly.
         self.__dict__["module"] = original_module
         self.__dict__["_strategy"] = strategy
@@ -57,17 +56,15 @@ class LiteModule(nn.Module):
             return getattr(self.__dict__["module"], name)
 
 
-class LiteOptimizer:
+class LiteOptimizer(WrappedOptimizer):
     """Looks like the user's optimizer (``isinstance`` holds; LR schedulers accept it)."""
-
-    _fulmen_wrapper = True
 
     def __init__(self, optimizer: Optimizer, strategy: Strategy) -> None:
         # Share the optimizer's attributes (param_groups, state, defaults are the same objects),
         # and become a subclass of its class so that isinstance checks pass.
         self.__dict__ = {k: v for k, v in optimizer.__dict__.items() if k not in ("step", "zero_grad")}
         self.__class__ = type("Lite" + type(optimizer).__name__, (LiteOptimizer, type(optimizer)), {})
-        self.optimizer = optimizer
+        self.optimizer = self.inner = optimizer
         self._strategy = strategy
 
     def step(self, closure: Any = None, **kwargs: Any) -> Any:

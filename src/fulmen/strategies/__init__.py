@@ -16,7 +16,8 @@ from fulmen.strategies.resolver import select_strategy
 from fulmen.strategies.resumable_sampler import ResumableSampler, make_resumable, resumable_sampler
 from fulmen.strategies.sharded import DDPShardedStrategy
 from fulmen.strategies.single_device import SingleDeviceStrategy
-from fulmen.strategies.strategy import Strategy, unwrap_module, warn_no_backward_sync_unsupported
+from fulmen.strategies.strategy import Strategy, warn_no_backward_sync_unsupported
+from fulmen.strategies.wrapped import WrappedModule, WrappedOptimizer, unwrap_module, unwrap_optimizer
 
 __all__ = [
     "DDPShardedStrategy",
@@ -29,6 +30,8 @@ __all__ = [
     "ResumableSampler",
     "SingleDeviceStrategy",
     "Strategy",
+    "WrappedModule",
+    "WrappedOptimizer",
     "consolidate_checkpoint",
     "has_len",
     "make_resumable",
@@ -38,6 +41,7 @@ __all__ = [
     "select_strategy",
     "set_sampler_epoch",
     "unwrap_module",
+    "unwrap_optimizer",
     "warn_no_backward_sync_unsupported",
 ]
 

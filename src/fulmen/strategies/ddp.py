@@ -23,6 +23,7 @@ from fulmen.strategies.environments import ClusterEnvironment, LightningEnvironm
 from fulmen.strategies.launchers import MultiprocessingLauncher, SubprocessScriptLauncher
 from fulmen.strategies.parallel import ParallelStrategy
 from fulmen.strategies.precision import Precision
+from fulmen.strategies.wrapped import find_wrapped
 from fulmen.utilities import rank_zero
 from fulmen.utilities.exceptions import MisconfigurationException, invalid_argument
 from fulmen.utilities.seed import reset_seed
@@ -203,8 +204,4 @@ class DDPStrategy(ParallelStrategy):
 
 
 def _find_ddp(module: nn.Module) -> DistributedDataParallel | None:
-    while module is not None:
-        if isinstance(module, DistributedDataParallel):
-            return module
-        module = getattr(module, "_forward_module", None) if getattr(module, "_fulmen_wrapper", False) else None
-    return None
+    return find_wrapped(module, DistributedDataParallel)

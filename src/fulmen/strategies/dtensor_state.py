@@ -17,8 +17,9 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from fulmen.strategies import fsdp_checkpoint
-from fulmen.strategies.strategy import _optimizer_parameters, _unwrap_optimizer
-from fulmen.strategies.strategy import unwrap_module as unwrap
+from fulmen.strategies.strategy import _optimizer_parameters
+from fulmen.strategies.wrapped import unwrap_module as unwrap
+from fulmen.strategies.wrapped import unwrap_optimizer
 from fulmen.utilities import checkpoint_dir
 from fulmen.utilities.exceptions import MisconfigurationException
 
@@ -68,7 +69,7 @@ class DTensorState:
         """
         from torch.distributed.tensor import DTensor
 
-        self.precision.unscale_gradients(_unwrap_optimizer(optimizer))  # type: ignore[attr-defined]
+        self.precision.unscale_gradients(unwrap_optimizer(optimizer))  # type: ignore[attr-defined]
         grads = [p.grad for p in _optimizer_parameters(optimizer) if p.grad is not None]
         if not grads:
             return torch.tensor(0.0)
@@ -123,9 +124,9 @@ class DTensorState:
         if module is None:
             return super().get_optimizer_state(optimizer)  # type: ignore[misc]
         if self.writes_shards:
-            return fsdp_checkpoint.OptimizerShards(module, _unwrap_optimizer(optimizer))
+            return fsdp_checkpoint.OptimizerShards(module, unwrap_optimizer(optimizer))
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return get_optimizer_state_dict(module, _unwrap_optimizer(optimizer), options=options)
+        return get_optimizer_state_dict(module, unwrap_optimizer(optimizer), options=options)
 
     def load_optimizer_state(self, optimizer: Optimizer, state: dict[str, Any]) -> None:
         from torch.distributed.checkpoint.state_dict import (
@@ -137,7 +138,7 @@ class DTensorState:
         module = self._module_of(optimizer)
         if module is None:
             return super().load_optimizer_state(optimizer, state)  # type: ignore[misc]
-        optimizer = _unwrap_optimizer(optimizer)
+        optimizer = unwrap_optimizer(optimizer)
         if isinstance(state, checkpoint_dir.ShardedStateRef):
             loaded = fsdp_checkpoint.load_into(state, get_optimizer_state_dict(module, optimizer))
             set_optimizer_state_dict(module, optimizer, loaded)
@@ -182,7 +183,7 @@ class DTensorState:
         return super().load_checkpoint(filepath, map_location, weights_only, storage_options)  # type: ignore[misc]
 
     def _module_of(self, optimizer: Optimizer) -> nn.Module | None:
-        params = {id(p) for group in _unwrap_optimizer(optimizer).param_groups for p in group["params"]}
+        params = {id(p) for group in unwrap_optimizer(optimizer).param_groups for p in group["params"]}
         for module in self._sharded_modules:
             _reshard(module)
             if any(id(p) in params for p in module.parameters()):

@@ -27,6 +27,7 @@ from fulmen.strategies.dtensor_state import DTensorState
 from fulmen.strategies.fsdp_options import FSDPPrecision, Policy
 from fulmen.strategies.optimizer_rebuild import parameter_names, rebuild_optimizer
 from fulmen.strategies.precision import Precision
+from fulmen.strategies.wrapped import find_wrapped, wrapper_inner
 from fulmen.utilities.exceptions import MisconfigurationException
 
 
@@ -113,7 +114,7 @@ class FSDPStrategy(DTensorState, DDPStrategy):
         if earlier is None:
             # The user's module is the root, not a front end's wrapper: called directly anywhere
             # (a callback, after fit) it gathers its parameters, and its steps gather as forward does.
-            inner = _wrapped_module(module)
+            inner = wrapper_inner(module)
             self._shard(inner if inner is not None else module)
             if inner is not None:
                 _gather_around(inner, "training_step", *_EVALUATION_STEPS)
@@ -164,7 +165,7 @@ class FSDPStrategy(DTensorState, DDPStrategy):
         remembered here, so that its optimizers' state is read and loaded the sharded way."""
         from torch.distributed.fsdp import FSDPModule
 
-        for root in (module, _wrapped_module(module)):
+        for root in (module, wrapper_inner(module)):
             if isinstance(root, FSDPModule):
                 if not any(root is known for known in self._sharded_modules):
                     self._sharded_modules.append(root)
@@ -232,9 +233,6 @@ class FSDPStrategy(DTensorState, DDPStrategy):
 _EVALUATION_STEPS = ("validation_step", "test_step", "predict_step")
 
 
-def _wrapped_module(module: nn.Module) -> nn.Module | None:
-    """The module a front end's wrapper (the Trainer's step router) holds, else None."""
-    return getattr(module, "module", None) if getattr(module, "_fulmen_wrapper", False) else None
 
 
 def _gather_around(module: nn.Module, *methods: str) -> None:
@@ -254,8 +252,4 @@ def _gather_around(module: nn.Module, *methods: str) -> None:
 def _find_fsdp(module: nn.Module) -> nn.Module | None:
     from torch.distributed.fsdp import FSDPModule
 
-    while module is not None:
-        if isinstance(module, FSDPModule):
-            return module
-        module = getattr(module, "_forward_module", None) if getattr(module, "_fulmen_wrapper", False) else None
-    return None
+    return find_wrapped(module, FSDPModule)

@@ -21,9 +21,10 @@ from torch.optim import Optimizer
 from fulmen.strategies import direct_calls
 from fulmen.strategies.ddp import DDPStrategy
 from fulmen.strategies.dtensor_state import DTensorState
-from fulmen.strategies.fsdp import _gather_around, _wrapped_module
+from fulmen.strategies.fsdp import _gather_around
 from fulmen.strategies.fsdp_options import BASE_ARGUMENTS, materialize
 from fulmen.strategies.optimizer_rebuild import parameter_names, rebuild_optimizer
+from fulmen.strategies.wrapped import wrapper_inner
 from fulmen.utilities.exceptions import MisconfigurationException, invalid_argument
 
 MESH_DIMS = ("data_parallel", "tensor_parallel")
@@ -127,10 +128,10 @@ class ModelParallelStrategy(DTensorState, DDPStrategy):
     def setup_module(self, module: nn.Module) -> nn.Module:
         """Parallelise (``parallelize_fn``), materialise, and return ``module`` itself: its steps gather
         what FSDP sharded, and it stays callable directly (a wrapper around it is left as it is)."""
-        inner = _wrapped_module(module) or module
+        inner = wrapper_inner(module) or module
         if self.parallelize_fn is not None and not any(inner is known for known in self._sharded_modules):
             result = self.parallelize_fn(inner, self.device_mesh)
-            if result is not inner and _wrapped_module(module) is not None:
+            if result is not inner and wrapper_inner(module) is not None:
                 raise MisconfigurationException("`parallelize_fn` must parallelise the module in place and return it.")
             inner = module = result if result is not None else inner
         self._check_parallelised(inner)
@@ -180,7 +181,7 @@ class ModelParallelStrategy(DTensorState, DDPStrategy):
         return self.save_distributed_checkpoint
 
     def state_target(self, module: nn.Module) -> nn.Module | None:
-        inner = _wrapped_module(module) or module
+        inner = wrapper_inner(module) or module
         return inner if any(inner is known for known in self._sharded_modules) else None
 
     def __repr__(self) -> str:

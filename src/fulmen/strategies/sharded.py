@@ -12,7 +12,7 @@ from typing import Any
 from torch.optim import Optimizer
 
 from fulmen.strategies.ddp import DDPStrategy
-from fulmen.strategies.strategy import _unwrap_optimizer
+from fulmen.strategies.wrapped import unwrap_optimizer
 
 
 class DDPShardedStrategy(DDPStrategy):
@@ -32,7 +32,7 @@ class DDPShardedStrategy(DDPStrategy):
         return sharded
 
     def get_optimizer_state(self, optimizer: Optimizer) -> dict[str, Any]:
-        inner = _unwrap_optimizer(optimizer)
+        inner = unwrap_optimizer(optimizer)
         if not hasattr(inner, "consolidate_state_dict"):
             return super().get_optimizer_state(optimizer)
         # Every rank sends its shard; rank zero, the one that writes checkpoints, gets the whole.

@@ -23,6 +23,7 @@ from fulmen.strategies.accelerators import Accelerator
 from fulmen.strategies.environments import ClusterEnvironment
 from fulmen.strategies.launchers import Launcher
 from fulmen.strategies.precision import Precision
+from fulmen.strategies.wrapped import WrappedOptimizer, unwrap_module, unwrap_optimizer
 from fulmen.utilities.annotations import resolve_init_annotations
 from fulmen.utilities.apply_func import move_data_to_device
 from fulmen.utilities.init import skip_parameter_init
@@ -205,8 +206,8 @@ class Strategy(ABC):
         self.precision.post_backward(tensor, module)
 
     def optimizer_step(self, optimizer: Optimizer, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
-        if getattr(optimizer, "_fulmen_wrapper", False):  # inlined _unwrap_optimizer: this runs every step
-            optimizer = optimizer.optimizer
+        if isinstance(optimizer, WrappedOptimizer):
+            optimizer = optimizer.inner
         return self.precision.optimizer_step(optimizer, closure=closure, **kwargs)
 
     def clip_gradients_norm(
@@ -217,14 +218,14 @@ class Strategy(ABC):
         norm_type: float = 2.0,
         error_if_nonfinite: bool = False,
     ) -> Tensor:
-        self.precision.unscale_gradients(_unwrap_optimizer(optimizer))
+        self.precision.unscale_gradients(unwrap_optimizer(optimizer))
         parameters = _optimizer_parameters(optimizer)
         return torch.nn.utils.clip_grad_norm_(
             parameters, max_norm, norm_type=norm_type, error_if_nonfinite=error_if_nonfinite
         )
 
     def clip_gradients_value(self, module: nn.Module, optimizer: Optimizer, clip_val: float) -> None:
-        self.precision.unscale_gradients(_unwrap_optimizer(optimizer))
+        self.precision.unscale_gradients(unwrap_optimizer(optimizer))
         torch.nn.utils.clip_grad_value_(_optimizer_parameters(optimizer), clip_val)
 
     @contextlib.contextmanager
@@ -271,10 +272,10 @@ class Strategy(ABC):
         return unwrap_module(module).load_state_dict(state_dict, strict=strict)
 
     def get_optimizer_state(self, optimizer: Optimizer) -> dict[str, Any]:
-        return _unwrap_optimizer(optimizer).state_dict()
+        return unwrap_optimizer(optimizer).state_dict()
 
     def load_optimizer_state(self, optimizer: Optimizer, state: dict[str, Any]) -> None:
-        _unwrap_optimizer(optimizer).load_state_dict(state)
+        unwrap_optimizer(optimizer).load_state_dict(state)
 
     def save_checkpoint(
         self,
@@ -349,25 +350,8 @@ class Strategy(ABC):
         return f"{type(self).__name__}(accelerator={self.accelerator!r}, precision={self.precision!r})"
 
 
-def unwrap_module(module: nn.Module) -> nn.Module:
-    """The user's own module beneath fulmen's and torch's wrappers (DDP, DP, torch.compile)."""
-    from torch.nn.parallel import DataParallel, DistributedDataParallel
-
-    while True:
-        if isinstance(module, (DistributedDataParallel, DataParallel)) or getattr(module, "_fulmen_wrapper", False):
-            module = module.module
-        elif isinstance(getattr(module, "_orig_mod", None), nn.Module):  # torch.compile
-            module = module._orig_mod
-        else:
-            return module
-
-
-def _unwrap_optimizer(optimizer: Optimizer) -> Optimizer:
-    return getattr(optimizer, "optimizer", optimizer) if getattr(optimizer, "_fulmen_wrapper", False) else optimizer
-
-
 def _optimizer_parameters(optimizer: Optimizer) -> Iterable[Tensor]:
-    return [p for group in _unwrap_optimizer(optimizer).param_groups for p in group["params"]]
+    return [p for group in unwrap_optimizer(optimizer).param_groups for p in group["params"]]
 
 
 def warn_no_backward_sync_unsupported(strategy: Strategy) -> None:
@@ -375,3 +359,6 @@ def warn_no_backward_sync_unsupported(strategy: Strategy) -> None:
         f"`no_backward_sync` has no effect with {type(strategy).__name__}: gradients are synchronised "
         "on every backward. The block runs normally."
     )
+
+
+_unwrap_optimizer = unwrap_optimizer  # TODO(lead): remove once deepspeed.py's split lands

@@ -21,6 +21,7 @@ from torch.optim import Optimizer
 
 from fulmen.module import LightningModule
 from fulmen.module.optimizer import LightningOptimizer, LRSchedulerConfig, MockOptimizer
+from fulmen.strategies import WrappedModule
 from fulmen.trainer.hooks import Hooks
 from fulmen.trainer.results import ResultStore
 from fulmen.trainer.signals import SignalWatch
@@ -219,15 +220,14 @@ def positional_arity(fn: Any) -> int:
     return count
 
 
-class StepRouter(nn.Module):
+class StepRouter(WrappedModule):
     """What the strategy wraps (DDP, FSDP) so that ``training_step`` (or, for a wrapper applied in
     place, any step named by ``_fulmen_step``) runs through the wrapper's forward."""
-
-    _fulmen_wrapper = True
 
     def __init__(self, module: LightningModule) -> None:
         super().__init__()
         self.module = module
+        self.__dict__["inner"] = module
 
     def forward(self, *args: Any, _fulmen_step: str = "training_step", **kwargs: Any) -> Any:
         return getattr(self.module, _fulmen_step)(*args, **kwargs)
