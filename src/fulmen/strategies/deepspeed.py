@@ -31,14 +31,14 @@ from torch.optim import Optimizer
 from fulmen.strategies import deepspeed_config as cfg
 from fulmen.strategies.accelerators import Accelerator
 from fulmen.strategies.ddp import DDPStrategy
+from fulmen.strategies.deepspeed_checkpointing import DeepSpeedCheckpointing, _is_partitioned
 from fulmen.strategies.environments import ClusterEnvironment
 from fulmen.strategies.precision import Precision
 from fulmen.strategies.precision.precision import _cast_inputs, _cast_to_default, _default_dtype
-from fulmen.strategies.strategy import _unwrap_optimizer, unwrap_module
-from fulmen.strategies.zero_checkpoint import TAG, check_shards, consolidated_state_dict, make_checkpoint_engine
+from fulmen.strategies.wrapped import unwrap_optimizer, wrapper_inner
+from fulmen.strategies.zero_checkpoint import consolidated_state_dict, make_checkpoint_engine
 from fulmen.utilities import checkpoint_dir
-from fulmen.utilities.checkpoint_dir import ShardedStateRef
-from fulmen.utilities.exceptions import CheckpointError, MisconfigurationException, invalid_argument
+from fulmen.utilities.exceptions import MisconfigurationException, invalid_argument
 from fulmen.utilities.rank_zero import rank_zero_warn
 
 PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed")
@@ -69,7 +69,7 @@ class DeepSpeedPrecision(Precision):
         return _cast_to_default(data)
 
 
-class DeepSpeedStrategy(DDPStrategy):
+class DeepSpeedStrategy(DeepSpeedCheckpointing, DDPStrategy):
     """DeepSpeed ZeRO as a fulmen strategy. One process per device; ranks start as with ``strategy="ddp"``.
 
     ``stage`` (0-3, default 2), ``offload_optimizer``, ``offload_parameters`` (stage 3) and the
@@ -358,7 +358,7 @@ class DeepSpeedStrategy(DDPStrategy):
                 f"DeepSpeed trains one optimizer per model; {len(optimizers)} were given. Combine the parameter "
                 "groups into one optimizer."
             )
-        optimizer = _unwrap_optimizer(optimizers[0])
+        optimizer = unwrap_optimizer(optimizers[0])
         own = {id(p) for p in module.parameters()}
         if not any(id(p) in own for group in optimizer.param_groups for p in group["params"]):
             raise MisconfigurationException(
@@ -481,156 +481,6 @@ class DeepSpeedStrategy(DDPStrategy):
             "supported. Use gradient_clip_algorithm='norm' / `max_norm=`."
         )
 
-    # -------------------------------------------------------------------------- checkpoints
-    def get_module_state_dict(self, module: nn.Module) -> dict[str, Any]:
-        """A training engine's weights stay in its shards (stage 1-2: the dict also holds them, as the
-        model is replicated); a partitioned model without one is gathered whole."""
-        if self._training_engine(module) is not None:
-            user = unwrap_module(module)
-            return ShardedStateRef("module", {} if self.zero_stage_3 else user.state_dict())
-        user = unwrap_module(module)
-        if not _is_partitioned(user):
-            return user.state_dict()
-        deepspeed = self._deepspeed()
-        with deepspeed.zero.GatheredParameters(list(user.parameters())):
-            return {k: v.detach().clone() for k, v in user.state_dict().items()}
-
-    def load_module_state_dict(self, module: nn.Module, state_dict: dict[str, Any], strict: bool = True) -> Any:
-        if isinstance(state_dict, ShardedStateRef):
-            return None  # the engine restored it from the shards
-        user = unwrap_module(module)
-        context: contextlib.AbstractContextManager = contextlib.nullcontext()
-        if _is_partitioned(user):
-            context = self._deepspeed().zero.GatheredParameters(list(user.parameters()), modifier_rank=0)
-        with context:
-            result = user.load_state_dict(state_dict, strict=strict)
-        engine = self._engine
-        if engine is not None and _finds(module, engine) and hasattr(engine.optimizer, "refresh_fp32_params"):
-            engine.optimizer.refresh_fp32_params()  # the fp32 master copy follows the new weights
-        return result
-
-    def get_optimizer_state(self, optimizer: Optimizer) -> dict[str, Any]:
-        if self._engine is not None and self._owns_optimizer(optimizer):
-            return ShardedStateRef("optimizer")
-        return super().get_optimizer_state(optimizer)
-
-    def load_optimizer_state(self, optimizer: Optimizer, state: dict[str, Any]) -> None:
-        if isinstance(state, ShardedStateRef):
-            return
-        if self._engine is not None and self._owns_optimizer(optimizer):
-            raise CheckpointError(
-                "This checkpoint holds a whole optimizer state (one file, from another strategy or consolidated); "
-                "a DeepSpeed optimizer resumes from a DeepSpeed checkpoint directory only. Load the weights alone "
-                "(`Model.load_from_checkpoint`) and start a new fit."
-            )
-        super().load_optimizer_state(optimizer, state)
-
-    def _owns_optimizer(self, optimizer: Optimizer) -> bool:
-        inner = _unwrap_optimizer(optimizer)
-        ds_optimizer = self._engine.optimizer
-        return inner is ds_optimizer or inner is getattr(ds_optimizer, "optimizer", None)
-
-    def save_checkpoint(
-        self,
-        checkpoint: dict[str, Any],
-        filepath: str,
-        storage_options: dict | None = None,
-        *,
-        async_save: bool = False,
-    ) -> None:
-        """With a training engine: a checkpoint directory, every rank writing its shard in parallel and
-        rank zero publishing it at once. Otherwise (evaluation, weights gathered) one file.
-
-        ``async_save``: DeepSpeed's engine builds its files' states in the loop, and fulmen's
-        checkpoint engine copies each into CPU memory instead of writing it; the writes, fsync
-        and publish then run on the checkpoint writer thread (collectives on a group of their own).
-        """
-        engine = self._engine
-        if engine is None or not _holds_refs(checkpoint):
-            return super().save_checkpoint(checkpoint, filepath, storage_options, async_save=async_save)
-        self.wait_for_checkpoint_saves()  # an earlier save is published first
-        token = self.broadcast(checkpoint_dir.new_token() if self.is_global_zero else None)
-        staging = checkpoint_dir.staging_path(filepath, token)
-        if self.is_global_zero:
-            checkpoint_dir.remove_stale_staging(filepath)
-        files = engine.checkpoint_engine.deferred = [] if async_save else None
-        try:
-            engine.save_checkpoint(
-                staging,
-                tag=TAG,
-                client_state={},
-                save_latest=False,
-                exclude_frozen_parameters=self.exclude_frozen_parameters,
-            )
-        finally:
-            engine.checkpoint_engine.deferred = None
-        state = None
-        if self.is_global_zero:
-            state = checkpoint_dir.to_placeholders(checkpoint)
-            state[checkpoint_dir.SHARDED_KEY] = {
-                "format": "deepspeed",
-                "tag": TAG,
-                "zero_stage": self.zero_stage,
-                "world_size": self.world_size,
-                "module_prefix": _module_prefix(engine.module),
-            }
-        if not async_save:
-            self._finish_save(staging, filepath, state, group=None)
-            return
-        from fulmen.utilities import async_checkpoint
-
-        group, state = self.checkpoint_process_group(), async_checkpoint.snapshot(state)
-        write, deferred = engine.checkpoint_engine.write_deferred, files
-
-        def job() -> None:
-            write(deferred)
-            self._finish_save(staging, filepath, state, group)
-
-        async_checkpoint.writer().submit(job, f"Asynchronous DeepSpeed save to {filepath!r} failed")
-
-    def _finish_save(self, staging: str, filepath: str, state: dict[str, Any] | None, group: Any) -> None:
-        """fulmen's state beside the shards, every rank's share fsynced, then rank zero publishes."""
-        if state is not None:  # while the other ranks still write: the folder is not published yet
-            checkpoint_dir.write_state(staging, state)
-        if self.sync_files:
-            checkpoint_dir.fsync_share(staging, self.global_rank, self.world_size)
-        self.publish_checkpoint_dir(staging, filepath, group)
-
-    def load_checkpoint(
-        self, filepath: str, map_location: Any = None, weights_only: bool = True, storage_options: dict | None = None
-    ) -> dict[str, Any]:
-        """A directory: the training engine restores its shards (same number of ranks) and fulmen's
-        state comes back with references in their place; without one, the weights are merged."""
-        local = checkpoint_dir.local_path(filepath) if not storage_options else None
-        if local is None or not os.path.isdir(local):
-            return super().load_checkpoint(filepath, map_location, weights_only, storage_options)
-        from fulmen.strategies.consolidate import read_sharded_state
-
-        local, state = read_sharded_state(local, weights_only)
-        meta = state.pop(checkpoint_dir.SHARDED_KEY)
-        engine = self._engine
-        if engine is None or meta.get("format") != "deepspeed":
-            from fulmen.strategies.consolidate import load_consolidated
-
-            return load_consolidated(local, weights_only)
-        check_shards(local, meta.get("tag"), meta.get("world_size"), meta.get("zero_stage"), real=True)
-        if meta["world_size"] != self.world_size or meta["zero_stage"] != self.zero_stage:
-            raise CheckpointError(
-                f"{local!r} was written by ZeRO stage {meta['zero_stage']} on {meta['world_size']} processes; this run "
-                f"is stage {self.zero_stage} on {self.world_size}. Resume with the same stage and number of "
-                "processes, or consolidate it (`fulmen checkpoint consolidate`) and load the weights alone."
-            )
-        load_path, _ = engine.load_checkpoint(
-            local,
-            tag=meta["tag"],
-            load_optimizer_states=True,
-            load_lr_scheduler_states=False,
-            load_module_strict=True,
-        )
-        if load_path is None:
-            raise CheckpointError(f"DeepSpeed could not load the shards in {local!r}.")
-        return checkpoint_dir.from_placeholders(state)
-
     # ----------------------------------------------------------------------------- teardown
     def teardown(self) -> None:
         engines = [self._engine, *self._inference_engines]
@@ -665,33 +515,13 @@ def _check_against_config(
             )
 
 
-def _is_partitioned(module: nn.Module) -> bool:
-    return any(hasattr(p, "ds_id") for p in module.parameters())
-
-
 def _finds(module: nn.Module, engine: Any) -> bool:
     """Whether ``module`` is ``engine`` or a fulmen wrapper around it (LiteModule)."""
     while module is not None:
         if module is engine:
             return True
-        module = module.__dict__.get("_forward") if getattr(module, "_fulmen_wrapper", False) else None
+        module = wrapper_inner(module)
     return False
-
-
-def _holds_refs(checkpoint: dict[str, Any]) -> bool:
-    return any(
-        isinstance(v, ShardedStateRef) or (isinstance(v, list) and any(isinstance(i, ShardedStateRef) for i in v))
-        for v in checkpoint.values()
-    )
-
-
-def _module_prefix(module: nn.Module) -> str:
-    """How the engine's parameter names start before the user's module's own (the Trainer's router: 'module.')."""
-    user = unwrap_module(module)
-    for name, sub in module.named_modules():
-        if sub is user:
-            return f"{name}." if name else ""
-    return ""
 
 
 __all__ = ["DeepSpeedPrecision", "DeepSpeedStrategy", "consolidated_state_dict"]
