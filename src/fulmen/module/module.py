@@ -19,10 +19,11 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from fulmen.module import export
+from fulmen.module.data_hooks import DataHooks
 from fulmen.module.hooks import ModelHooks
 from fulmen.module.lite_link import clip_through_lite, log_through_lite
 from fulmen.module.optimizer import LightningOptimizer
-from fulmen.utilities.apply_func import apply_to_collection, move_data_to_device
+from fulmen.utilities.apply_func import apply_to_collection
 from fulmen.utilities.checkpoint_migration import match_module_keys
 from fulmen.utilities.exceptions import MisconfigurationException, invalid_argument
 from fulmen.utilities.hparams import HyperparametersMixin
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from fulmen.trainer import Trainer
 
 
-class LightningModule(ModelHooks, HyperparametersMixin, nn.Module):
+class LightningModule(ModelHooks, DataHooks, HyperparametersMixin, nn.Module):
     """Subclass it: define ``training_step`` and ``configure_optimizers`` at least."""
 
     #: Checkpoint keys of the hyperparameters, as Lightning names them.
@@ -501,49 +502,6 @@ class LightningModule(ModelHooks, HyperparametersMixin, nn.Module):
             param.requires_grad = True
         return self.train()
 
-    # -------------------------------------------------------------------------- data hooks
-    def prepare_data(self) -> None:
-        """Download or write data once per node (see ``prepare_data_per_node``); no state here."""
-
-    def setup(self, stage: str) -> None:
-        """Per process, before the loops: ``stage`` is "fit", "validate", "test" or "predict"."""
-
-    def teardown(self, stage: str) -> None:
-        """Per process, after the loops."""
-
-    def train_dataloader(self) -> Any:
-        raise MisconfigurationException(
-            "No training data: pass `train_dataloaders` or a datamodule to `Trainer.fit`, "
-            f"or implement `train_dataloader` in {type(self).__name__}."
-        )
-
-    def val_dataloader(self) -> Any:
-        raise MisconfigurationException(f"`val_dataloader` is not implemented in {type(self).__name__}.")
-
-    def test_dataloader(self) -> Any:
-        raise MisconfigurationException(
-            "No test data: pass `dataloaders` or a datamodule to `Trainer.test`, "
-            f"or implement `test_dataloader` in {type(self).__name__}."
-        )
-
-    def predict_dataloader(self) -> Any:
-        raise MisconfigurationException(
-            "No prediction data: pass `dataloaders` or a datamodule to `Trainer.predict`, "
-            f"or implement `predict_dataloader` in {type(self).__name__}."
-        )
-
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        """Move ``batch`` to ``device``; override for custom batch types."""
-        return move_data_to_device(batch, device)
-
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Change the batch before it moves to the device; return it."""
-        return batch
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Change the batch after it moved to the device; return it."""
-        return batch
-
     # --------------------------------------------------------------------- checkpoint hooks
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Add to or change the checkpoint dict before it is written."""
@@ -589,7 +547,7 @@ class LightningModule(ModelHooks, HyperparametersMixin, nn.Module):
 #: does work, like ``optimizer_step``) done by the Trainer directly.
 MODULE_HOOKS: tuple[str, ...] = tuple(
     name
-    for name, value in {**vars(ModelHooks), **vars(LightningModule)}.items()
+    for name, value in {**vars(ModelHooks), **vars(DataHooks), **vars(LightningModule)}.items()
     if callable(value)
     and (
         name.startswith("on_")
