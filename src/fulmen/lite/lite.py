@@ -130,34 +130,51 @@ class Lite:
     # ------------------------------------------------------------------------------- set up
     def setup(
         self,
-        model: nn.Module,
+        module: nn.Module | None = None,
         *optimizers: Optimizer,
+        scheduler: Any = None,
         move_to_device: bool = True,
         sync_batchnorm: bool = False,
         **kwargs: Any,
     ) -> Any:
-        """Set up a model and its optimizers; returns ``model`` or ``(model, *optimizers)``.
+        """Set up a module and its optimizers; returns ``module``, ``(module, *optimizers)``, or
+        ``(module, *optimizers, scheduler)`` when a ``scheduler`` is given (Fabric's signature).
 
-        ``move_to_device``: move the model to the strategy's device (False: you place it).
-        ``sync_batchnorm``: with several processes, replace the model's BatchNorm layers with
-        ``torch.nn.SyncBatchNorm`` (in place, before wrapping) so that their statistics cover
-        every rank's batch; one process leaves them as they are.
+        ``scheduler``: an LR scheduler of one of the optimizers; it is handed back stepping the
+        optimizer the strategy set up. ``move_to_device``: move the module to the strategy's device
+        (False: you place it). ``sync_batchnorm``: with several processes, replace the module's
+        BatchNorm layers with ``torch.nn.SyncBatchNorm`` (in place, before wrapping) so that their
+        statistics cover every rank's batch; one process leaves them as they are.
         """
+        if "model" in kwargs:  # fulmen's older keyword name
+            if module is not None:
+                raise TypeError("Lite.setup() got both `module` and `model`; pass the module once.")
+            module = kwargs.pop("model")
         if "optimizers" in kwargs:  # the older keyword form: setup(model=m, optimizers=opt)
             extra = kwargs.pop("optimizers")
             optimizers = (*optimizers, *(extra if isinstance(extra, (list, tuple)) else [extra]))
         if kwargs:
             raise TypeError(
-                f"Lite.setup() got unexpected arguments {sorted(kwargs)}. Accepted: model, *optimizers, "
-                "move_to_device, sync_batchnorm."
+                f"Lite.setup() got unexpected arguments {sorted(kwargs)}. Accepted: module, *optimizers, "
+                "scheduler, move_to_device, sync_batchnorm."
             )
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"Lite.setup() needs the module to set up first; got `module={module!r}`.")
+        if scheduler is not None and not callable(getattr(scheduler, "step", None)):
+            raise TypeError(f"`scheduler={scheduler!r}` has no `step()`; pass an LR scheduler or nothing.")
         self._ensure_ready()
-        self._check_not_set_up(model, optimizers)
-        prepared = self._prepare_module(model, move_to_device, sync_batchnorm)
-        module, opts = self._strategy.setup_module_and_optimizers(prepared, list(optimizers))
-        wrapped = self._wrap_module(module, prepared)
+        self._check_not_set_up(module, optimizers)
+        prepared = self._prepare_module(module, move_to_device, sync_batchnorm)
+        wrapped_module, opts = self._strategy.setup_module_and_optimizers(prepared, list(optimizers))
+        wrapped = self._wrap_module(wrapped_module, prepared)
         wrapped_opts = [LiteOptimizer(opt, self._strategy) for opt in opts]
-        return (wrapped, *wrapped_opts) if wrapped_opts else wrapped
+        if scheduler is None:
+            return (wrapped, *wrapped_opts) if wrapped_opts else wrapped
+        for given, used in zip(optimizers, opts):
+            # A strategy that rebuilt an optimizer (over sharded parameters) must be stepped by the scheduler.
+            if getattr(scheduler, "optimizer", None) is given and used is not given:
+                scheduler.optimizer = used
+        return (wrapped, *wrapped_opts, scheduler)
 
     def setup_module(self, module: nn.Module, move_to_device: bool = True, sync_batchnorm: bool = False) -> LiteModule:
         """Set up a model alone (its optimizers later with ``setup_optimizers``).

@@ -11,12 +11,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import torch
 from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from fulmen.strategies import Strategy, WrappedModule, WrappedOptimizer, set_sampler_epoch
 from fulmen.strategies.precision import Precision
+from fulmen.utilities.apply_func import apply_to_collection
 
 
 class LiteModule(WrappedModule):
@@ -43,6 +45,42 @@ class LiteModule(WrappedModule):
     # and the wrapper would otherwise pay for an extra module call on every step.
     __call__ = forward
 
+    @property
+    def device(self) -> torch.device:
+        """Where the module's parameters live (the strategy's device for a module without any)."""
+        for tensor in (*self.module.parameters(), *self.module.buffers()):
+            return tensor.device
+        return self._strategy.root_device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the module's floating-point parameters (torch's default without any)."""
+        for tensor in (*self.module.parameters(), *self.module.buffers()):
+            if tensor.is_floating_point():
+                return tensor.dtype
+        return torch.get_default_dtype()
+
+    def mark_forward_method(self, method: str | Any) -> None:
+        """Run ``method`` (a name, or the bound method) like ``forward``: through the strategy's wrapped
+        module (DDP's gradient sync, FSDP's gathering) and the precision's autocast and conversions."""
+        name = method if isinstance(method, str) else getattr(method, "__name__", None)
+        if name is None or not callable(getattr(self.module, name, None)):
+            raise ValueError(f"`mark_forward_method({method!r})`: the module has no method of that name.")
+        if name == "forward":
+            raise ValueError("`forward` already runs through the strategy; mark other methods only.")
+        self.__dict__.setdefault("_forward_methods", set()).add(name)
+
+    def _call_as_forward(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        original = self.module
+        method = getattr(original, name)
+        # Route through the (possibly DDP/FSDP-wrapped) forward module with forward swapped for the
+        # method, so the strategy's hooks see the call as a forward.
+        original.forward = method
+        try:
+            return self.forward(*args, **kwargs)
+        finally:
+            del original.forward
+
     def state_dict(self, *args: Any, **kwargs: Any) -> Any:
         return self.module.state_dict(*args, **kwargs)
 
@@ -53,6 +91,8 @@ class LiteModule(WrappedModule):
         try:
             return super().__getattr__(name)
         except AttributeError:
+            if name in self.__dict__.get("_forward_methods", ()):
+                return lambda *args, **kwargs: self._call_as_forward(name, *args, **kwargs)
             return getattr(self.__dict__["module"], name)
 
 
@@ -112,3 +152,28 @@ class LiteDataLoader:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.__dict__["dataloader"], name)
+
+
+def is_wrapped(obj: object) -> bool:
+    """Whether ``obj`` was set up by Lite (``Lite.setup*``): a module, optimizer or dataloader wrapper.
+
+    A ``torch.compile``-d wrapped module counts too.
+    """
+    obj = getattr(obj, "_orig_mod", obj)
+    return isinstance(obj, (LiteModule, LiteOptimizer, LiteDataLoader))
+
+
+def _unwrap_objects(collection: Any) -> Any:
+    """The user's own objects inside any collection of Lite wrappers (Lightning's ``_unwrap_objects``)."""
+
+    def unwrap(obj: Any) -> Any:
+        obj = getattr(obj, "_orig_mod", obj)
+        if isinstance(obj, LiteModule):
+            return obj.module
+        if isinstance(obj, LiteOptimizer):
+            return obj.optimizer
+        if isinstance(obj, LiteDataLoader):
+            return obj.dataloader
+        return obj
+
+    return apply_to_collection(collection, (LiteModule, LiteOptimizer, LiteDataLoader, nn.Module), unwrap)
