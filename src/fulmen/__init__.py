@@ -17,31 +17,43 @@ _EXPORTS = {
     "Trainer": "fulmen.trainer",
     "Callback": "fulmen.callbacks",
     "Lite": "fulmen.lite",
+    "Fabric": "fulmen.fabric",
+    "cli_lightning_logo": "fulmen.utilities.logo",
     "LightningLite": "fulmen.lite",
     "seed_everything": "fulmen.utilities.seed",
 }
 
 __all__ = [
     "Callback",
+    "Fabric",
     "LightningDataModule",
     "LightningLite",
     "LightningModule",
     "Lite",
     "Trainer",
     "__version__",
+    "cli_lightning_logo",
+    "fabric",
     "seed_everything",
 ]
+
+# Packages reachable as attributes (``L.fabric.strategies...``), as ``import lightning as L`` code writes them.
+_SUBPACKAGES = {"fabric": "fulmen.fabric"}
 
 if TYPE_CHECKING:
     from fulmen.callbacks import Callback
     from fulmen.datamodule import LightningDataModule
+    from fulmen.fabric import Fabric
     from fulmen.lite import LightningLite, Lite
     from fulmen.module import LightningModule
     from fulmen.trainer import Trainer
+    from fulmen.utilities.logo import cli_lightning_logo
     from fulmen.utilities.seed import seed_everything
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(_SUBPACKAGES[name])
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'fulmen' has no attribute {name!r}")

@@ -346,8 +346,8 @@ class Lite:
             print(*args, **kwargs)
 
     @staticmethod
-    def seed_everything(seed: int | None = None, workers: bool = True) -> int:
-        return _seed_everything(seed, workers=workers)
+    def seed_everything(seed: int | None = None, workers: bool = True, verbose: bool = True) -> int:
+        return _seed_everything(seed, workers=workers, verbose=verbose)
 
     # ----------------------------------------------------------------------- loggers, callbacks
     @property

@@ -43,7 +43,13 @@ if TYPE_CHECKING:
     from fulmen.utilities.rank_zero import rank_zero_info, rank_zero_only, rank_zero_warn
 
 
+# Submodules Lightning code reaches by attribute (``L.fabric.utilities.types.LRScheduler``).
+_SUBMODULES = ("model_helpers", "types")
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"fulmen.utilities.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'fulmen.utilities' has no attribute {name!r}")
