@@ -93,3 +93,15 @@ def test_get_torchvision_model():
             get_torchvision_model("resnet18")
     else:
         assert get_torchvision_model("resnet18", weights=None).fc.out_features == 1000
+
+
+def test_import_flags_answer_without_importing():
+    import sys
+
+    from fulmen.utilities import imports
+
+    assert imports._TORCHVISION_AVAILABLE is (importlib.util.find_spec("torchvision") is not None)
+    assert imports._RICH_AVAILABLE is (importlib.util.find_spec("rich") is not None)
+    assert imports.package_available("json") and not imports.package_available("surely_not_a_package_x")
+    assert not imports.package_available("a..b")
+    assert "surely_not_a_package_x" not in sys.modules
