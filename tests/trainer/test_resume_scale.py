@@ -472,7 +472,7 @@ def test_a_signal_on_one_rank_stops_every_rank_after_the_same_batch_without_a_co
 
 @pytest.mark.parametrize("value", ["soon", "-1", "nan"])
 def test_a_bad_signal_check_interval_is_refused_by_name(monkeypatch, value):
-    from fulmen.trainer.loops.resume import SignalPoll
+    from fulmen.trainer.signals import SignalPoll
     from fulmen.utilities.exceptions import MisconfigurationException
 
     monkeypatch.setenv("FULMEN_SIGNAL_CHECK_SECONDS", value)

@@ -1,33 +1,7 @@
-"""The checkpoint schema, and the functions that write and restore it.
+"""The Trainer's side of a checkpoint: fill the schema's dict from a run, restore a run from it, find ``ckpt_path``.
 
-A fulmen checkpoint is one dict (``torch.save``d, loaded with ``weights_only=True``)::
-
-    {
-        "schema_version": 2,                 # this layout; older files are migrated on load
-        "fulmen_version": "0.1.0",
-        "epoch": int, "global_step": int,    # also in "loops"; kept at the top as Lightning has them
-        "state_dict": {...},                 # the LightningModule's weights (no wrapper prefixes)
-        "loops": {                           # trainer.state.state_dict(): where the run stands
-            "version", "current_epoch", "global_step", "batches_that_stepped",
-            "batch_idx",                     # training batches done in the current epoch
-            "total_batch_idx", "last_val_total_batch",
-            "phase",                         # where inside the epoch it was taken (see loops.py)
-        },
-        "rng": {                             # every rank's generators, indexed by global rank
-            "ranks": [{"python", "numpy", "torch", "cuda"?}, ...],   # at the moment of saving
-            "epoch_start": [...] | None,     # when the current epoch drew its data order
-        },
-        "loader": [{...} | None, ...],       # every rank's training-loader place in its epoch order
-                                             # (ResumableSampler.state_dict); absent when not resumable
-        "optimizer_states": [...], "lr_schedulers": [...],
-        "precision": {...},                  # the GradScaler's state under 16-mixed
-        "callbacks": {state_key: state},
-        "datamodule": {...},                 # LightningDataModule.state_dict()
-        "hparams_name", "hyper_parameters",
-        "datamodule_hparams_name", "datamodule_hyper_parameters",
-    }
-
-``save_weights_only`` files hold the version keys, ``state_dict``, ``loops`` and the hyperparameters.
+The dict itself is documented once, in :mod:`fulmen.checkpointing.schema`; reading and writing
+files is :mod:`fulmen.checkpointing`'s job (the strategy calls it).
 """
 
 from __future__ import annotations
@@ -35,22 +9,20 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from fulmen.checkpointing import remote
+from fulmen.checkpointing.migration import match_module_keys, migrate
+from fulmen.checkpointing.schema import LIGHTNING_COMPATIBLE_VERSION, SCHEMA_VERSION
 from fulmen.strategies import resumable_sampler
+from fulmen.trainer.loops.resume import ResumePoint
 from fulmen.trainer.rng import capture_rng
 from fulmen.trainer.signals import latest_hpc_checkpoint
 from fulmen.trainer.state import TrainerFn
-from fulmen.utilities import cloud_io
-from fulmen.utilities.checkpoint_migration import SCHEMA_VERSION, match_module_keys, migrate
 from fulmen.utilities.exceptions import CheckpointError, MisconfigurationException
 from fulmen.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 if TYPE_CHECKING:
     from fulmen.trainer.run import Run
     from fulmen.trainer.trainer import Trainer
-
-
-#: The Lightning release whose checkpoint layout fulmen's top-level keys follow.
-LIGHTNING_COMPATIBLE_VERSION = "2.6.0"
 
 
 def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, Any]:
@@ -166,6 +138,7 @@ def restore_checkpoint(run: Run, checkpoint: dict[str, Any], fn: TrainerFn) -> N
             f"Trainer(max_epochs={max_epochs}). Raise `max_epochs` to train on from it."
         )
     rng = checkpoint.get("rng")
+    resume_rng = epoch_start_rng = None
     if rng:
         rank = strategy.global_rank
         ranks = rng["ranks"]
@@ -176,10 +149,10 @@ def restore_checkpoint(run: Run, checkpoint: dict[str, Any], fn: TrainerFn) -> N
             )
         # On another number of processes every rank takes rank 0's: they draw one epoch order alike.
         same_world = len(ranks) == strategy.world_size
-        run.resume_rng = ranks[rank] if same_world else ranks[0]
+        resume_rng = ranks[rank] if same_world else ranks[0]
         epoch_start = rng.get("epoch_start")
-        run.resume_epoch_start_rng = (epoch_start[rank] if same_world else epoch_start[0]) if epoch_start else None
-    run.resume_loader = checkpoint.get("loader")
+        epoch_start_rng = (epoch_start[rank] if same_world else epoch_start[0]) if epoch_start else None
+    run.resume_point = ResumePoint(rng=resume_rng, epoch_start_rng=epoch_start_rng, loader=checkpoint.get("loader"))
 
 
 def resolve_checkpoint_path(trainer: Trainer, ckpt_path: str | os.PathLike | None, fn: TrainerFn) -> str | None:
@@ -203,8 +176,8 @@ def resolve_checkpoint_path(trainer: Trainer, ckpt_path: str | os.PathLike | Non
         if path is None:
             raise MisconfigurationException(f"`ckpt_path='hpc'`: no hpc_ckpt_N.ckpt in {trainer.default_root_dir!r}.")
         return path
-    if not cloud_io.file_exists(ckpt_path):
-        raise cloud_io.CheckpointNotFoundError(
+    if not remote.file_exists(ckpt_path):
+        raise remote.CheckpointNotFoundError(
             f"`ckpt_path={ckpt_path!r}` does not exist. Accepted: an existing checkpoint file, 'last', 'best', "
             "'hpc' or None."
         )
@@ -262,7 +235,7 @@ def _last_path(trainer: Trainer, fn: TrainerFn) -> str | None:
         if finder is not None:
             candidates |= finder(trainer)
         last = getattr(callback, "last_model_path", "")
-        if last and cloud_io.file_exists(last):
+        if last and remote.file_exists(last):
             candidates.add(last)
     hpc = latest_hpc_checkpoint(trainer.default_root_dir)
     if hpc is not None:
@@ -277,7 +250,7 @@ def _last_path(trainer: Trainer, fn: TrainerFn) -> str | None:
 
 
 def _modified_time(path: str) -> float:
-    fs = cloud_io.get_filesystem(path)
+    fs = remote.get_filesystem(path)
     try:
         modified = fs.modified(path)
         return modified.timestamp()

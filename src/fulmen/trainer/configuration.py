@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import functools
-import inspect
 import os
 import re
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from typing import Any
 
 import torch
 
+from fulmen.trainer.flags import NAMES as FLAG_NAMES
 from fulmen.utilities.annotations import resolve_annotations
 from fulmen.utilities.exceptions import ConfigurationTypeError, PossibleUserWarning, invalid_argument
 from fulmen.utilities.rank_zero import rank_zero_info, rank_zero_warn
@@ -400,7 +400,7 @@ def defaults_from_env(init: Callable[..., None]) -> Callable[..., None]:
     Values are read as Python literals (``3``, ``True``, ``"0.5"``), else as strings.
     """
     resolve_annotations(init)  # real types in the Trainer's signature, as Lightning's has
-    parameters = [name for name in inspect.signature(init).parameters if name != "self"]
+    parameters = FLAG_NAMES
 
     @functools.wraps(init)
     def wrapped(self: Any, *args: Any, **kwargs: Any) -> None:

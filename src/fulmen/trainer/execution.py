@@ -18,9 +18,9 @@ from fulmen.trainer import checkpoint as checkpoint_io
 from fulmen.trainer import profiling, setup
 from fulmen.trainer.configuration import set_torch_flags
 from fulmen.trainer.defaults import merge_model_callbacks, monitor_types
-from fulmen.trainer.hooks import Hooks
 from fulmen.trainer.loaders import load_eval_dataloaders
 from fulmen.trainer.loops import evaluation_run, fit_loop, predict_loop
+from fulmen.trainer.signals import watch_signals
 from fulmen.utilities.apply_func import apply_to_collection
 from fulmen.utilities.rank_zero import rank_zero_warn
 from fulmen.utilities.stages import RunningStage, TrainerFn, TrainerStatus
@@ -41,12 +41,12 @@ def execute(run: Run) -> Any:
         profiling.setup_profiler(run)
         set_torch_flags(run.config.deterministic, run.config.benchmark)
         trainer.should_stop = False
-        run.results = run.new_store(training=False)
+        run.log_into(run.new_store(training=False))
 
         trainer.callbacks = merge_model_callbacks(trainer.callbacks, module.configure_callbacks())
         for callback in trainer.callbacks:  # what Callback.log reaches the module through
             callback.__dict__["_trainer"] = trainer
-        run.hooks = hooks = Hooks(trainer, module, trainer.callbacks, run.datamodule, monitor_types(), run=run)
+        hooks = setup.attach_hooks(run, trainer.callbacks, monitor_types())
         setup.check_loop_configuration(run)
         setup.prepare_data(run)
         setup.setup_hooks(run)
@@ -61,12 +61,11 @@ def execute(run: Run) -> Any:
         if fn == TrainerFn.FITTING:
             if run.config.enable_autolog_hparams:
                 setup.log_hyperparams(run)
-            run.results = run.train_results = run.new_store(training=True)
+            run.start_training_logs()
             run.state.stage = RunningStage.TRAINING
             # No model.train() here: each submodule keeps the mode its owner set (a frozen, eval-mode
             # backbone stays so), as in Lightning; evaluation restores the modes it found.
-            with torch.autograd.set_detect_anomaly(run.config.detect_anomaly), setup.signal_watch(run) as watch:
-                run.signals = watch
+            with torch.autograd.set_detect_anomaly(run.config.detect_anomaly), watch_signals(run):
                 fit_loop(run)
             result = None
         elif fn == TrainerFn.PREDICTING:
@@ -101,7 +100,7 @@ def execute(run: Run) -> Any:
         raise
     finally:
         run.metrics.fold(run.results)
-        run.results = run.train_results = None
+        run.end_logs()
         run.strategy.teardown()
         run.trainer.profiler.teardown(run.fn.value)
 

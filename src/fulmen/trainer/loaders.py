@@ -8,6 +8,7 @@ the datamodule's method, else the module's.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from fulmen.datamodule import LightningDataModule
@@ -131,6 +132,16 @@ def validation_enabled(run: Run) -> bool:
     if run.datamodule is not None:
         return is_overridden(run.datamodule, LightningDataModule, "val_dataloader")
     return is_overridden(run.module, LightningModule, "val_dataloader")
+
+
+def with_epoch_length(run: Run, batches: Iterator[Any], length: int) -> Iterator[Any]:
+    """A resumed epoch on another number of processes has another length: ``trainer.num_training_batches``
+    is that length while it runs, the loader's after."""
+    full, run.num_training_batches = run.num_training_batches, length
+    try:
+        yield from batches
+    finally:
+        run.num_training_batches = full
 
 
 def reload_due(run: Run, which: str) -> bool:

@@ -26,11 +26,12 @@ from fulmen.trainer.hooks import Hooks
 from fulmen.trainer.results import ResultStore
 from fulmen.trainer.signals import SignalWatch
 from fulmen.utilities.exceptions import MisconfigurationException, invalid_argument
-from fulmen.utilities.rank_zero import rank_zero_warn
 from fulmen.utilities.stages import TrainerFn
 
 if TYPE_CHECKING:
     from fulmen.datamodule import LightningDataModule
+    from fulmen.trainer.configuration import TrainerConfig
+    from fulmen.trainer.loops.resume import ResumePoint
     from fulmen.trainer.trainer import Trainer
 
 
@@ -42,9 +43,15 @@ class Run:
         module: LightningModule,
         datamodule: LightningDataModule | None,
         sources: dict[str, Any],
+        *,
+        ckpt_path: str | None = None,
+        weights_only: bool | None = None,
+        return_predictions: bool = True,
+        config: TrainerConfig | None = None,
     ) -> None:
         self.trainer = trainer
-        self.config = trainer.config
+        #: The Trainer's flags; a tuning trial runs with its own copy (``trainer.trial``).
+        self.config = trainer.config if config is None else config
         self.strategy = trainer.strategy
         self.state = trainer.state
         self.metrics = trainer.metrics
@@ -53,10 +60,13 @@ class Run:
         self.datamodule = datamodule
         #: The dataloaders passed to the entry point, by key ("train", "val", "test", "predict").
         self.sources = sources
-        self.ckpt_path: str | None = None
-        self.return_predictions = True
+        #: The checkpoint to resume from, as asked; the file it resolved to once ``execute`` has looked.
+        self.ckpt_path = ckpt_path
+        #: ``weights_only`` for loading ``ckpt_path`` (None: fulmen's safe default).
+        self.weights_only = weights_only
+        self.return_predictions = return_predictions
 
-        # The model as set up for this call (``setup.setup_model``).
+        # Written by ``trainer.setup`` only: the model as set up for this call, its optimizers, hooks.
         self.model: nn.Module = module
         #: What the strategy wrapped so that ``training_step`` runs through the wrapper (DDP).
         self.router: StepRouter | None = None
@@ -69,10 +79,11 @@ class Run:
 
         self.hooks: Hooks | None = None
         self._step_arity: dict[str, int] = {}
-        #: The store ``self.log`` writes to now; the training epoch's store while fitting.
+        #: The store ``self.log`` writes to now (``log_into``); the training epoch's store while fitting.
         self.results: ResultStore | None = None
         self.train_results: ResultStore | None = None
 
+        # Written by ``trainer.loaders`` only: the loaders and how many batches each gives.
         self.train_dataloader: Any = None
         self.val_dataloaders: list[Any] | None = None
         self.test_dataloaders: list[Any] | None = None
@@ -85,32 +96,23 @@ class Run:
         self.val_check_batch: int | float = math.inf
         self.last_reload = {"train": 0, "val": 0}
 
-        # Exact resume: generator states when the epoch drew its data order, and those to
-        # restore once a resumed epoch has caught up (see loops.resume).
+        #: The generators when this epoch drew its data order (saved in checkpoints); ``loops.fit`` writes it.
         self.epoch_start_rng: dict[str, Any] | None = None
-        self.resume_rng: dict[str, Any] | None = None
-        self.resume_epoch_start_rng: dict[str, Any] | None = None
-        #: Each rank's training-loader position from the checkpoint (``ResumableSampler.state_dict``).
-        self.resume_loader: list[dict[str, Any] | None] | None = None
+        #: Where a restored checkpoint left off (set by ``trainer.checkpoint``, consumed by ``loops.resume``).
+        self.resume_point: ResumePoint | None = None
 
+        # Written by ``trainer.signals`` only: the watch, the signal acted on, and the stop it asked for.
         self.signals: SignalWatch | None = None
         self.received_signal: int | None = None
         #: A signal asked to stop: min_epochs/min_steps do not hold it back.
         self.stop_now = False
-        self.fit_start_time = 0.0
-        #: Whether the training batch running now is the epoch's last (``trainer.is_last_batch``).
+
+        #: Whether the training batch running now is the epoch's last (``trainer.is_last_batch``); ``loops.fit``.
         self.is_last_batch = False
-        #: Batches done in the evaluation run in progress (``trainer.validate_loop.batch_progress``).
+        #: Batches done in the evaluation running now (``trainer.validate_loop.batch_progress``); ``loops.evaluation``.
         self.eval_batches = 0
-        #: ``weights_only`` for loading ``ckpt_path`` (None: fulmen's safe default).
-        self.weights_only: bool | None = None
-        #: When validation last ran (time-based ``val_check_interval``).
-        self.last_val_time: float | None = None
-        #: Evaluation batches run so far per dataloader (the step of evaluation-step logs).
+        #: Evaluation batches run so far per dataloader (the step of evaluation-step logs); ``loops.evaluation``.
         self.eval_seen_batches: dict[int, int] = {}
-        self.warned_min_limits = False
-        self.warned_none_loss = False
-        self.warned_none_batch = False
 
     # ------------------------------------------------------------------------------ RunLink
     def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
@@ -177,6 +179,18 @@ class Run:
         with self.strategy.forward_context():
             return step(*args)
 
+    def log_into(self, store: ResultStore | None) -> ResultStore | None:
+        """Direct ``self.log`` to ``store``; returns the store it wrote to before (to direct it back)."""
+        previous, self.results = self.results, store
+        return previous
+
+    def start_training_logs(self) -> None:
+        """The training store of this fit: ``self.log`` in training hooks writes to it from now on."""
+        self.results = self.train_results = self.new_store(training=True)
+
+    def end_logs(self) -> None:
+        self.results = self.train_results = None
+
     def new_store(self, training: bool) -> ResultStore:
         strategy = self.strategy
         return ResultStore(
@@ -190,19 +204,15 @@ class Run:
         )
 
     def trial(self, callbacks: list[Any], max_steps: int) -> None:
-        """For ``fulmen.tuner``: a few training steps inside this running fit (see ``trainer.tuning``)."""
-        from fulmen.trainer.tuning import run_trial
+        """For ``fulmen.tuner`` (its ``TrialRunner`` protocol): a few training steps inside this
+        running fit, on a child run of its own (see ``trainer.trial``)."""
+        from fulmen.trainer.trial import run_trial
 
         run_trial(self, callbacks, max_steps)
 
     def real_optimizers(self) -> list[Optimizer]:
         """The optimizers that hold state (not the stand-in used when none is configured)."""
         return [opt for opt in self.optimizers if not isinstance(opt, MockOptimizer)]
-
-    def warn_none_loss(self) -> None:
-        if not self.warned_none_loss:
-            self.warned_none_loss = True
-            rank_zero_warn("`training_step` returned None: the batch's backward is skipped. Ignore this if intended.")
 
 
 def positional_arity(fn: Any) -> int:

@@ -1,12 +1,15 @@
 """Getting a run ready in this process: data preparation, setup hooks, the model and its optimizers.
 
 Called by :func:`fulmen.trainer.execution.execute` in the documented hook order (see
-:mod:`fulmen.trainer.hooks`), before the loops start.
+:mod:`fulmen.trainer.hooks`), before the loops start. This module is the one writer of what
+setup produces on a run (``hooks``, ``model``, ``router``, ``optimizers``,
+``lightning_optimizers``, ``lr_scheduler_configs``, ``plain_forward``, ``step_with_closure``);
+the loops only read them.
 """
 
 from __future__ import annotations
 
-import signal
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
@@ -23,14 +26,15 @@ from fulmen.module.optimizer import (
 )
 from fulmen.strategies import Strategy
 from fulmen.strategies.precision import Precision
+from fulmen.trainer.hooks import Hooks
 from fulmen.trainer.run import StepRouter
-from fulmen.trainer.signals import SignalWatch
 from fulmen.utilities.exceptions import MisconfigurationException
 from fulmen.utilities.overrides import is_overridden
 from fulmen.utilities.rank_zero import rank_zero_warn
 from fulmen.utilities.stages import TrainerFn
 
 if TYPE_CHECKING:
+    from fulmen.callbacks.callback import Callback
     from fulmen.trainer.run import Run
 
 _REQUIRED_STEP = {
@@ -38,6 +42,26 @@ _REQUIRED_STEP = {
     TrainerFn.VALIDATING: "validation_step",
     TrainerFn.TESTING: "test_step",
 }
+
+
+def attach_hooks(run: Run, callbacks: Sequence[Callback], monitor_types: tuple[type, ...] = ()) -> Hooks:
+    """The hook dispatcher of this run: the module's hooks, ``callbacks``' and the datamodule's."""
+    run.hooks = Hooks(run.trainer, run.module, list(callbacks), run.datamodule, monitor_types, run=run)
+    return run.hooks
+
+
+def adopt_model(trial: Run, parent: Run) -> None:
+    """A tuning trial trains the running fit's model and optimizers, without its LR schedulers."""
+    trial.model, trial.router = parent.model, parent.router
+    trial.optimizers, trial.lightning_optimizers = parent.optimizers, parent.lightning_optimizers
+    trial.lr_scheduler_configs = []
+    trial.plain_forward, trial.step_with_closure = parent.plain_forward, parent.step_with_closure
+
+
+def replace_optimizers(run: Run, optimizers: Sequence[Optimizer]) -> None:
+    """``trainer.optimizers = [...]`` during a call: the module's ``self.optimizers()`` hands out the new ones."""
+    run.optimizers = list(optimizers)
+    run.lightning_optimizers = lightning_optimizers(run)
 
 
 def check_loop_configuration(run: Run) -> None:
@@ -212,13 +236,6 @@ def log_hyperparams(run: Run) -> None:
             logger.log_hyperparams(hparams)
         logger.log_graph(module)
         logger.save()
-
-
-def signal_watch(run: Run) -> SignalWatch:
-    """SIGTERM, and the cluster's requeue signal (SLURM: SIGUSR1 unless set), end fit with a checkpoint."""
-    environment = run.strategy.cluster_environment
-    requeue = environment.requeue_signal if environment is not None else signal.SIGUSR1
-    return SignalWatch((signal.SIGTERM, requeue))
 
 
 def _differs(a: Any, b: Any) -> bool:

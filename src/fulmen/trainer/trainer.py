@@ -29,7 +29,7 @@ from fulmen.module import LightningModule
 from fulmen.module.optimizer import LRSchedulerConfig
 from fulmen.strategies import Strategy, select_strategy
 from fulmen.trainer import checkpoint as checkpoint_io
-from fulmen.trainer import configuration, data, defaults
+from fulmen.trainer import configuration, data, defaults, flags
 from fulmen.trainer.configuration import TrainerConfig, configure, defaults_from_env, set_torch_flags
 from fulmen.trainer.execution import execute, execute_spawned, handle_exception, receive_spawned, was_handled
 from fulmen.trainer.loaders import load_train_dataloader, validation_enabled
@@ -38,21 +38,15 @@ from fulmen.trainer.metrics import Metrics
 from fulmen.trainer.profiling import select_profiler
 from fulmen.trainer.results_table import print_results
 from fulmen.trainer.run import Run
-from fulmen.trainer.setup import lightning_optimizers
+from fulmen.trainer.setup import replace_optimizers
 from fulmen.trainer.state import TrainerState
 from fulmen.trainer.trainer_properties import CallbackLookups, StrategyProperties
 from fulmen.utilities.exceptions import ConfigurationTypeError, MisconfigurationException, ModelNotAttachedError
 from fulmen.utilities.rank_zero import rank_zero_info
 from fulmen.utilities.stages import STAGE_OF, RunningStage, TrainerFn, TrainerStatus
 
-#: The validated flags the Trainer exposes as attributes (``trainer.max_epochs``, ...).
-_CONFIG_ATTRIBUTES = (
-    "barebones", "inference_mode", "use_distributed_sampler", "detect_anomaly", "sync_batchnorm", "fast_dev_run",
-    "max_epochs", "max_steps", "min_epochs", "min_steps", "overfit_batches", "limit_train_batches",
-    "limit_val_batches", "limit_test_batches", "limit_predict_batches", "val_check_interval",
-    "check_val_every_n_epoch", "num_sanity_val_steps", "log_every_n_steps", "accumulate_grad_batches",
-    "gradient_clip_val", "gradient_clip_algorithm", "reload_dataloaders_every_n_epochs",
-)  # fmt: skip
+#: What an entry point attaches: the module, the datamodule and the loaders passed in, by key.
+_Attached = tuple[LightningModule, "LightningDataModule | None", dict[str, Any]]
 
 
 def _config_attribute(name: str) -> property:
@@ -154,50 +148,11 @@ class Trainer(StrategyProperties, CallbackLookups):
         default_root_dir: str | os.PathLike | None = None,
         enable_autolog_hparams: bool = True,
     ) -> None:
+        # Every parameter is a flag of fulmen.trainer.flags.FLAGS (a test holds the two together).
+        strategy_flags, config_flags = flags.split({name: value for name, value in locals().items() if name != "self"})
         # Flags shared with Lite: one resolver, one strategy.
-        self._strategy: Strategy = select_strategy(
-            accelerator=accelerator,
-            devices=devices,
-            strategy=strategy,
-            precision=precision,
-            num_nodes=num_nodes,
-            plugins=plugins,
-        )
-        self.config: TrainerConfig = configure(
-            logger=logger,
-            fast_dev_run=fast_dev_run,
-            max_epochs=max_epochs,
-            min_epochs=min_epochs,
-            max_steps=max_steps,
-            min_steps=min_steps,
-            max_time=max_time,
-            limit_train_batches=limit_train_batches,
-            limit_val_batches=limit_val_batches,
-            limit_test_batches=limit_test_batches,
-            limit_predict_batches=limit_predict_batches,
-            overfit_batches=overfit_batches,
-            val_check_interval=val_check_interval,
-            check_val_every_n_epoch=check_val_every_n_epoch,
-            num_sanity_val_steps=num_sanity_val_steps,
-            log_every_n_steps=log_every_n_steps,
-            enable_checkpointing=enable_checkpointing,
-            enable_progress_bar=enable_progress_bar,
-            enable_model_summary=enable_model_summary,
-            accumulate_grad_batches=accumulate_grad_batches,
-            gradient_clip_val=gradient_clip_val,
-            gradient_clip_algorithm=gradient_clip_algorithm,
-            deterministic=deterministic,
-            benchmark=benchmark,
-            inference_mode=inference_mode,
-            use_distributed_sampler=use_distributed_sampler,
-            profiler=profiler,
-            detect_anomaly=detect_anomaly,
-            barebones=barebones,
-            sync_batchnorm=sync_batchnorm,
-            reload_dataloaders_every_n_epochs=reload_dataloaders_every_n_epochs,
-            default_root_dir=default_root_dir,
-            enable_autolog_hparams=enable_autolog_hparams,
-        )
+        self._strategy: Strategy = select_strategy(**strategy_flags)
+        self.config: TrainerConfig = configure(**config_flags)
         config = self.config
         set_torch_flags(config.deterministic, config.benchmark)
         self.loggers = defaults.configure_loggers(config.logger, config.default_root_dir)
@@ -237,7 +192,7 @@ class Trainer(StrategyProperties, CallbackLookups):
         ``weights_only=False`` loads a trusted ``ckpt_path`` that holds more than fulmen's safe types.
         """
 
-        def attach() -> None:
+        def attach() -> _Attached:
             module = _check_module(model, "fit")
             train, dm = train_dataloaders, datamodule
             if isinstance(train, LightningDataModule):
@@ -250,9 +205,9 @@ class Trainer(StrategyProperties, CallbackLookups):
             if train is not None:
                 data.train_loader_from(train)  # a wrong type fails now, naming the argument
             data.as_loader_list(val_dataloaders, "val_dataloaders")
-            self._attach(TrainerFn.FITTING, module, dm, train=train, val=val_dataloaders)
+            return self._attach(TrainerFn.FITTING, module, dm, train=train, val=val_dataloaders)
 
-        self._launch(TrainerFn.FITTING, ckpt_path, attach, weights_only)
+        self._launch(TrainerFn.FITTING, ckpt_path, attach, weights_only=weights_only)
 
     def validate(
         self,
@@ -289,9 +244,9 @@ class Trainer(StrategyProperties, CallbackLookups):
     ) -> Any:
         """Run ``predict_step`` over the data; returns the predictions (a list per dataloader when several)."""
         keep = True if return_predictions is None else bool(return_predictions)
-        attach = functools.partial(self._attach_for, TrainerFn.PREDICTING, model, dataloaders, datamodule, keep)
+        attach = functools.partial(self._attach_for, TrainerFn.PREDICTING, model, dataloaders, datamodule)
         ckpt_path = checkpoint_io.default_evaluation_ckpt_path(self, TrainerFn.PREDICTING, model is not None, ckpt_path)
-        return self._launch(TrainerFn.PREDICTING, ckpt_path, attach, weights_only)
+        return self._launch(TrainerFn.PREDICTING, ckpt_path, attach, weights_only=weights_only, return_predictions=keep)
 
     def _evaluate(
         self,
@@ -303,14 +258,14 @@ class Trainer(StrategyProperties, CallbackLookups):
         datamodule: LightningDataModule | None,
         weights_only: bool | None,
     ) -> list[dict[str, float]]:
-        attach = functools.partial(self._attach_for, fn, model, dataloaders, datamodule, True)
+        attach = functools.partial(self._attach_for, fn, model, dataloaders, datamodule)
         ckpt_path = checkpoint_io.default_evaluation_ckpt_path(self, fn, model is not None, ckpt_path)
-        results = self._launch(fn, ckpt_path, attach, weights_only)
+        results = self._launch(fn, ckpt_path, attach, weights_only=weights_only)
         if verbose and self.is_global_zero and results:
             print_results(results, "Validate" if fn == TrainerFn.VALIDATING else "Test")
         return results
 
-    def _attach_for(self, fn: TrainerFn, model: Any, dataloaders: Any, datamodule: Any, keep: bool) -> None:
+    def _attach_for(self, fn: TrainerFn, model: Any, dataloaders: Any, datamodule: Any) -> _Attached:
         """validate/test/predict: the model and data given, or those of the previous call."""
         name = fn.value
         if isinstance(dataloaders, LightningDataModule):
@@ -336,21 +291,25 @@ class Trainer(StrategyProperties, CallbackLookups):
         ):
             datamodule = self.datamodule
         key = {TrainerFn.VALIDATING: "val", TrainerFn.TESTING: "test", TrainerFn.PREDICTING: "predict"}[fn]
-        self._attach(fn, model, datamodule, **{key: dataloaders})
-        self.current_run.return_predictions = keep
+        return self._attach(fn, model, datamodule, **{key: dataloaders})
 
     def _attach(
         self, fn: TrainerFn, model: LightningModule, datamodule: LightningDataModule | None, **loaders: Any
-    ) -> None:
+    ) -> _Attached:
         model.trainer = self
         if datamodule is not None:
             datamodule.trainer = self
-        sources = {key: value for key, value in loaders.items() if value is not None}
-        self.current_run = Run(self, fn, model, datamodule, sources)
+        return model, datamodule, {key: value for key, value in loaders.items() if value is not None}
 
     # ============================================================================== launching
     def _launch(
-        self, fn: TrainerFn, ckpt_path: str | None, attach: Callable[[], None], weights_only: bool | None = None
+        self,
+        fn: TrainerFn,
+        ckpt_path: str | None,
+        attach: Callable[[], _Attached],
+        *,
+        weights_only: bool | None = None,
+        return_predictions: bool = True,
     ) -> Any:
         """Attach the call's model and data, then run it in every process the strategy needs.
 
@@ -358,9 +317,11 @@ class Trainer(StrategyProperties, CallbackLookups):
         ends the program with status 1, as in Lightning, once the other ranks are stopped.
         """
         try:
-            attach()
-            run = self.current_run
-            run.ckpt_path, run.weights_only = ckpt_path, weights_only
+            model, datamodule, sources = attach()
+            self.current_run = run = Run(
+                self, fn, model, datamodule, sources,
+                ckpt_path=ckpt_path, weights_only=weights_only, return_predictions=return_predictions,
+            )  # fmt: skip
             self.metrics.reset()  # a call reports its own metrics, not the previous call's
             self.state.fn = fn
             self.state.status = TrainerStatus.RUNNING
@@ -471,8 +432,7 @@ class Trainer(StrategyProperties, CallbackLookups):
         run = self.current_run
         if run is None:
             raise RuntimeError("`trainer.optimizers` can be set during a call only (fit/validate/test/predict).")
-        run.optimizers = list(optimizers)
-        run.lightning_optimizers = lightning_optimizers(run)
+        replace_optimizers(run, optimizers)
 
     @property
     def is_last_batch(self) -> bool:
@@ -575,7 +535,7 @@ class Trainer(StrategyProperties, CallbackLookups):
         return f"Trainer(strategy={self._strategy!r}, max_epochs={self.max_epochs}, max_steps={self.max_steps})"
 
 
-for _name in _CONFIG_ATTRIBUTES:
+for _name in flags.ATTRIBUTES:
     setattr(Trainer, _name, _config_attribute(_name))
 
 

@@ -53,9 +53,9 @@ def evaluation_run(
     prefix = "test" if stage == RunningStage.TESTING else "validation"
     step_name = f"{prefix}_step"
     step = profiling.eval_step(run, step_name)
-    previous_results, previous_stage = run.results, state.stage
+    previous_stage = state.stage
     store = run.new_store(training=False)
-    run.results = store
+    previous_results = run.log_into(store)
     state.stage = stage
     to_device = batch_mover(run)
     batch_start = hooks.any(f"on_{prefix}_batch_start")
@@ -110,7 +110,7 @@ def evaluation_run(
         else:
             hooks.call_module(f"on_{prefix}_model_train")
     store.reset()
-    run.results = previous_results
+    run.log_into(previous_results)
     state.stage = previous_stage
     return outputs
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from fulmen.trainer import data, profiling
+from fulmen.trainer import data, profiling, signals
 from fulmen.trainer.loaders import load_train_dataloader, reload_due, validation_enabled
 from fulmen.trainer.loops import resume
 from fulmen.trainer.loops.evaluation import run_sanity_check, run_validation
@@ -31,6 +31,22 @@ if TYPE_CHECKING:
     from fulmen.trainer.run import Run
 
 
+class FitLoop:
+    """What only the fit loop reads and writes, for one ``fit`` (or one tuning trial): its clock
+    and its warn-once flags."""
+
+    def __init__(self) -> None:
+        self.start_time = time.monotonic()
+        #: When validation last ran (time-based ``val_check_interval``).
+        self.last_val_time = self.start_time
+        self._warned: set[str] = set()
+
+    def warn_once(self, key: str, message: str, info: bool = False) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            (rank_zero_info if info else rank_zero_warn)(message)
+
+
 def fit_loop(run: Run) -> None:
     hooks, state = run.hooks, run.state
     hooks.call("on_fit_start")
@@ -38,12 +54,12 @@ def fit_loop(run: Run) -> None:
     if validation_enabled(run) and run.config.num_sanity_val_steps != 0:
         run_sanity_check(run)
     load_train_dataloader(run)
-    run.fit_start_time = time.monotonic()
+    loop = FitLoop()
     hooks.call("on_train_start")
     while not _fit_done(run):
         state.stage = RunningStage.TRAINING
         with run.trainer.profiler.profile("run_training_epoch"):
-            train_epoch(run)
+            train_epoch(run, loop)
     hooks.call("on_train_end")
     hooks.call("on_fit_end")
 
@@ -71,14 +87,13 @@ def _can_stop_early(run: Run) -> bool:
     return epochs_met and steps_met
 
 
-def train_epoch(run: Run) -> None:
+def train_epoch(run: Run, loop: FitLoop) -> None:
     """One training epoch: the batch loop, validation when due, the epoch-end hooks and logs."""
     state, hooks, trainer = run.state, run.hooks, run.trainer
     store = run.train_results
     # No reset here: values logged in on_train_start belong to the first epoch (the store is
     # reset at each epoch's end).
     run.metrics.fold(store)
-    run.results = store
     if reload_due(run, "train"):
         load_train_dataloader(run)
     loader, limit = run.train_dataloader, run.num_training_batches
@@ -88,7 +103,7 @@ def train_epoch(run: Run) -> None:
     if phase != PHASE_EPOCH_END:
         hooks.call("on_train_epoch_start")
 
-    plan = EpochPlan(run)
+    plan = EpochPlan(run, loop)
     resume.restore_epoch_start_rng(run)
     run.epoch_start_rng = capture_rng()
     batches = data.iterate(loader, limit, state.current_epoch)
@@ -103,7 +118,7 @@ def train_epoch(run: Run) -> None:
 
     to_device, batch_step, accumulate = plan.to_device, plan.batch_step, plan.accumulate
     while not epoch_complete:
-        if (0 <= plan.max_steps <= state.global_step) or (trainer.should_stop and _epoch_can_stop(run)):
+        if (0 <= plan.max_steps <= state.global_step) or (trainer.should_stop and _epoch_can_stop(run, loop)):
             break
         item = next(batches, None)
         if item is None:
@@ -117,7 +132,7 @@ def train_epoch(run: Run) -> None:
         store.batch_size = None
         stepping = is_last or not plan.automatic or (batch_idx + 1) % accumulate == 0
         if batch is None:  # a collate_fn may drop a batch: no step, the batch-end hooks get None
-            _warn_none_batch(run)
+            loop.warn_once("none_batch", _NONE_BATCH)
             outputs = None
         else:
             if plan.batch_start and hooks.call("on_train_batch_start", batch, batch_idx) == -1:
@@ -141,10 +156,10 @@ def train_epoch(run: Run) -> None:
         if poll is not None:
             poll.countdown -= 1
             if not poll.countdown and poll.check():
-                resume.save_and_stop_on_signal(run)
+                signals.save_and_stop_on_signal(run)
                 break
         elif plan.signals is not None and plan.signals.received is not None:
-            resume.save_and_stop_on_signal(run)
+            signals.save_and_stop_on_signal(run)
             break
 
     # ------------------------------------------------------------------------------ epoch end
@@ -168,15 +183,16 @@ def train_epoch(run: Run) -> None:
     state.current_epoch += 1
     state.batch_idx = 0
     state.phase = None
-    if plan.max_time is not None and _out_of_time(run, plan.max_time):
+    if plan.max_time is not None and _out_of_time(run, loop, plan.max_time):
         trainer.should_stop = True
 
 
 class EpochPlan:
     """What stays fixed for one epoch, looked up once instead of per batch."""
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, loop: FitLoop) -> None:
         hooks, config = run.hooks, run.config
+        self.loop = loop
         automatic = run.module.automatic_optimization
         configs = run.lr_scheduler_configs if automatic else []
         self.automatic = automatic
@@ -186,14 +202,14 @@ class EpochPlan:
         self.to_device = batch_mover(run)
         self.batch_start = hooks.any("on_train_batch_start")
         self.batch_end = hooks.any("on_train_batch_end")
-        self.val_check = _val_check_fn(run)
+        self.val_check = _val_check_fn(run, loop)
         self.step_schedulers = [c for c in configs if c.interval == "step"]
         self.epoch_schedulers = [c for c in configs if c.interval == "epoch"]
         self.max_time = config.max_time_seconds
         self.batch_step = automatic_step if automatic else manual_step
         self.signals = run.signals
         self.distributed = run.strategy.world_size > 1
-        self.signal_poll = resume.SignalPoll(run) if run.signals is not None and self.distributed else None
+        self.signal_poll = signals.SignalPoll(run) if run.signals is not None and self.distributed else None
         #: ``training_step`` through the strategy's wrapper (DDP) when it wrapped the module, inside
         #: the strategy's forward context (autocast) when there is one to enter.
         step = run.model if run.router is not None else run.module.training_step
@@ -238,7 +254,7 @@ def _finish_batch(run: Run, plan: EpochPlan, batch_idx: int, is_last: bool, step
     ):
         log_to_loggers(trainer.loggers, store.step_log_view(), state.batches_that_stepped, state.current_epoch,
                        save=trainer.should_stop)  # fmt: skip
-    if plan.max_time is not None and _out_of_time(run, plan.max_time):
+    if plan.max_time is not None and _out_of_time(run, plan.loop, plan.max_time):
         trainer.should_stop = True  # before the validation check: the run ends with a validation
     due = plan.val_check is not None and plan.val_check(batch_idx, is_last)
     if due and state.last_val_total_batch != state.total_batch_idx:
@@ -249,7 +265,6 @@ def _finish_batch(run: Run, plan: EpochPlan, batch_idx: int, is_last: bool, step
         state.last_val_total_batch = state.total_batch_idx
         state.phase = PHASE_VALIDATION
         run_validation(run)
-        run.results = store
     if stepping and plan.step_schedulers:
         _step_schedulers(run, plan.step_schedulers, state.batches_that_stepped, plateau=True)
     if stepping:
@@ -257,34 +272,31 @@ def _finish_batch(run: Run, plan: EpochPlan, batch_idx: int, is_last: bool, step
     state.phase = None
 
 
-def _warn_none_batch(run: Run) -> None:
-    if not run.warned_none_batch:
-        run.warned_none_batch = True
-        rank_zero_warn(
-            "train_dataloader yielded None. If this was on purpose, ignore this warning: such batches are skipped "
-            "(no training_step, no optimizer step) and on_train_batch_end receives None as outputs."
-        )
+_NONE_BATCH = (
+    "train_dataloader yielded None. If this was on purpose, ignore this warning: such batches are skipped "
+    "(no training_step, no optimizer step) and on_train_batch_end receives None as outputs."
+)
 
 
-def _epoch_can_stop(run: Run) -> bool:
+def _epoch_can_stop(run: Run, loop: FitLoop) -> bool:
     if _can_stop_early(run):
         return True
-    if not run.warned_min_limits:
-        run.warned_min_limits = True
-        config = run.config
-        rank_zero_info(
-            f"`trainer.should_stop` was set, but the required `min_epochs={config.min_epochs}` or "
-            f"`min_steps={config.min_steps}` has not been met. Training will continue..."
-        )
+    config = run.config
+    loop.warn_once(
+        "min_limits",
+        f"`trainer.should_stop` was set, but the required `min_epochs={config.min_epochs}` or "
+        f"`min_steps={config.min_steps}` has not been met. Training will continue...",
+        info=True,
+    )
     return False
 
 
-def _out_of_time(run: Run, max_time: float) -> bool:
-    elapsed = time.monotonic() - run.fit_start_time
+def _out_of_time(run: Run, loop: FitLoop, max_time: float) -> bool:
+    elapsed = time.monotonic() - loop.start_time
     return run.strategy.reduce_boolean_decision(elapsed >= max_time, all=False)
 
 
-def _val_check_fn(run: Run) -> Callable[[int, bool], bool] | None:
+def _val_check_fn(run: Run, loop: FitLoop) -> Callable[[int, bool], bool] | None:
     """When to validate during this epoch, as a function of the batch that just finished."""
     if not validation_enabled(run):
         return None
@@ -296,7 +308,7 @@ def _val_check_fn(run: Run) -> Callable[[int, bool], bool] | None:
     trainer = run.trainer
     seconds = run.config.val_check_seconds
     if seconds is not None:
-        return _time_check_fn(run, seconds)
+        return _time_check_fn(run, loop, seconds)
 
     def due(batch_idx: int, is_last: bool) -> bool:
         if interval == math.inf:
@@ -309,20 +321,18 @@ def _val_check_fn(run: Run) -> Callable[[int, bool], bool] | None:
     return due
 
 
-def _time_check_fn(run: Run, seconds: float) -> Callable[[int, bool], bool]:
+def _time_check_fn(run: Run, loop: FitLoop, seconds: float) -> Callable[[int, bool], bool]:
     """Time-based ``val_check_interval``: validate once that much time passed since the last one."""
     strategy, distributed = run.strategy, run.strategy.world_size > 1
-    if run.last_val_time is None:
-        run.last_val_time = run.fit_start_time
 
     def due(batch_idx: int, is_last: bool) -> bool:
         if run.trainer.should_stop and _can_stop_early(run):
             return True
-        elapsed = time.monotonic() - run.last_val_time >= seconds
+        elapsed = time.monotonic() - loop.last_val_time >= seconds
         if distributed:  # every rank validates at the same batch
             elapsed = strategy.reduce_boolean_decision(elapsed, all=False)
         if elapsed:
-            run.last_val_time = time.monotonic()
+            loop.last_val_time = time.monotonic()
         return elapsed
 
     return due

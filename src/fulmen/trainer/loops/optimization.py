@@ -31,7 +31,7 @@ def automatic_step(run: Run, plan: EpochPlan, batch: Any, batch_idx: int, steppi
     def closure() -> Tensor | None:
         run.results.fx = "training_step"
         output = plan.training_step(batch, batch_idx)
-        loss = output if isinstance(output, Tensor) else _loss_of(run, output)
+        loss = output if isinstance(output, Tensor) else _loss_of(plan, output)
         if first_in_window:
             if active["on_before_zero_grad"]:
                 hooks.call("on_before_zero_grad", run.lightning_optimizers[0])
@@ -84,7 +84,7 @@ def automatic_step(run: Run, plan: EpochPlan, batch: Any, batch_idx: int, steppi
     return {"loss": loss}
 
 
-def _loss_of(run: Run, output: Any) -> Tensor | None:
+def _loss_of(plan: EpochPlan, output: Any) -> Tensor | None:
     if isinstance(output, dict):
         loss = output.get("loss")
         if loss is None:
@@ -94,7 +94,9 @@ def _loss_of(run: Run, output: Any) -> Tensor | None:
             )
         return loss
     if output is None:
-        run.warn_none_loss()
+        plan.loop.warn_once(
+            "none_loss", "`training_step` returned None: the batch's backward is skipped. Ignore this if intended."
+        )
         return None
     raise MisconfigurationException(
         f"`training_step` returned {type(output).__name__}; with automatic optimization it must return "

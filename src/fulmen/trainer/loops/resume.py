@@ -15,20 +15,13 @@ them, so that its workers and dataset draw exactly as before.
 from __future__ import annotations
 
 import math
-import os
-import signal
-import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from fulmen.strategies import resumable_sampler, set_sampler_epoch
 from fulmen.trainer import data
+from fulmen.trainer.loaders import with_epoch_length
 from fulmen.trainer.rng import restore_rng
-from fulmen.trainer.signals import hpc_checkpoint_path
-from fulmen.utilities.exceptions import CheckpointError, MisconfigurationException
-from fulmen.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 if TYPE_CHECKING:
     from fulmen.trainer.run import Run
@@ -39,18 +32,49 @@ PHASE_VALIDATION = "validation"
 PHASE_EPOCH_END = "train_epoch_end"
 
 
+class ResumePoint:
+    """Where a restored checkpoint left off, for the resumed epoch to consume once.
+
+    ``trainer.checkpoint`` creates it when it restores a checkpoint; the functions below take
+    each part when the resumed epoch reaches the point where it applies, and only they do.
+    """
+
+    def __init__(
+        self,
+        rng: dict[str, Any] | None = None,
+        epoch_start_rng: dict[str, Any] | None = None,
+        loader: list[dict[str, Any] | None] | None = None,
+    ) -> None:
+        #: The generators at the moment of saving (restored once the resumed epoch has caught up).
+        self.rng = rng
+        #: The generators when the saved epoch drew its data order.
+        self.epoch_start_rng = epoch_start_rng
+        #: Each rank's training-loader position (``ResumableSampler.state_dict``).
+        self.loader = loader
+
+    def take(self, part: str) -> Any:
+        value = getattr(self, part)
+        setattr(self, part, None)
+        return value
+
+
+def _take(run: Run, part: str) -> Any:
+    point = run.resume_point
+    return None if point is None else point.take(part)
+
+
 def restore_epoch_start_rng(run: Run) -> None:
     """Before the epoch draws its data order: the generators its first run had at that point."""
-    if run.state.batch_idx > 0 and run.resume_epoch_start_rng is not None:
-        restore_rng(run.resume_epoch_start_rng)
-    run.resume_epoch_start_rng = None
+    states = _take(run, "epoch_start_rng")
+    if run.state.batch_idx > 0 and states is not None:
+        restore_rng(states)
 
 
 def restore_resume_rng(run: Run) -> None:
     """Take the generators of the moment the checkpoint was saved (once, after catching up)."""
-    if run.resume_rng is not None:
-        restore_rng(run.resume_rng)
-        run.resume_rng = None
+    states = _take(run, "rng")
+    if states is not None:
+        restore_rng(states)
 
 
 def catch_up(
@@ -97,8 +121,7 @@ def _fast_forward(run: Run, skip: int, limit: int | float) -> tuple[Iterator[tup
     drew its workers' base seed, unless persistent workers were started in an earlier epoch),
     then the generators of the moment of saving come back, before any remaining batch is loaded.
     """
-    loader, states, strategy = run.train_dataloader, run.resume_loader, run.strategy
-    run.resume_loader = None
+    loader, states, strategy = run.train_dataloader, _take(run, "loader"), run.strategy
     sampler = resumable_sampler(loader)
     if sampler is None or not states:
         return None
@@ -119,7 +142,7 @@ def _fast_forward(run: Run, skip: int, limit: int | float) -> tuple[Iterator[tup
     restore_resume_rng(run)
     batches = data.iterate_from(iterator, skip, rest)
     if rest != limit:  # another number of processes: this epoch has another length
-        batches = _with_epoch_length(run, batches, rest)
+        batches = with_epoch_length(run, batches, rest)
     return batches, rest
 
 
@@ -130,86 +153,3 @@ def _iterator_started_earlier(run: Run, loader: Any, epoch: int) -> bool:
     every = run.config.reload_dataloaders_every_n_epochs
     first = (epoch // every) * every if every else 0
     return epoch != first
-
-
-def _with_epoch_length(run: Run, batches: Iterator[Any], length: int) -> Iterator[Any]:
-    """``trainer.num_training_batches`` is the resumed epoch's length while it runs, the loader's after."""
-    full, run.num_training_batches = run.num_training_batches, length
-    try:
-        yield from batches
-    finally:
-        run.num_training_batches = full
-
-
-#: About how often (seconds of training) the processes of a run ask each other whether one got a
-#: signal; ``FULMEN_SIGNAL_CHECK_SECONDS=0`` asks after every batch.
-SIGNAL_CHECK_SECONDS = 1.0
-_MAX_CHECK_INTERVAL = 10_000
-
-
-def _check_seconds() -> float:
-    value = os.environ.get("FULMEN_SIGNAL_CHECK_SECONDS")
-    if value is None:
-        return SIGNAL_CHECK_SECONDS
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not seconds >= 0:  # also refuses nan
-        raise MisconfigurationException(
-            f"`FULMEN_SIGNAL_CHECK_SECONDS={value!r}` is not valid. Accepted: a number of seconds >= 0 "
-            "(0 checks for signals after every batch)."
-        )
-    return seconds
-
-
-class SignalPoll:
-    """When the processes of a run agree on whether one of them got a signal, without a collective per batch.
-
-    A signal may reach one rank only (a scheduler's kill) or all of them at slightly different
-    batches (srun), yet every rank must checkpoint and stop after the same batch. The ranks ask
-    each other at batch counts they all know: the epoch's first batch, then every ``countdown``
-    batches. That one all-reduce also carries the slowest rank's seconds per batch, from which
-    every rank computes the same next interval (about ``SIGNAL_CHECK_SECONDS`` of training): a
-    signal is acted on within about a second plus a batch, and batches in between only count down.
-    """
-
-    def __init__(self, run: Run) -> None:
-        self.watch, self.strategy = run.signals, run.strategy
-        self.every = _check_seconds()
-        #: Batches until the next check; the loop counts it down.
-        self.countdown = 1
-        self._interval = 1
-        self._since = time.monotonic()
-
-    def check(self) -> bool:
-        """Every rank calls it at the same batch: whether any rank got a signal."""
-        now = time.monotonic()
-        seconds_per_batch = (now - self._since) / self._interval
-        received = 1.0 if self.watch.received is not None else 0.0
-        flags = torch.tensor([received, seconds_per_batch], dtype=torch.float32, device=self.strategy.root_device)
-        received, slowest = self.strategy.all_reduce(flags, reduce_op="max").tolist()
-        interval = int(self.every / slowest) if slowest > 0 else _MAX_CHECK_INTERVAL
-        self._interval = self.countdown = min(max(interval, 1), _MAX_CHECK_INTERVAL)
-        self._since = now
-        return received > 0
-
-
-def save_and_stop_on_signal(run: Run) -> None:
-    """Checkpoint at this batch boundary, requeue the job when the cluster does so, and end fit on every rank."""
-    trainer, strategy = run.trainer, run.strategy
-    # Any rank may be the one that got it (srun signals all, a kill one): take the first seen.
-    received = strategy.all_gather_object(run.signals.received)
-    signum = next(s for s in received if s is not None)
-    run.received_signal = signum
-    path = strategy.broadcast(hpc_checkpoint_path(trainer.default_root_dir))
-    try:  # a pending asynchronous save is published first; its failure must not cost this checkpoint
-        strategy.wait_for_checkpoint_saves()
-    except CheckpointError as err:
-        rank_zero_warn(str(err))
-    trainer.save_checkpoint(path)
-    rank_zero_info(f"Signal {signal.Signals(signum).name} received: saved {path} and stopping.")
-    if strategy.is_global_zero and strategy.cluster_environment is not None:
-        strategy.cluster_environment.requeue(signum)
-    trainer.should_stop = True
-    run.stop_now = True
