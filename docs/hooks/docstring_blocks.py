@@ -1,6 +1,6 @@
 """MkDocs hook: put a code block from a module docstring into a page, so it is written once.
 
-A page line ``<!-- docstring-block: fulmen.trainer.hooks -->`` becomes a fenced ``python``
+A page line ``<!-- docstring-block: fulmen.trainer.dispatch -->`` becomes a fenced ``python``
 block holding the first literal block (after a ``::`` line or ``.. code-block:: python``) of
 that module's docstring. The source is read with ``ast`` (nothing is imported), and a marker
 whose module or block is missing fails the build.

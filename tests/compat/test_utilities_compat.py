@@ -212,7 +212,7 @@ def test_fit_steps_through_a_dict_or_list_of_training_loaders():
 
 
 def test_the_trainer_shards_every_loader_inside_a_combined_loader():
-    from fulmen.trainer import data
+    from fulmen.trainer import loaders as data
 
     user = CombinedLoader({"a": loader(16), "b": loader(8)}, "max_size")
     prepared = data.prepare(user, {"num_replicas": 2, "rank": 1}, True)

@@ -13,7 +13,7 @@ from torch import nn
 
 import fulmen as L
 from fulmen.callbacks import ModelCheckpoint
-from fulmen.utilities.cloud_io import CheckpointNotFoundError
+from fulmen.checkpointing.remote import CheckpointNotFoundError
 from fulmen.utilities.exceptions import CheckpointError, MisconfigurationException
 from tests.trainer.helpers import BoringModel, loader, quiet
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from fulmen.checkpointing.consolidation import consolidate_checkpoint, load_consolidated
 from fulmen.strategies import FSDPStrategy
-from fulmen.strategies.consolidate import consolidate_checkpoint, load_consolidated
 from fulmen.utilities.exceptions import CheckpointError, MisconfigurationException
 from tests.conftest import run_python
 

@@ -1,6 +1,6 @@
 """Every hook call of fit, validate, test and predict, compared with the documented order.
 
-The reference is the pseudocode in ``fulmen.trainer.hooks``' docstring: this test expands it
+The reference is the pseudocode in ``fulmen.trainer.dispatch``' docstring: this test expands it
 (loops repeated, conditions decided per scenario) and compares the result with a record of
 every hook call a real run makes.
 """
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-import fulmen.trainer.hooks as hooks_module
+import fulmen.trainer.dispatch as hooks_module
 from fulmen import Callback, Trainer
 from fulmen.callbacks.callback import CALLBACK_HOOKS
 from fulmen.module.module import MODULE_HOOKS
@@ -234,7 +234,7 @@ def test_reloading_dataloaders_is_documented(record):
 
 def test_hooks_nobody_overrides_are_not_called(record):
     """Only the recording callback's hooks are recorded; a plain Callback costs nothing."""
-    from fulmen.trainer.hooks import Hooks
+    from fulmen.trainer.dispatch import Hooks
 
     trainer = Trainer(**quiet(callbacks=[Callback()], max_epochs=1, limit_train_batches=1))
     model = BoringModel()

@@ -246,7 +246,7 @@ def test_save_checkpoint_writes_the_documented_keys(tmp_path):
     trainer.fit(model, loader(16))
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)
-    from fulmen.utilities.cloud_io import safe_load
+    from fulmen.checkpointing.safe_reading import safe_load
 
     checkpoint = safe_load(path)
     assert checkpoint["epoch"] == 2 and checkpoint["global_step"] == 4

@@ -9,8 +9,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fulmen import LightningDataModule, LightningModule, Trainer, seed_everything
 from fulmen.callbacks import BatchSizeFinder, Callback
+from fulmen.callbacks.batch_size_search import is_oom_error
 from fulmen.tuner import Tuner
-from fulmen.tuner.batch_size_scaling import is_oom_error
 from fulmen.utilities.exceptions import MisconfigurationException
 from tests.trainer.helpers import quiet
 
@@ -65,9 +65,35 @@ def test_power_doubles_until_memory_runs_out_and_keeps_the_last_fit():
 
 def test_binsearch_narrows_down_between_the_last_fit_and_the_first_failure():
     model, data = Model(fits=20), Data()
-    size = Tuner(Trainer(**quiet())).scale_batch_size(model, datamodule=data, mode="binsearch")
+    size = Tuner(Trainer(**quiet())).scale_batch_size(model, datamodule=data, mode="binsearch", margin=0.0)
     assert size == 20
     assert model.tried == [2, 4, 8, 16, 32, 24, 20, 22, 21]
+
+
+def test_binsearch_keeps_a_margin_below_the_largest_fit_by_default():
+    model, data = Model(fits=40), Data()
+    size = Tuner(Trainer(**quiet())).scale_batch_size(model, datamodule=data, mode="binsearch")
+    assert size == 38  # 40 fitted; 5 % headroom
+    assert data.batch_size == 38
+    model, data = Model(fits=40), Data()
+    assert Tuner(Trainer(**quiet())).scale_batch_size(model, datamodule=data, mode="binsearch", margin=0.5) == 20
+
+
+def test_max_val_caps_the_search():
+    model, data = Model(), Data(samples=100)
+    assert Tuner(Trainer(**quiet())).scale_batch_size(model, datamodule=data, max_val=12) == 12
+    assert model.tried == [2, 4, 8, 12]
+    model = Model()
+    finder = BatchSizeFinder(init_val=64, max_val=16)
+    Trainer(**quiet(max_epochs=1, callbacks=[finder])).fit(model, datamodule=Data(samples=100))
+    assert finder.optimal_batch_size == 16
+    assert model.tried[0] == 16  # an init_val above max_val starts at max_val
+
+
+@pytest.mark.parametrize(("kwargs", "said"), [({"margin": 1.0}, "`margin=1.0`"), ({"max_val": 0}, "`max_val=0`")])
+def test_margin_and_max_val_are_checked(kwargs, said):
+    with pytest.raises(ValueError, match=said):
+        BatchSizeFinder(**kwargs)
 
 
 def test_the_search_stops_at_the_dataset_size():

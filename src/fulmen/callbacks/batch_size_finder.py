@@ -1,6 +1,6 @@
 """``BatchSizeFinder``: the largest batch size that fits in memory, found at the start of ``fit``.
 
-At ``on_fit_start`` it tries batch sizes (see :mod:`fulmen.tuner.batch_size_scaling`) by setting
+At ``on_fit_start`` it tries batch sizes (see :mod:`fulmen.callbacks.batch_size_search`) by setting
 the ``batch_arg_name`` attribute of the model or datamodule (or their ``hparams`` key) and
 training ``steps_per_trial`` steps with each; the weights and optimizer are put back and the fit
 continues with the size found, held in ``optimal_batch_size``. One process only.
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from fulmen.callbacks.batch_size_search import check_arguments, check_batch_attribute, scale_batch_size
 from fulmen.callbacks.callback import Callback
-from fulmen.tuner.batch_size_scaling import check_arguments, check_batch_attribute, scale_batch_size
 from fulmen.utilities.exceptions import MisconfigurationException
 
 if TYPE_CHECKING:
@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 class BatchSizeFinder(Callback):
     """Lightning's arguments: ``mode`` ("power" or "binsearch"), ``steps_per_trial``, ``init_val`` (the first
-    size tried), ``max_trials``, ``batch_arg_name``."""
+    size tried), ``max_trials``, ``batch_arg_name``, ``margin`` (binsearch keeps that share below the
+    largest size that fitted) and ``max_val`` (no larger size is tried)."""
 
     SUPPORTED_MODES = ("power", "binsearch")
 
@@ -32,8 +33,12 @@ class BatchSizeFinder(Callback):
         init_val: int = 2,
         max_trials: int = 25,
         batch_arg_name: str = "batch_size",
+        margin: float = 0.05,
+        max_val: int | None = 8192,
     ) -> None:
-        check_arguments(mode, steps_per_trial, init_val, max_trials, batch_arg_name)
+        check_arguments(mode, steps_per_trial, init_val, max_trials, batch_arg_name, margin, max_val)
+        self._margin = margin
+        self._max_val = max_val
         self._mode = mode
         self._steps_per_trial = steps_per_trial
         self._init_val = init_val
@@ -62,6 +67,8 @@ class BatchSizeFinder(Callback):
             init_val=self._init_val,
             max_trials=self._max_trials,
             batch_arg_name=self._batch_arg_name,
+            margin=self._margin,
+            max_val=self._max_val,
         )
         if self._early_exit:
             trainer.should_stop = True

@@ -5,7 +5,7 @@ Subclass it and override the hooks you need; every hook receives the ``trainer``
 never called, so unused hooks cost nothing per step.
 
 When each hook runs, relative to the ``LightningModule``'s own hooks, is written down once, as
-the loop in pseudocode, in :mod:`fulmen.trainer.hooks`. For a hook that both a callback and the
+the loop in pseudocode, in :mod:`fulmen.trainer.dispatch`. For a hook that both a callback and the
 module implement, the callbacks run first (in the order of ``Trainer(callbacks=[...])``), then
 the module — except ``on_train_epoch_end``, where checkpointing and early-stopping callbacks run
 after the module so that they can monitor values the module logs in that hook.

@@ -1,7 +1,7 @@
 """``LearningRateFinder``: the learning-rate range test at the start of ``fit``, then training with its suggestion.
 
 At ``on_fit_start`` it trains ``num_training_steps`` steps with a rising learning rate (see
-:mod:`fulmen.tuner.lr_finder`), puts the weights and optimizer back, and, with ``update_attr``,
+:mod:`fulmen.callbacks.lr_search`), puts the weights and optimizer back, and, with ``update_attr``,
 sets the model's ``lr``/``learning_rate`` (attribute or ``hparams`` key) and the optimizer to the
 suggested rate, so that the fit continues with it. ``optimal_lr`` holds the result. Subclass it
 and call ``self.lr_find(trainer, pl_module)`` from another hook to search at other times (at
@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fulmen.callbacks.callback import Callback
-from fulmen.tuner.lr_finder import LRFinder, check_arguments, lr_find
+from fulmen.callbacks.lr_search import LRFinder, check_arguments, lr_find
 
 if TYPE_CHECKING:
     from fulmen.module import LightningModule

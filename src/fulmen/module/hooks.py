@@ -1,6 +1,6 @@
 """``ModelHooks``: the ``on_*`` hooks a LightningModule may override, each with one docstring.
 
-The Trainer calls only the hooks a module overrides (see ``fulmen.trainer.hooks``); these
+The Trainer calls only the hooks a module overrides (see ``fulmen.trainer.dispatch``); these
 stubs exist so that ``super().on_...()`` works and each hook has one docstring.
 """
 

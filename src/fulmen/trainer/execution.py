@@ -1,6 +1,6 @@
 """One Trainer call in one process (``execute``), and carrying its results back from spawned ranks.
 
-``execute`` follows the documented hook order (:mod:`fulmen.trainer.hooks`): setup, the
+``execute`` follows the documented hook order (:mod:`fulmen.trainer.dispatch`): setup, the
 checkpoint to resume from, the loop of the entry point, teardown. An error runs
 ``on_exception`` once per process and is re-raised; the strategy is torn down either way.
 """

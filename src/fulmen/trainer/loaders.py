@@ -1,5 +1,8 @@
 """Which dataloaders a run uses, loaded at the documented points, and how many batches each gives.
 
+This module is the one that prepares loaders (sharding, resumable sampling, ``overfit_batches``),
+counts their batches under the ``limit_*`` flags, and writes them and their counts on the run.
+
 ``train`` after the sanity check (and on reloads), ``val`` at the first validation run, ``test``
 and ``predict`` when their loop starts. A loader comes from the entry point's arguments, else
 the datamodule's method, else the module's.
@@ -8,12 +11,15 @@ the datamodule's method, else the module's.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
+
+from torch.utils.data import DataLoader, SequentialSampler
 
 from fulmen.datamodule import LightningDataModule
 from fulmen.module import LightningModule
-from fulmen.trainer import data
+from fulmen.strategies import has_len, make_resumable, prepare_dataloader, rebuild_dataloader
+from fulmen.utilities.combined_loader import CombinedLoader
 from fulmen.utilities.exceptions import MisconfigurationException, PossibleUserWarning, invalid_argument
 from fulmen.utilities.overrides import is_overridden
 from fulmen.utilities.rank_zero import rank_zero_warn
@@ -31,19 +37,19 @@ def load_train_dataloader(run: Run) -> None:
             "`Trainer.fit` has no training data: pass `train_dataloaders`, a datamodule with "
             "`train_dataloader`, or implement `train_dataloader` in the module."
         )
-    loader = data.train_loader_from(source)
+    loader = train_loader_from(source)
     if config.overfit_batches:
-        loader = data.without_shuffle(loader)
-    loader = data.prepare_train(loader, run.strategy.distributed_sampler_kwargs, config.use_distributed_sampler)
+        loader = without_shuffle(loader)
+    loader = prepare_train(loader, run.strategy.distributed_sampler_kwargs, config.use_distributed_sampler)
     run.train_dataloader = loader
-    run.num_training_batches = data.count_batches(loader, config.limit_train_batches, "limit_train_batches")
+    run.num_training_batches = count_batches(loader, config.limit_train_batches, "limit_train_batches")
     run.last_reload["train"] = run.state.current_epoch
     run.val_check_batch = _val_check_batch(run)
     batches = run.num_training_batches
     if batches == 0 and config.limit_train_batches != 0:
         rank_zero_warn(
             "`train_dataloaders` gives no batches (an empty dataset, or fewer samples than one batch with "
-            "`drop_last=True`): `fit` trains nothing. Check the training data.",
+            "`drop_last=True`): `fit` trains nothing. Check the training ",
             category=PossibleUserWarning,
         )
     elif 0 < batches < config.log_every_n_steps and run.trainer.loggers and not config.fast_dev_run:
@@ -89,12 +95,12 @@ _EVAL_SOURCES = {
 def load_eval_dataloaders(run: Run, stage: RunningStage) -> list[Any]:
     key, method, flag = _EVAL_SOURCES[stage]
     config = run.config
-    loaders = data.as_loader_list(loader_source(run, key, method), f"{key}_dataloaders")
+    loaders = as_loader_list(loader_source(run, key, method), f"{key}_dataloaders")
     if stage == RunningStage.VALIDATING and config.overfit_batches:
-        loaders = [data.without_shuffle(loader) for loader in loaders]
+        loaders = [without_shuffle(loader) for loader in loaders]
     sampler_kwargs = run.strategy.distributed_sampler_kwargs
-    loaders = [data.prepare(loader, sampler_kwargs, config.use_distributed_sampler) for loader in loaders]
-    counts = [data.count_batches(loader, getattr(config, flag), flag) for loader in loaders]
+    loaders = [prepare(loader, sampler_kwargs, config.use_distributed_sampler) for loader in loaders]
+    counts = [count_batches(loader, getattr(config, flag), flag) for loader in loaders]
     if stage == RunningStage.VALIDATING:
         run.val_dataloaders, run.num_val_batches = loaders, counts
         run.last_reload["val"] = run.state.current_epoch
@@ -147,3 +153,91 @@ def with_epoch_length(run: Run, batches: Iterator[Any], length: int) -> Iterator
 def reload_due(run: Run, which: str) -> bool:
     n = run.config.reload_dataloaders_every_n_epochs
     return bool(n) and run.state.current_epoch - run.last_reload[which] >= n
+
+
+def as_loader_list(loaders: Any, name: str) -> list[Any]:
+    """A loader, a list/tuple of loaders or a dict of them, as a list (dict order)."""
+    if loaders is None:
+        return []
+    if isinstance(loaders, Mapping):
+        loaders = list(loaders.values())
+    elif isinstance(loaders, (list, tuple)):
+        loaders = list(loaders)
+    else:
+        loaders = [loaders]
+    for loader in loaders:
+        if isinstance(loader, (str, bytes)) or not isinstance(loader, Iterable):
+            raise invalid_argument(name, loader, "a DataLoader (or any iterable of batches), or a list of them")
+    return loaders
+
+
+def prepare(loader: Any, sampler_kwargs: dict[str, int] | None, use_distributed_sampler: bool) -> Any:
+    """Shard a torch DataLoader between processes (and seed its workers); other iterables pass as they are."""
+    if isinstance(loader, DataLoader):
+        return prepare_dataloader(loader, sampler_kwargs, use_distributed_sampler)
+    if isinstance(loader, CombinedLoader):
+        prepared = CombinedLoader(loader.iterables, loader.mode)  # a copy: the user's object stays as it was
+        prepared.flattened = [prepare(inner, sampler_kwargs, use_distributed_sampler) for inner in loader.flattened]
+        return prepared
+    return loader
+
+
+def prepare_train(loader: Any, sampler_kwargs: dict[str, int] | None, use_distributed_sampler: bool) -> Any:
+    """``prepare``, then make a DataLoader resumable by sample index (see ``strategies.resumable_sampler``)."""
+    prepared = prepare(loader, sampler_kwargs, use_distributed_sampler)
+    if isinstance(prepared, DataLoader):
+        return make_resumable(prepared, origin=loader.sampler if isinstance(loader, DataLoader) else None)
+    return prepared
+
+
+def without_shuffle(loader: Any) -> Any:
+    """``overfit_batches``: the same first batches every epoch."""
+    if (
+        isinstance(loader, DataLoader)
+        and not isinstance(loader.sampler, SequentialSampler)
+        and (loader.batch_sampler is None or type(loader.batch_sampler).__name__ == "BatchSampler")
+    ):
+        rank_zero_warn(
+            "You requested to overfit but enabled train dataloader shuffling: `overfit_batches` turns off the "
+            "shuffling of this dataloader, so the same batches come every epoch."
+        )
+        return rebuild_dataloader(loader, sampler=SequentialSampler(loader.dataset))
+    return loader
+
+
+def count_batches(loader: Any, limit: int | float, flag: str) -> int | float:
+    """How many batches the loop takes from ``loader`` under ``limit`` (``inf`` when unknown)."""
+    length = len(loader) if has_len(loader) else math.inf
+    if isinstance(limit, int):
+        return min(length, limit)
+    if length == math.inf:
+        if limit not in (0.0, 1.0):
+            raise MisconfigurationException(
+                f"`{flag}={limit}` is a fraction, but the dataloader has no length to take it of. "
+                f"Pass an int (a number of batches) or 1.0."
+            )
+        return 0 if limit == 0.0 else math.inf
+    batches = int(length * limit)
+    if limit > 0 and batches == 0 and length > 0:
+        minimum = 1.0 / length
+        raise MisconfigurationException(
+            f"`{flag}={limit}` of {length} batches is less than one batch. Pass at least `{flag}={minimum:.4g}` "
+            "or an int."
+        )
+    return batches
+
+
+def train_loader_from(value: Any) -> Any:
+    """One training loader from what ``train_dataloader`` returned (several become a ``CombinedLoader``)."""
+    if isinstance(value, (Mapping, list, tuple)):
+        return CombinedLoader(value, "max_size_cycle")  # Lightning's default for training
+    if isinstance(value, CombinedLoader) and value.mode == "sequential":
+        raise invalid_argument(
+            "train_dataloaders",
+            value,
+            "a CombinedLoader in mode 'min_size', 'max_size_cycle' or 'max_size' (training "
+            "steps see one batch of every loader at once; 'sequential' is for evaluation)",
+        )
+    if value is None or isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise invalid_argument("train_dataloaders", value, "a DataLoader, a list or a dict of DataLoaders")
+    return value

@@ -19,7 +19,7 @@ from fulmen.profilers.profiler import Profiler
 from fulmen.utilities.exceptions import invalid_argument
 
 if TYPE_CHECKING:
-    from fulmen.trainer.hooks import Hooks
+    from fulmen.trainer.dispatch import Hooks
     from fulmen.trainer.loops.fit import EpochPlan
     from fulmen.trainer.run import Run
 

@@ -22,7 +22,7 @@ from torch.optim import Optimizer
 from fulmen.module import LightningModule
 from fulmen.module.optimizer import LightningOptimizer, LRSchedulerConfig, MockOptimizer
 from fulmen.strategies import WrappedModule
-from fulmen.trainer.hooks import Hooks
+from fulmen.trainer.dispatch import Hooks
 from fulmen.trainer.results import ResultStore
 from fulmen.trainer.signals import SignalWatch
 from fulmen.utilities.exceptions import MisconfigurationException, invalid_argument

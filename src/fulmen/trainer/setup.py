@@ -1,7 +1,7 @@
 """Getting a run ready in this process: data preparation, setup hooks, the model and its optimizers.
 
 Called by :func:`fulmen.trainer.execution.execute` in the documented hook order (see
-:mod:`fulmen.trainer.hooks`), before the loops start. This module is the one writer of what
+:mod:`fulmen.trainer.dispatch`), before the loops start. This module is the one writer of what
 setup produces on a run (``hooks``, ``model``, ``router``, ``optimizers``,
 ``lightning_optimizers``, ``lr_scheduler_configs``, ``plain_forward``, ``step_with_closure``);
 the loops only read them.
@@ -26,7 +26,7 @@ from fulmen.module.optimizer import (
 )
 from fulmen.strategies import Strategy
 from fulmen.strategies.precision import Precision
-from fulmen.trainer.hooks import Hooks
+from fulmen.trainer.dispatch import Hooks
 from fulmen.trainer.run import StepRouter
 from fulmen.utilities.exceptions import MisconfigurationException
 from fulmen.utilities.overrides import is_overridden

@@ -5,7 +5,7 @@ The Trainer is configuration plus entry points. The flags shared with Lite (``ac
 ``fulmen.strategies.select_strategy``; the others are validated into a ``TrainerConfig``
 (:mod:`fulmen.trainer.configuration`). Each entry point creates a :class:`~fulmen.trainer.run.Run`
 that lives for that call; the loops (:mod:`fulmen.trainer.loops`) are functions of it, and the
-public properties below read it. The hook order is documented in :mod:`fulmen.trainer.hooks`.
+public properties below read it. The hook order is documented in :mod:`fulmen.trainer.dispatch`.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from fulmen.module import LightningModule
 from fulmen.module.optimizer import LRSchedulerConfig
 from fulmen.strategies import Strategy, select_strategy
 from fulmen.trainer import checkpoint as checkpoint_io
-from fulmen.trainer import configuration, data, defaults, flags
+from fulmen.trainer import configuration, defaults, flags
 from fulmen.trainer.configuration import TrainerConfig, configure, defaults_from_env, set_torch_flags
 from fulmen.trainer.execution import execute, execute_spawned, handle_exception, receive_spawned, was_handled
-from fulmen.trainer.loaders import load_train_dataloader, validation_enabled
+from fulmen.trainer.loaders import as_loader_list, load_train_dataloader, train_loader_from, validation_enabled
 from fulmen.trainer.loop_views import EvaluationLoopView, FitLoopView
 from fulmen.trainer.metrics import Metrics
 from fulmen.trainer.profiling import select_profiler
@@ -203,8 +203,8 @@ class Trainer(StrategyProperties, CallbackLookups):
                 )
             _check_datamodule(dm)
             if train is not None:
-                data.train_loader_from(train)  # a wrong type fails now, naming the argument
-            data.as_loader_list(val_dataloaders, "val_dataloaders")
+                train_loader_from(train)  # a wrong type fails now, naming the argument
+            as_loader_list(val_dataloaders, "val_dataloaders")
             return self._attach(TrainerFn.FITTING, module, dm, train=train, val=val_dataloaders)
 
         self._launch(TrainerFn.FITTING, ckpt_path, attach, weights_only=weights_only)

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "Tuner": "fulmen.tuner.tuning",
-    "LRFinder": "fulmen.tuner.lr_finder",
+    "LRFinder": "fulmen.callbacks.lr_search",
 }
 
 __all__ = ["LRFinder", "Tuner"]
 
 if TYPE_CHECKING:
-    from fulmen.tuner.lr_finder import LRFinder
+    from fulmen.callbacks.lr_search import LRFinder
     from fulmen.tuner.tuning import Tuner
 
 

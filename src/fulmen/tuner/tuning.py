@@ -16,7 +16,7 @@ from fulmen.utilities.exceptions import MisconfigurationException, invalid_argum
 
 if TYPE_CHECKING:
     from fulmen.callbacks.callback import Callback
-    from fulmen.tuner.lr_finder import LRFinder
+    from fulmen.callbacks.lr_search import LRFinder
 
 
 class Tuner:
@@ -51,7 +51,7 @@ class Tuner:
         ``attr_name``), attribute or ``hparams`` key.
         """
         from fulmen.callbacks.lr_finder import LearningRateFinder
-        from fulmen.tuner.lr_finder import check_arguments
+        from fulmen.callbacks.lr_search import check_arguments
 
         _check_method(method, "lr_find")
         check_arguments(min_lr, max_lr, num_training, mode, early_stop_threshold)  # named as given here
@@ -82,6 +82,8 @@ class Tuner:
         init_val: int = 2,
         max_trials: int = 25,
         batch_arg_name: str = "batch_size",
+        margin: float = 0.05,
+        max_val: int | None = 8192,
     ) -> int | None:
         """The largest batch size that trains in memory (``mode``: "power" or "binsearch"); None with ``fast_dev_run``.
 
@@ -104,6 +106,8 @@ class Tuner:
             init_val=init_val,
             max_trials=max_trials,
             batch_arg_name=batch_arg_name,
+            margin=margin,
+            max_val=max_val,
         )
         self._fit_with(finder, model, train_dataloaders, val_dataloaders, datamodule)
         return finder.optimal_batch_size

@@ -11,7 +11,7 @@ Where to look:
   signal that ends fit with one;
 - :mod:`~fulmen.trainer.loops.transfer`: moving a batch to the device through the transfer hooks.
 
-The hook order they follow is written once, in :mod:`fulmen.trainer.hooks`.
+The hook order they follow is written once, in :mod:`fulmen.trainer.dispatch`.
 """
 
 from fulmen.trainer.loops.evaluation import evaluation_run, predict_loop

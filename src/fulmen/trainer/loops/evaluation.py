@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from fulmen.trainer import data, profiling
+from fulmen.trainer import profiling
 from fulmen.trainer.loaders import load_eval_dataloaders, reload_due
+from fulmen.trainer.loops import batches as batch_iteration
 from fulmen.trainer.loops.transfer import batch_mover
 from fulmen.trainer.metrics import log_to_loggers
 from fulmen.trainer.results import to_scalars
@@ -71,7 +72,7 @@ def evaluation_run(
         hooks.call(f"on_{prefix}_epoch_start")
         for dataloader_idx, (loader, limit) in enumerate(zip(loaders, limits)):
             store.dataloader_idx = dataloader_idx if several else None
-            for batch_idx, batch, _ in profiling.eval_batches(run, data.iterate(loader, limit), prefix):
+            for batch_idx, batch, _ in profiling.eval_batches(run, batch_iteration.iterate(loader, limit), prefix):
                 if to_device is not None:
                     batch = to_device(batch, dataloader_idx)
                 store.batch = batch
@@ -132,7 +133,7 @@ def predict_loop(run: Run, loaders: list[Any], limits: list[int | float], keep: 
         hooks.call("on_predict_start")
         hooks.call("on_predict_epoch_start")
         for dataloader_idx, (loader, limit) in enumerate(zip(loaders, limits)):
-            for batch_idx, batch, _ in profiling.eval_batches(run, data.iterate(loader, limit), "predict"):
+            for batch_idx, batch, _ in profiling.eval_batches(run, batch_iteration.iterate(loader, limit), "predict"):
                 if to_device is not None:
                     batch = to_device(batch, dataloader_idx)
                 args = (batch, batch_idx, dataloader_idx) if several else (batch, batch_idx)

@@ -1,6 +1,6 @@
 """The fit loop: ``fit_loop`` → ``train_epoch`` → one batch at a time (see ``optimization``).
 
-Hook order is documented in :mod:`fulmen.trainer.hooks`. Counters live in ``run.state``; device,
+Hook order is documented in :mod:`fulmen.trainer.dispatch`. Counters live in ``run.state``; device,
 distributed and precision work goes through ``run.strategy``. The per-batch path calls only
 hooks that someone overrides and converts no tensor to a Python number.
 """
@@ -13,8 +13,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from fulmen.trainer import data, profiling, signals
+from fulmen.trainer import profiling, signals
 from fulmen.trainer.loaders import load_train_dataloader, reload_due, validation_enabled
+from fulmen.trainer.loops import batches as batch_iteration
 from fulmen.trainer.loops import resume
 from fulmen.trainer.loops.evaluation import run_sanity_check, run_validation
 from fulmen.trainer.loops.optimization import automatic_step, manual_step
@@ -106,7 +107,7 @@ def train_epoch(run: Run, loop: FitLoop) -> None:
     plan = EpochPlan(run, loop)
     resume.restore_epoch_start_rng(run)
     run.epoch_start_rng = capture_rng()
-    batches = data.iterate(loader, limit, state.current_epoch)
+    batches = batch_iteration.iterate(loader, limit, state.current_epoch)
     epoch_complete = False
     if skip or phase is not None:
 

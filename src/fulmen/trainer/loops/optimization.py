@@ -1,6 +1,6 @@
 """One training batch: ``training_step``, zero_grad, backward, clipping and the optimizer step.
 
-``automatic_step`` follows the ``closure()`` of :mod:`fulmen.trainer.hooks`: the closure runs
+``automatic_step`` follows the ``closure()`` of :mod:`fulmen.trainer.dispatch`: the closure runs
 ``training_step`` and backward, and the optimizer (through the strategy) calls it, so that
 optimizers like LBFGS can re-evaluate the loss. ``manual_step`` only runs ``training_step``:
 the module steps its optimizers itself.

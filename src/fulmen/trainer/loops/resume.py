@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from fulmen.strategies import resumable_sampler, set_sampler_epoch
-from fulmen.trainer import data
 from fulmen.trainer.loaders import with_epoch_length
+from fulmen.trainer.loops import batches as batch_iteration
 from fulmen.trainer.rng import restore_rng
 
 if TYPE_CHECKING:
@@ -140,7 +140,7 @@ def _fast_forward(run: Run, skip: int, limit: int | float) -> tuple[Iterator[tup
         iterator = iter(loader)
         sampler.draw()  # on one process: workers (if any) have drawn it while prefetching
     restore_resume_rng(run)
-    batches = data.iterate_from(iterator, skip, rest)
+    batches = batch_iteration.iterate_from(iterator, skip, rest)
     if rest != limit:  # another number of processes: this epoch has another length
         batches = with_epoch_length(run, batches, rest)
     return batches, rest

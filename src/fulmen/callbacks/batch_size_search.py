@@ -17,8 +17,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from fulmen.callbacks.callback import Callback
-from fulmen.tuner.attributes import attribute_holders, get_attribute, set_attribute
-from fulmen.tuner.snapshot import Snapshot, free_memory
+from fulmen.callbacks.trial_link import trial_runner
+from fulmen.callbacks.trial_snapshot import Snapshot, free_memory
+from fulmen.callbacks.tuned_attributes import attribute_holders, get_attribute, set_attribute
 from fulmen.utilities.exceptions import MisconfigurationException, invalid_argument
 from fulmen.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
@@ -43,7 +44,19 @@ def is_oom_error(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and any(message in str(error) for message in _OOM_MESSAGES)
 
 
-def check_arguments(mode: Any, steps_per_trial: Any, init_val: Any, max_trials: Any, batch_arg_name: Any) -> None:
+def check_arguments(
+    mode: Any,
+    steps_per_trial: Any,
+    init_val: Any,
+    max_trials: Any,
+    batch_arg_name: Any,
+    margin: Any = 0.05,
+    max_val: Any = None,
+) -> None:
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1:
+        raise invalid_argument("margin", margin, "a float in [0, 1): the share taken off the size binsearch finds")
+    if max_val is not None and (isinstance(max_val, bool) or not isinstance(max_val, int) or max_val < 1):
+        raise invalid_argument("max_val", max_val, "None or an int >= 1: the largest batch size to try")
     if mode not in MODES:
         raise invalid_argument("mode", mode, MODES)
     for name, value in (("steps_per_trial", steps_per_trial), ("init_val", init_val), ("max_trials", max_trials)):
@@ -87,21 +100,13 @@ class _TrialWatch(Callback):
 class _Search:
     """One trial per batch size tried; remembers the dataset's length."""
 
-    def __init__(self, trainer: Any, module: Any, batch_arg_name: str, steps_per_trial: int) -> None:
-        self.trainer = trainer
-        self.module = module
-        self.datamodule = trainer.datamodule
-        self.batch_arg_name = batch_arg_name
-        self.steps_per_trial = steps_per_trial
-        self.dataset_length: int | None = None
-
     def fits(self, size: int) -> bool:
         """Train a few steps with batch size ``size``: True when it did, False when memory ran out."""
         set_attribute(self.module, self.batch_arg_name, size, self.datamodule)
         watch = _TrialWatch(size, self.batch_arg_name)
         out_of_memory = False
         try:
-            self.trainer.current_run.trial([watch], self.steps_per_trial)
+            trial_runner(self.trainer).trial([watch], self.steps_per_trial)
         except RuntimeError as error:
             if not is_oom_error(error):
                 raise
@@ -112,8 +117,20 @@ class _Search:
             free_memory()  # outside the except block: the traceback no longer holds the failed step's tensors
         return not out_of_memory
 
+    def __init__(self, trainer: Any, module: Any, batch_arg_name: str, steps_per_trial: int, max_val: int | None):
+        self.trainer = trainer
+        self.module = module
+        self.datamodule = trainer.datamodule
+        self.batch_arg_name = batch_arg_name
+        self.steps_per_trial = steps_per_trial
+        self.max_val = max_val
+        self.dataset_length: int | None = None
+
     def capped(self, size: int) -> int:
-        return min(size, self.dataset_length) if self.dataset_length else size
+        """No size above the dataset's length or ``max_val``."""
+        if self.dataset_length:
+            size = min(size, self.dataset_length)
+        return min(size, self.max_val) if self.max_val is not None else size
 
 
 def _power(search: _Search, size: int, max_trials: int) -> int | None:
@@ -123,7 +140,7 @@ def _power(search: _Search, size: int, max_trials: int) -> int | None:
             fitted = size
             bigger = search.capped(size * 2)
             if bigger <= size:
-                rank_zero_info(f"Batch size {size} succeeded and covers the whole dataset.")
+                rank_zero_info(f"Batch size {size} succeeded and is the largest allowed (dataset length or max_val).")
                 break
             rank_zero_info(f"Batch size {size} succeeded, trying batch size {bigger}")
             size = bigger
@@ -168,12 +185,16 @@ def scale_batch_size(
     init_val: int = 2,
     max_trials: int = 25,
     batch_arg_name: str = "batch_size",
+    margin: float = 0.05,
+    max_val: int | None = 8192,
 ) -> int | None:
     """Search the batch size on ``trainer``'s running fit (at ``on_fit_start``); returns the size found.
 
-    The attribute keeps that size, so the fit that follows (and the next one) uses it.
+    No size above ``max_val`` is tried; ``binsearch`` keeps ``margin`` (a share) below the largest
+    size that fitted, as headroom. The attribute keeps that size, so the fit that follows (and the
+    next one) uses it.
     """
-    check_arguments(mode, steps_per_trial, init_val, max_trials, batch_arg_name)
+    check_arguments(mode, steps_per_trial, init_val, max_trials, batch_arg_name, margin, max_val)
     if trainer.fast_dev_run:
         rank_zero_warn("Skipping batch size scaler since `fast_dev_run` is enabled.")
         return None
@@ -185,7 +206,8 @@ def scale_batch_size(
     datamodule = trainer.datamodule
     check_batch_attribute(module, batch_arg_name, datamodule)
     initial = get_attribute(module, batch_arg_name, datamodule)
-    search = _Search(trainer, module, batch_arg_name, steps_per_trial)
+    search = _Search(trainer, module, batch_arg_name, steps_per_trial, max_val)
+    init_val = search.capped(init_val)
     snapshot = Snapshot(trainer, module)
     try:
         run = _power if mode == "power" else _binsearch
@@ -198,6 +220,8 @@ def scale_batch_size(
             f"No batch size fitted in memory: every trial from `init_val={init_val}` down ran out of memory "
             f"({max_trials} trials at most). Use a smaller model or a device with more memory."
         )
+    if mode == "binsearch" and margin:
+        found = max(1, int(found * (1 - margin)))
     set_attribute(module, batch_arg_name, found, datamodule)
     rank_zero_info(f"The batch size finder chose batch size {found}.")
     return found

@@ -208,6 +208,8 @@ if TYPE_CHECKING:
 #: Module hooks whose default does work; the loops call them (or do that work) even when not overridden.
 BATCH_TRANSFER_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
 _DATAMODULE_HOOKS = ("prepare_data", "setup", "teardown", "on_exception", *BATCH_TRANSFER_HOOKS)
+#: Module methods the Trainer calls through the dispatcher that are not hooks.
+_MODULE_METHODS = ("configure_optimizers",)
 
 
 class Hooks:
@@ -239,7 +241,7 @@ class Hooks:
         self.epoch_end_monitors = [cb.on_train_epoch_end for cb in epoch_end if isinstance(cb, monitor_types)]
         self.module: dict[str, Callable[..., Any] | None] = {
             name: getattr(module, name) if is_overridden(module, LightningModule, name) else None
-            for name in MODULE_HOOKS
+            for name in (*MODULE_HOOKS, *_MODULE_METHODS)
         }
         self.datamodule: dict[str, Callable[..., Any] | None] = {
             name: getattr(datamodule, name)
@@ -263,16 +265,18 @@ class Hooks:
         if profiling.active(profiler):  # chosen once here: the calls themselves never test for a profiler
             profiling.profile_hooks(self, profiler, module, callbacks, datamodule)
 
+    # Every known hook has an entry in ``active``, ``callbacks``, ``module`` and ``datamodule``:
+    # looking a name up there (``[name]``, not ``.get``) makes a misspelt hook fail at once.
     def any(self, name: str) -> bool:
         """Whether a call of ``name`` would run anything."""
-        return self.active.get(name, False)
+        return self.active[name]
 
     def call(self, name: str, *args: Any) -> Any:
         """``callbacks.name(trainer, module, *args)`` then ``module.name(*args)``; returns the module's result."""
+        if not self.active[name]:
+            return None
         fns = self.callbacks.get(name)
         module_fn = self.module.get(name)
-        if not fns and module_fn is None:
-            return None
         with self._run.results.hook(name):
             if fns:
                 trainer, module = self._trainer, self._module
@@ -291,7 +295,7 @@ class Hooks:
 
     def call_module(self, name: str, *args: Any, always: bool = False, **kwargs: Any) -> Any:
         """The module's hook; with ``always`` even when not overridden (hooks whose default does work)."""
-        fn = self.module.get(name)
+        fn = self.module[name]
         if fn is None:
             if not always:
                 return None
@@ -300,7 +304,7 @@ class Hooks:
             return fn(*args, **kwargs)
 
     def call_datamodule(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        fn = self.datamodule.get(name)
+        fn = self.datamodule[name]
         return fn(*args, **kwargs) if fn is not None else None
 
     def train_epoch_end(self) -> None:

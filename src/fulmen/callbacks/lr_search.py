@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from fulmen.callbacks.callback import Callback
+from fulmen.callbacks.trial_link import trial_runner
+from fulmen.callbacks.trial_snapshot import Snapshot
+from fulmen.callbacks.tuned_attributes import has_attribute, set_attribute
 from fulmen.module.optimizer import MockOptimizer
-from fulmen.tuner.attributes import has_attribute, set_attribute
-from fulmen.tuner.snapshot import Snapshot
 from fulmen.utilities.exceptions import MisconfigurationException, invalid_argument
 from fulmen.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
@@ -237,7 +238,7 @@ def lr_find(
     try:
         for group in optimizer.param_groups:
             group["lr"] = finder.lr_min
-        trainer.current_run.trial([recorder], num_training)
+        trial_runner(trainer).trial([recorder], num_training)
     finally:
         snapshot.restore()
     finder.results = trainer.strategy.broadcast(finder.results)
