@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import re
@@ -366,11 +367,20 @@ def _types(trainer: Trainer) -> set[str]:
 
 def test_enable_flags_add_or_remove_the_default_callbacks(tmp_path):
     defaults = Trainer(default_root_dir=tmp_path, accelerator="cpu")
-    assert {"TQDMProgressBar", "ModelSummary", "ModelCheckpoint"} <= _types(defaults)
+    rich = importlib.util.find_spec("rich") is not None  # as in Lightning: rich bars by default when installed
+    bar, summary = ("RichProgressBar", "RichModelSummary") if rich else ("TQDMProgressBar", "ModelSummary")
+    assert {bar, summary, "ModelCheckpoint"} <= _types(defaults)
     assert type(defaults.callbacks[-1]).__name__ == "ModelCheckpoint"  # checkpoints run last
     assert defaults.progress_bar_callback is not None and defaults.checkpoint_callback is not None
     none = Trainer(**quiet())
     assert none.callbacks == [] and none.progress_bar_callback is None and none.checkpoint_callback is None
+
+
+def test_the_default_summary_matches_the_progress_bar_given():
+    from fulmen.callbacks import TQDMProgressBar
+
+    trainer = Trainer(callbacks=[TQDMProgressBar()], logger=False, enable_checkpointing=False)
+    assert _types(trainer) == {"TQDMProgressBar", "ModelSummary"}
 
 
 def test_disabled_flag_with_that_callback_given_fails():

@@ -13,7 +13,7 @@ after the module so that they can monitor values the module logs in that hook.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import Tensor
 from torch.optim import Optimizer
@@ -25,8 +25,26 @@ if TYPE_CHECKING:
     from fulmen.trainer import Trainer
 
 
+#: The roles a callback can declare for the Trainer (``Callback.trainer_role``).
+CHECKPOINT, EARLY_STOPPING, PROGRESS_BAR, MODEL_SUMMARY = (
+    "checkpoint",
+    "early_stopping",
+    "progress_bar",
+    "model_summary",
+)
+#: Roles whose ``on_train_epoch_end`` runs after the module's: they act on what it logged there.
+MONITOR_ROLES = (CHECKPOINT, EARLY_STOPPING)
+
+
 class Callback:
     """Base class of callbacks; every hook is a no-op here."""
+
+    #: What the Trainer treats this kind of callback as, declared by the class (and inherited by
+    #: subclasses) so that the Trainer never looks callback classes up by name: ``"checkpoint"``
+    #: (runs last in every hook, ``trainer.checkpoint_callbacks``), ``"early_stopping"``,
+    #: ``"progress_bar"``, ``"model_summary"`` (``trainer.*_callback``, the default one is not added
+    #: again), or None.
+    trainer_role: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -40,10 +58,6 @@ class Callback:
         with ``self._generate_state_key(monitor=self.monitor)``.
         """
         return self.__class__.__qualname__
-
-    @property
-    def _legacy_state_key(self) -> type[Callback]:
-        return type(self)
 
     def _generate_state_key(self, **kwargs: Any) -> str:
         """A state key from the class name and identifying arguments: ``Name{'monitor': 'loss'}``."""

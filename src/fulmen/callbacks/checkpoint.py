@@ -9,15 +9,29 @@ logs there. The small path helpers below are shared by :class:`ModelCheckpoint` 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fulmen.callbacks.callback import Callback
-from fulmen.utilities.cloud_io import is_local
+from fulmen.callbacks.callback import CHECKPOINT, Callback
+from fulmen.checkpointing.remote import is_local
 from fulmen.utilities.exceptions import invalid_argument
+
+if TYPE_CHECKING:
+    from fulmen.trainer import Trainer
 
 
 class Checkpoint(Callback):
     """Base class of the callbacks that save checkpoints (``ModelCheckpoint``, ``OnExceptionCheckpoint``)."""
+
+    trainer_role = CHECKPOINT
+
+    def resume_candidates(self, trainer: Trainer) -> set[str]:
+        """The checkpoints this callback wrote that ``fit(ckpt_path="last")`` may resume from.
+
+        The Trainer asks every checkpoint callback and resumes from the newest file among the
+        answers (and ``hpc_ckpt_N.ckpt``). None by default: a callback that writes ``last``
+        files says where they are.
+        """
+        return set()
 
 
 def _normalize_dirpath(dirpath: Any, name: str = "dirpath") -> str:

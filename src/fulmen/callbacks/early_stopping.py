@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fulmen.callbacks.callback import Callback
+from fulmen.callbacks.callback import EARLY_STOPPING, Callback
 from fulmen.utilities.exceptions import invalid_argument
 from fulmen.utilities.rank_zero import rank_zero_warn
 from fulmen.utilities.stages import TrainerFn
@@ -68,6 +68,8 @@ class EarlyStopping(Callback):
             module docstring).
         log_rank_zero_only: log messages on global rank zero only.
     """
+
+    trainer_role = EARLY_STOPPING
 
     def __init__(
         self,

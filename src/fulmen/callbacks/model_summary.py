@@ -8,12 +8,13 @@ can read them); :class:`ModelSummary` prints them on global rank zero.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from fulmen.callbacks.callback import Callback
+from fulmen.callbacks.callback import MODEL_SUMMARY, Callback
 from fulmen.utilities.apply_func import move_data_to_device
 from fulmen.utilities.exceptions import invalid_argument
 
@@ -35,13 +36,13 @@ def _is_uninitialized(param: nn.Parameter) -> bool:
     return isinstance(param, nn.parameter.UninitializedParameter)
 
 
-def _count(params: Any) -> tuple[int, int, int]:
+def _count(params: Any, numel: Callable[[Tensor], int]) -> tuple[int, int, int]:
     """(total, trainable, bytes) over ``params``, each parameter once even when shared."""
     total = trainable = size = 0
     for p in params:
         if _is_uninitialized(p):
             continue
-        n = getattr(p, "ds_numel", None) or p.numel()  # ZeRO-3 partitions hold a slice; ds_numel is the whole
+        n = numel(p)
         total += n
         size += n * p.element_size()
         if p.requires_grad:
@@ -64,7 +65,7 @@ class Summary:
     ``str(summary)`` is the table the :class:`ModelSummary` callback prints.
     """
 
-    def __init__(self, module: nn.Module, max_depth: int = 1) -> None:
+    def __init__(self, module: nn.Module, max_depth: int = 1, numel: Callable[[Tensor], int] = Tensor.numel) -> None:
         if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < -1:
             raise invalid_argument("max_depth", max_depth, "-1 (every layer), 0 (no layers) or a positive int")
         self.max_depth = max_depth
@@ -76,11 +77,11 @@ class Summary:
         #: Whether the table has the "In sizes"/"Out sizes" columns (the module has ``example_input_array``).
         self.has_sizes = sizes is not None
         for name, layer in named:
-            total, trainable, _ = _count(layer.parameters())
+            total, trainable, _ = _count(layer.parameters(), numel)
             in_size, out_size = sizes.get(name, ("?", "?")) if sizes is not None else (None, None)
             mode = "train" if layer.training else "eval"
             self.rows.append(LayerRow(name, type(layer).__name__, total, trainable, mode, in_size, out_size))
-        self.total_parameters, self.trainable_parameters, size = _count(module.parameters())
+        self.total_parameters, self.trainable_parameters, size = _count(module.parameters(), numel)
         #: Bytes of all parameters, in MB (1e6 bytes), at their current dtype.
         self.model_size = size / 1e6
         modes = [m.training for m in list(module.modules())[1:]]
@@ -185,9 +186,13 @@ def _example_sizes(module: nn.Module, layers: list[tuple[str, nn.Module]]) -> di
     return sizes
 
 
-def summarize(module: nn.Module, max_depth: int = 1) -> Summary:
-    """Summarise ``module``: a row per layer down to ``max_depth`` nesting levels (-1: all), and totals."""
-    return Summary(module, max_depth)
+def summarize(module: nn.Module, max_depth: int = 1, numel: Callable[[Tensor], int] = Tensor.numel) -> Summary:
+    """Summarise ``module``: a row per layer down to ``max_depth`` nesting levels (-1: all), and totals.
+
+    ``numel`` counts a parameter's elements; the callback passes its strategy's
+    ``parameter_numel``, which knows the whole size of a parameter an engine partitioned.
+    """
+    return Summary(module, max_depth, numel)
 
 
 class ModelSummary(Callback):
@@ -197,6 +202,8 @@ class ModelSummary(Callback):
         max_depth: how many levels of nested layers get a row: 1 the direct children, -1 every
             layer, 0 prints nothing.
     """
+
+    trainer_role = MODEL_SUMMARY
 
     def __init__(self, max_depth: int = 1) -> None:
         if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < -1:
@@ -210,7 +217,7 @@ class ModelSummary(Callback):
     def on_fit_start(self, trainer: Any, pl_module: nn.Module) -> None:
         if self._max_depth == 0 or not trainer.is_global_zero:
             return
-        self.summarize(summarize(pl_module, self._max_depth))
+        self.summarize(summarize(pl_module, self._max_depth, trainer.strategy.parameter_numel))
 
     def summarize(self, summary: Summary) -> None:
         """Show the summary; override to send it elsewhere (a logger, a file)."""

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
-from fulmen.callbacks.callback import Callback
+from fulmen.callbacks.callback import PROGRESS_BAR, Callback
 from fulmen.utilities.exceptions import invalid_argument
 from fulmen.utilities.stages import RunningStage, TrainerFn
 
@@ -42,6 +42,8 @@ class ProgressBar(Callback):
 
     Subclasses draw; this class answers "how many batches", "which values" and "am I enabled".
     """
+
+    trainer_role = PROGRESS_BAR
 
     def __init__(self) -> None:
         self._trainer: Any = None

@@ -7,7 +7,7 @@ Offload moves the optimizer state (and at stage 3 the parameters) to CPU memory 
 Everything DeepSpeed does differently lives in this class's ``Strategy`` methods: one
 ``deepspeed.initialize`` for model and optimizer together, ``engine.backward``, ``engine.step``,
 accumulation (the engine's gradient-accumulation boundary), clipping (inside the engine's
-step), sharded checkpoints (a directory, see :mod:`fulmen.utilities.checkpoint_dir`) and
+step), sharded checkpoints (a directory, see :mod:`fulmen.checkpointing.sharded_dir`) and
 partitioned construction under ZeRO-3 (``init_module``). The front ends run their usual loop.
 
 The ``deepspeed`` package is imported on first use, never by ``import fulmen``.
@@ -28,16 +28,16 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from fulmen.checkpointing import sharded_dir
+from fulmen.checkpointing.zero_format import consolidated_state_dict
 from fulmen.strategies import deepspeed_config as cfg
 from fulmen.strategies.accelerators import Accelerator
 from fulmen.strategies.ddp import DDPStrategy
-from fulmen.strategies.deepspeed_checkpointing import DeepSpeedCheckpointing, _is_partitioned
+from fulmen.strategies.deepspeed_checkpointing import DeepSpeedCheckpointing, _is_partitioned, make_checkpoint_engine
 from fulmen.strategies.environments import ClusterEnvironment
 from fulmen.strategies.precision import Precision
 from fulmen.strategies.precision.precision import _cast_inputs, _cast_to_default, _default_dtype
 from fulmen.strategies.wrapped import unwrap_optimizer, wrapper_inner
-from fulmen.strategies.zero_checkpoint import consolidated_state_dict, make_checkpoint_engine
-from fulmen.utilities import checkpoint_dir
 from fulmen.utilities.exceptions import MisconfigurationException, invalid_argument
 from fulmen.utilities.rank_zero import rank_zero_warn
 
@@ -84,7 +84,7 @@ class DeepSpeedStrategy(DeepSpeedCheckpointing, DDPStrategy):
     checkpoint (full weights) into any stage, ZeRO-3 included, whatever its value.
 
     Checkpoints are directories, one shard per rank written in parallel, published at once
-    (:mod:`fulmen.utilities.checkpoint_dir`). ``sync_files=False`` skips the fsync of the shards:
+    (:mod:`fulmen.checkpointing.sharded_dir`). ``sync_files=False`` skips the fsync of the shards:
     a crashed process still never leaves a torn checkpoint, but a power cut right after a save
     might.
     """
@@ -345,6 +345,10 @@ class DeepSpeedStrategy(DeepSpeedCheckpointing, DDPStrategy):
         if not _is_partitioned(module):  # partitioned parameters are placed by DeepSpeed
             super().module_to_device(module)
 
+    def parameter_numel(self, parameter: Tensor) -> int:
+        # Under ZeRO-3 each process holds a slice of the parameter; DeepSpeed records the whole size.
+        return getattr(parameter, "ds_numel", None) or parameter.numel()
+
     def setup_module_and_optimizers(
         self, module: nn.Module, optimizers: list[Optimizer]
     ) -> tuple[nn.Module, list[Optimizer]]:
@@ -488,7 +492,7 @@ class DeepSpeedStrategy(DeepSpeedCheckpointing, DDPStrategy):
         for engine in engines:
             if engine is not None and hasattr(engine, "destroy"):
                 engine.destroy()  # removes its hooks from the module, which may be set up again
-        checkpoint_dir.wait_for_removals()  # the run ends with no replaced checkpoint left behind
+        sharded_dir.wait_for_removals()  # the run ends with no replaced checkpoint left behind
         super().teardown()
 
     def __repr__(self) -> str:

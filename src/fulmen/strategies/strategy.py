@@ -210,6 +210,21 @@ class Strategy(ABC):
             optimizer = optimizer.inner
         return self.precision.optimizer_step(optimizer, closure=closure, **kwargs)
 
+    @property
+    def last_step_committed(self) -> bool:
+        """Whether the latest ``optimizer_step`` changed the weights. Always True, except where replica
+        groups vote on each step (``FaultTolerantStrategy``): a step that did not commit left the weights and
+        optimizer untouched, and the loops do not count it."""
+        return True
+
+    def register_replica_state(
+        self, key: str, state_dict: Callable[[], Any], load_state_dict: Callable[[Any], None]
+    ) -> None:
+        """State that a restarted replica group receives from a live peer (loop counters, LR schedulers).
+
+        Only fault-tolerant strategies have peers to heal from; the others ignore it.
+        """
+
     def clip_gradients_norm(
         self,
         module: nn.Module,
@@ -271,6 +286,11 @@ class Strategy(ABC):
     def load_module_state_dict(self, module: nn.Module, state_dict: dict[str, Any], strict: bool = True) -> Any:
         return unwrap_module(module).load_state_dict(state_dict, strict=strict)
 
+    def parameter_numel(self, parameter: Tensor) -> int:
+        """How many elements ``parameter`` has in the whole model (``ModelSummary`` counts with it); an
+        engine that keeps only a slice of it in each process says the whole size."""
+        return parameter.numel()
+
     def get_optimizer_state(self, optimizer: Optimizer) -> dict[str, Any]:
         return unwrap_optimizer(optimizer).state_dict()
 
@@ -289,17 +309,17 @@ class Strategy(ABC):
 
         With ``async_save``, rank zero waits for its pending save, copies the tensors into CPU
         memory and returns; the write, fsync and rename run in the background
-        (:mod:`fulmen.utilities.async_checkpoint`). A synchronous save waits for the pending one first.
+        (:mod:`fulmen.checkpointing.async_writer`). A synchronous save waits for the pending one first.
         """
         if not self.is_global_zero:
             return
-        from fulmen.utilities import async_checkpoint
+        from fulmen.checkpointing import async_writer
 
         if async_save:
-            async_checkpoint.writer().save(checkpoint, filepath, storage_options)
+            async_writer.writer().save(checkpoint, filepath, storage_options)
             return
-        async_checkpoint.writer().wait()
-        from fulmen.utilities.cloud_io import atomic_save
+        async_writer.writer().wait()
+        from fulmen.checkpointing.atomic import atomic_save
 
         atomic_save(checkpoint, filepath, storage_options=storage_options)
 
@@ -309,27 +329,27 @@ class Strategy(ABC):
         At once when nothing is pending; otherwise in the background, right after the pending
         write, and not at all if that write failed (its error is raised by the next save or wait).
         """
-        from fulmen.utilities import async_checkpoint
+        from fulmen.checkpointing import async_writer
 
-        async_checkpoint.writer().then(fn)
+        async_writer.writer().then(fn)
 
     def wait_for_checkpoint_saves(self) -> None:
         """Block until this process's pending checkpoint saves are published; raise a failed one's error."""
-        from fulmen.utilities import async_checkpoint
+        from fulmen.checkpointing import async_writer
 
-        async_checkpoint.writer().wait()
+        async_writer.writer().wait()
 
     def load_checkpoint(
         self, filepath: str, map_location: Any = None, weights_only: bool = True, storage_options: dict | None = None
     ) -> dict[str, Any]:
         """Every rank reads the file itself, mapped onto the CPU unless told otherwise."""
-        from fulmen.utilities import cloud_io
-        from fulmen.utilities.cloud_io import safe_load
+        from fulmen.checkpointing import remote
+        from fulmen.checkpointing.safe_reading import safe_load
 
-        local = None if storage_options else cloud_io._local_path(filepath)
+        local = None if storage_options else remote.local_os_path(filepath)
         if local is not None and os.path.isdir(local):
             # A sharded directory (DeepSpeed, FSDP): its weights merged, as one file would hold them.
-            from fulmen.strategies.consolidate import load_consolidated
+            from fulmen.checkpointing.consolidation import load_consolidated
 
             return load_consolidated(filepath, weights_only=weights_only)
         location = map_location if map_location is not None else torch.device("cpu")
@@ -337,9 +357,9 @@ class Strategy(ABC):
 
     # -------------------------------------------------------------------------------- teardown
     def teardown(self) -> None:
-        from fulmen.utilities import async_checkpoint
+        from fulmen.checkpointing import async_writer
 
-        async_checkpoint.writer().release()  # the CPU copy kept for the next asynchronous save
+        async_writer.writer().release()  # the CPU copy kept for the next asynchronous save
         self.precision.teardown()
         if self.accelerator is not None:
             self.accelerator.teardown()

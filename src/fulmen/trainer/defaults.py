@@ -7,12 +7,11 @@ Checkpoint callbacks always run last, so they save what the others did in the sa
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from fulmen.callbacks.callback import Callback
+from fulmen.callbacks.callback import CHECKPOINT, MODEL_SUMMARY, PROGRESS_BAR, Callback
 from fulmen.utilities.exceptions import MisconfigurationException, invalid_argument
 from fulmen.utilities.rank_zero import rank_zero_info
 
@@ -45,26 +44,9 @@ def no_op_logger() -> Any:
     return DummyLogger()
 
 
-def builtin_callback(name: str) -> type | None:
-    """A built-in callback class, or None while its module is not written yet."""
-    from fulmen import callbacks as callbacks_package
-
-    module_name = callbacks_package._BUILTINS[name]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name == module_name:
-            return None
-        raise
-    return getattr(module, name, None)
-
-
-def checkpoint_types() -> tuple[type, ...]:
-    return tuple(t for t in (builtin_callback("Checkpoint"), builtin_callback("ModelCheckpoint")) if t)
-
-
-def monitor_types() -> tuple[type, ...]:
-    return tuple(t for t in (builtin_callback(n) for n in ("Checkpoint", "ModelCheckpoint", "EarlyStopping")) if t)
+def with_role(callbacks: Iterable[Callback], role: str) -> list[Callback]:
+    """The callbacks that declare ``role`` (``Callback.trainer_role``), in order."""
+    return [cb for cb in callbacks if cb.trainer_role == role]
 
 
 def configure_callbacks(
@@ -87,44 +69,59 @@ def configure_callbacks(
         if not isinstance(callback, Callback):
             raise invalid_argument("callbacks", callback, "fulmen.Callback instances")
 
-    checkpoint_classes = checkpoint_types()
-    has_checkpoint = bool(checkpoint_classes) and any(isinstance(cb, checkpoint_classes) for cb in callbacks)
-    if checkpointing_flag is False and has_checkpoint:
-        found = next(type(cb).__name__ for cb in callbacks if isinstance(cb, checkpoint_classes))
+    checkpoints = with_role(callbacks, CHECKPOINT)
+    if checkpointing_flag is False and checkpoints:
         raise MisconfigurationException(
-            f"Trainer was configured with `enable_checkpointing=False` but found `{found}` in callbacks list."
-            " Remove one of them."
+            f"Trainer was configured with `enable_checkpointing=False` but found `{type(checkpoints[0]).__name__}` in "
+            "callbacks list. Remove one of them."
         )
-    bar_types = tuple(t for t in (builtin_callback("ProgressBar"), builtin_callback("TQDMProgressBar")) if t)
-    has_bar = bool(bar_types) and any(isinstance(cb, bar_types) for cb in callbacks)
-    if progress_bar_flag is False and has_bar:
-        found = next(type(cb).__name__ for cb in callbacks if isinstance(cb, bar_types))
+    bars = with_role(callbacks, PROGRESS_BAR)
+    if progress_bar_flag is False and bars:
         raise MisconfigurationException(
-            f"Trainer was configured with `enable_progress_bar=False` but found `{found}` in callbacks list."
-            " Remove one of them."
+            f"Trainer was configured with `enable_progress_bar=False` but found `{type(bars[0]).__name__}` in "
+            "callbacks list. Remove one of them."
         )
 
-    if enable_model_summary:
-        summary = builtin_callback("ModelSummary")
-        if summary is not None and not any(isinstance(cb, summary) for cb in callbacks):
-            callbacks.append(summary())
-    if enable_progress_bar and not has_bar:
-        bar = builtin_callback("TQDMProgressBar")
-        if bar is not None:
-            callbacks.append(bar())
-    if enable_checkpointing and not has_checkpoint:
-        checkpoint = builtin_callback("ModelCheckpoint")
-        if checkpoint is not None:
-            callbacks.append(checkpoint())
-    return _checkpoints_last(callbacks, checkpoint_classes)
+    # As in Lightning: with rich installed the default bar is RichProgressBar, and a rich bar
+    # (given or default) comes with the rich model summary.
+    bar = bars[0] if bars else _default_progress_bar() if enable_progress_bar else None
+    if enable_model_summary and not with_role(callbacks, MODEL_SUMMARY):
+        callbacks.append(_default_model_summary(bar))
+    if bar is not None and not bars:
+        callbacks.append(bar)
+    if enable_checkpointing and not checkpoints:
+        from fulmen.callbacks.model_checkpoint import ModelCheckpoint
+
+        callbacks.append(ModelCheckpoint())
+    return _checkpoints_last(callbacks)
 
 
-def _checkpoints_last(callbacks: list[Callback], classes: tuple[type, ...]) -> list[Callback]:
+def _default_progress_bar() -> Callback:
+    if importlib.util.find_spec("rich") is not None:
+        from fulmen.callbacks.rich_progress import RichProgressBar
+
+        return RichProgressBar()
+    from fulmen.callbacks.progress import TQDMProgressBar
+
+    return TQDMProgressBar()
+
+
+def _default_model_summary(bar: Callback | None) -> Callback:
+    if bar is not None and importlib.util.find_spec("rich") is not None:
+        from fulmen.callbacks.rich_progress import RichProgressBar
+
+        if isinstance(bar, RichProgressBar):
+            from fulmen.callbacks.rich_model_summary import RichModelSummary
+
+            return RichModelSummary()
+    from fulmen.callbacks.model_summary import ModelSummary
+
+    return ModelSummary()
+
+
+def _checkpoints_last(callbacks: list[Callback]) -> list[Callback]:
     """Checkpoint callbacks run last, so they save what every other callback did in the same hook."""
-    if not classes:
-        return callbacks
-    others = [cb for cb in callbacks if not isinstance(cb, classes)]
-    return others + [cb for cb in callbacks if isinstance(cb, classes)]
+    return [cb for cb in callbacks if cb.trainer_role != CHECKPOINT] + with_role(callbacks, CHECKPOINT)
 
 
 def merge_model_callbacks(callbacks: list[Callback], model_callbacks: Any) -> list[Callback]:
@@ -143,4 +140,4 @@ def merge_model_callbacks(callbacks: list[Callback], model_callbacks: Any) -> li
             f"`configure_callbacks` replaces these Trainer callbacks: {sorted(t.__name__ for t in replaced)}."
         )
     merged = [cb for cb in callbacks if type(cb) not in replaced] + model_callbacks
-    return _checkpoints_last(merged, checkpoint_types())
+    return _checkpoints_last(merged)

@@ -194,7 +194,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from fulmen.callbacks.callback import CALLBACK_HOOKS, Callback
+from fulmen.callbacks.callback import CALLBACK_HOOKS, MONITOR_ROLES, Callback
 from fulmen.datamodule import LightningDataModule
 from fulmen.module import LightningModule
 from fulmen.module.module import MODULE_HOOKS
@@ -225,7 +225,6 @@ class Hooks:
         module: LightningModule,
         callbacks: Sequence[Callback],
         datamodule: LightningDataModule | None,
-        monitor_types: tuple[type, ...] = (),
         run: Run | None = None,
     ) -> None:
         self._trainer = trainer
@@ -237,8 +236,8 @@ class Hooks:
         }
         # Checkpointing and early stopping see what the module logs in its own on_train_epoch_end.
         epoch_end = [cb for cb in callbacks if is_overridden(cb, Callback, "on_train_epoch_end")]
-        self.epoch_end_first = [cb.on_train_epoch_end for cb in epoch_end if not isinstance(cb, monitor_types)]
-        self.epoch_end_monitors = [cb.on_train_epoch_end for cb in epoch_end if isinstance(cb, monitor_types)]
+        self.epoch_end_first = [cb.on_train_epoch_end for cb in epoch_end if cb.trainer_role not in MONITOR_ROLES]
+        self.epoch_end_monitors = [cb.on_train_epoch_end for cb in epoch_end if cb.trainer_role in MONITOR_ROLES]
         self.module: dict[str, Callable[..., Any] | None] = {
             name: getattr(module, name) if is_overridden(module, LightningModule, name) else None
             for name in (*MODULE_HOOKS, *_MODULE_METHODS)

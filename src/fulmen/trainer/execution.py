@@ -17,7 +17,7 @@ from torch import Tensor
 from fulmen.trainer import checkpoint as checkpoint_io
 from fulmen.trainer import profiling, setup
 from fulmen.trainer.configuration import set_torch_flags
-from fulmen.trainer.defaults import merge_model_callbacks, monitor_types
+from fulmen.trainer.defaults import merge_model_callbacks
 from fulmen.trainer.loaders import load_eval_dataloaders
 from fulmen.trainer.loops import evaluation_run, fit_loop, predict_loop
 from fulmen.trainer.signals import watch_signals
@@ -46,7 +46,7 @@ def execute(run: Run) -> Any:
         trainer.callbacks = merge_model_callbacks(trainer.callbacks, module.configure_callbacks())
         for callback in trainer.callbacks:  # what Callback.log reaches the module through
             callback.__dict__["_trainer"] = trainer
-        hooks = setup.attach_hooks(run, trainer.callbacks, monitor_types())
+        hooks = setup.attach_hooks(run, trainer.callbacks)
         setup.check_loop_configuration(run)
         setup.prepare_data(run)
         setup.setup_hooks(run)

@@ -44,9 +44,9 @@ _REQUIRED_STEP = {
 }
 
 
-def attach_hooks(run: Run, callbacks: Sequence[Callback], monitor_types: tuple[type, ...] = ()) -> Hooks:
+def attach_hooks(run: Run, callbacks: Sequence[Callback]) -> Hooks:
     """The hook dispatcher of this run: the module's hooks, ``callbacks``' and the datamodule's."""
-    run.hooks = Hooks(run.trainer, run.module, list(callbacks), run.datamodule, monitor_types, run=run)
+    run.hooks = Hooks(run.trainer, run.module, list(callbacks), run.datamodule, run=run)
     return run.hooks
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fulmen.callbacks.callback import Callback
+from fulmen.callbacks.callback import CHECKPOINT, EARLY_STOPPING, PROGRESS_BAR, Callback
 from fulmen.strategies import Strategy
-from fulmen.trainer import defaults
+from fulmen.trainer.defaults import with_role
 
 
 class StrategyProperties:
@@ -80,8 +80,7 @@ class CallbackLookups:
 
     @property
     def checkpoint_callbacks(self) -> list[Callback]:
-        types = defaults.checkpoint_types()
-        return [cb for cb in self.callbacks if types and isinstance(cb, types)]
+        return with_role(self.callbacks, CHECKPOINT)
 
     @property
     def checkpoint_callback(self) -> Callback | None:
@@ -90,8 +89,7 @@ class CallbackLookups:
 
     @property
     def early_stopping_callbacks(self) -> list[Callback]:
-        early_stopping = defaults.builtin_callback("EarlyStopping")
-        return [cb for cb in self.callbacks if early_stopping and isinstance(cb, early_stopping)]
+        return with_role(self.callbacks, EARLY_STOPPING)
 
     @property
     def early_stopping_callback(self) -> Callback | None:
@@ -100,7 +98,4 @@ class CallbackLookups:
 
     @property
     def progress_bar_callback(self) -> Callback | None:
-        types = tuple(
-            t for t in (defaults.builtin_callback("ProgressBar"), defaults.builtin_callback("TQDMProgressBar")) if t
-        )
-        return next((cb for cb in self.callbacks if types and isinstance(cb, types)), None)
+        return next(iter(with_role(self.callbacks, PROGRESS_BAR)), None)
