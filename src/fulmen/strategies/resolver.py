@@ -258,9 +258,9 @@ def _complete_strategy(
 
 
 def _build_precision(name: str, accel: Accelerator, strategy: Strategy) -> Precision:
-    builder = getattr(strategy, "precision_for", None)
-    if builder is not None:  # engines with their own precision handling (DeepSpeed, FSDP)
-        return builder(name)
+    own = strategy.precision_for(name)
+    if own is not None:  # engines with their own precision handling (DeepSpeed, FSDP)
+        return own
     if name == "32-true":
         return Precision()
     if name == "64-true":

@@ -286,6 +286,11 @@ class Strategy(ABC):
     def load_module_state_dict(self, module: nn.Module, state_dict: dict[str, Any], strict: bool = True) -> Any:
         return unwrap_module(module).load_state_dict(state_dict, strict=strict)
 
+    def precision_for(self, name: str) -> Precision | None:
+        """The precision plugin for the flag's ``name`` (``"bf16-mixed"``, ...), when this strategy's engine
+        handles precision itself (DeepSpeed, FSDP); None lets the resolver pick the plain plugin."""
+        return None
+
     def parameter_numel(self, parameter: Tensor) -> int:
         """How many elements ``parameter`` has in the whole model (``ModelSummary`` counts with it); an
         engine that keeps only a slice of it in each process says the whole size."""

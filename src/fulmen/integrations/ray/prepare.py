@@ -8,11 +8,11 @@ import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from fulmen.checkpointing import confinement
 from fulmen.integrations.ray._require import require_ray_train, train_context
-from fulmen.integrations.ray.callback import CHECKPOINT_NAME
+from fulmen.integrations.ray.report_callback import CHECKPOINT_NAME
 from fulmen.integrations.ray.environment import RayLightningEnvironment
 from fulmen.integrations.ray.strategies import RayDDPStrategy, RayDeepSpeedStrategy, RayFSDPStrategy
-from fulmen.utilities import checkpoint_paths
 from fulmen.utilities.exceptions import MisconfigurationException
 from fulmen.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
@@ -84,7 +84,7 @@ def ray_checkpoint_file() -> Iterator[str | None]:
         return
     with checkpoint.as_directory() as directory:
         # A checkpoint.ckpt that is a symlink out of Ray's directory is refused before it is read.
-        path = checkpoint_paths.inside(directory, CHECKPOINT_NAME, "checkpoint file")
+        path = confinement.inside(directory, CHECKPOINT_NAME, "checkpoint file")
         if not os.path.exists(path):
             rank_zero_warn(
                 f"Ray Train's latest checkpoint ({checkpoint.path}) holds no {CHECKPOINT_NAME} (it was not written "
