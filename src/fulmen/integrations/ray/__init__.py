@@ -22,9 +22,9 @@ from fulmen.integrations.ray._require import require_ray_train
 
 require_ray_train()
 
-from fulmen.integrations.ray.report_callback import RayTrainReportCallback  # noqa: E402
 from fulmen.integrations.ray.environment import RayLightningEnvironment  # noqa: E402
 from fulmen.integrations.ray.prepare import prepare_trainer  # noqa: E402
+from fulmen.integrations.ray.report_callback import RayTrainReportCallback  # noqa: E402
 from fulmen.integrations.ray.strategies import RayDDPStrategy, RayDeepSpeedStrategy, RayFSDPStrategy  # noqa: E402
 
 __all__ = [

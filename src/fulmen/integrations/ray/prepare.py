@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from fulmen.checkpointing import confinement
 from fulmen.integrations.ray._require import require_ray_train, train_context
-from fulmen.integrations.ray.report_callback import CHECKPOINT_NAME
 from fulmen.integrations.ray.environment import RayLightningEnvironment
+from fulmen.integrations.ray.report_callback import CHECKPOINT_NAME
 from fulmen.integrations.ray.strategies import RayDDPStrategy, RayDeepSpeedStrategy, RayFSDPStrategy
 from fulmen.utilities.exceptions import MisconfigurationException
 from fulmen.utilities.rank_zero import rank_zero_info, rank_zero_warn
