@@ -22,8 +22,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import fulmen as L
 from fulmen.callbacks import Callback, ModelCheckpoint
-from fulmen.utilities import async_checkpoint, cloud_io
-from fulmen.utilities.cloud_io import atomic_save, safe_load
+from fulmen.checkpointing import async_writer, atomic
+from fulmen.checkpointing.atomic import atomic_save
+from fulmen.checkpointing.safe_reading import safe_load
 from fulmen.utilities.exceptions import CheckpointError
 
 STEPS_PER_EPOCH = 4
@@ -37,7 +38,7 @@ def tmp_path(tmp_path):
 @pytest.fixture(autouse=True)
 def _no_pending_saves():
     yield
-    async_checkpoint.writer().wait()  # a test that fails must not leave work for the next one
+    async_writer.writer().wait()  # a test that fails must not leave work for the next one
 
 
 class Regression(L.LightningModule):
@@ -105,7 +106,7 @@ def slow_writes(monkeypatch):
         time.sleep(0.05)
         atomic_save(obj, path, storage_options)
 
-    monkeypatch.setattr(async_checkpoint, "atomic_save", slow)
+    monkeypatch.setattr(async_writer, "atomic_save", slow)
 
 
 @pytest.fixture
@@ -118,7 +119,7 @@ def finished_writes(monkeypatch):
         atomic_save(obj, path, storage_options)
         finished.append(os.path.basename(path))
 
-    monkeypatch.setattr(async_checkpoint, "atomic_save", slow)
+    monkeypatch.setattr(async_writer, "atomic_save", slow)
     return finished
 
 
@@ -144,7 +145,7 @@ def test_the_file_holds_the_state_of_the_save_not_of_later_in_place_updates(tmp_
         assert released.wait(10)
         atomic_save(obj, path, storage_options)
 
-    monkeypatch.setattr(async_checkpoint, "atomic_save", gated)
+    monkeypatch.setattr(async_writer, "atomic_save", gated)
     saved = {}
 
     class SaveThenScribble(Callback):
@@ -172,7 +173,7 @@ def test_snapshot_keeps_shared_memory_and_container_types():
         "counts": collections.defaultdict(list, {1: [torch.ones(2)]}),
         "pair": (torch.zeros(1), "x"),
     }
-    copy = async_checkpoint.snapshot(state)
+    copy = async_writer.snapshot(state)
     weight.add_(1.0)
     assert torch.equal(copy["tied"]["a"] + 1.0, weight)
     storage = copy["tied"]["a"].untyped_storage().data_ptr()
@@ -219,7 +220,7 @@ def test_the_file_is_complete_when_fit_returns(tmp_path, finished_writes):
     ckpt = ModelCheckpoint(dirpath=tmp_path, save_top_k=1, async_save=True)
     trainer, model = _fit(tmp_path, [ckpt], max_epochs=1)
     assert finished == ["epoch=0-step=4.ckpt"]
-    assert not async_checkpoint.writer().pending
+    assert not async_writer.writer().pending
     written = safe_load(tmp_path / "epoch=0-step=4.ckpt")
     assert_same_tensors(model.state_dict(), written["state_dict"], "weights")
 
@@ -236,7 +237,7 @@ def test_a_second_save_waits_for_the_first(tmp_path, monkeypatch):
         atomic_save(obj, path, storage_options)
         events.append(f"end {name}")
 
-    monkeypatch.setattr(async_checkpoint, "atomic_save", recording)
+    monkeypatch.setattr(async_writer, "atomic_save", recording)
 
     class TwoSaves(Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -260,7 +261,7 @@ def test_a_failed_background_write_is_raised_with_its_path_and_deletes_nothing(t
             raise OSError(28, "No space left on device")
         atomic_save(obj, path, storage_options)
 
-    monkeypatch.setattr(async_checkpoint, "atomic_save", failing_second)
+    monkeypatch.setattr(async_writer, "atomic_save", failing_second)
     ckpt = ModelCheckpoint(dirpath=tmp_path, save_top_k=1, every_n_train_steps=1, async_save=True)
     with pytest.raises(CheckpointError, match=r"epoch=0-step=2\.ckpt.*No space left on device"):
         _fit(tmp_path, [ckpt], max_epochs=1)
@@ -273,7 +274,7 @@ def test_a_failed_write_at_the_last_save_is_raised_at_the_end_of_fit(tmp_path, m
     def failing(obj, path, storage_options=None):
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(async_checkpoint, "atomic_save", failing)
+    monkeypatch.setattr(async_writer, "atomic_save", failing)
     ckpt = ModelCheckpoint(dirpath=tmp_path, async_save=True)
     with pytest.raises(CheckpointError, match=r"epoch=0-step=4\.ckpt"):
         _fit(tmp_path, [ckpt], max_epochs=1)
@@ -340,8 +341,8 @@ def test_a_signal_save_waits_for_the_pending_write(tmp_path, monkeypatch):
         events.append(f"foreground start {os.path.basename(path)}")
         atomic_save(obj, path, storage_options)
 
-    monkeypatch.setattr(async_checkpoint, "atomic_save", slow_background)
-    monkeypatch.setattr(cloud_io, "atomic_save", foreground)
+    monkeypatch.setattr(async_writer, "atomic_save", slow_background)
+    monkeypatch.setattr(atomic, "atomic_save", foreground)
 
     class Preempt(Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -361,7 +362,7 @@ def test_a_failed_pending_write_does_not_cost_the_signal_checkpoint(tmp_path, mo
     def failing(obj, path, storage_options=None):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(async_checkpoint, "atomic_save", failing)
+    monkeypatch.setattr(async_writer, "atomic_save", failing)
 
     class Preempt(Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):

@@ -24,8 +24,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from fulmen import Callback, LightningModule, Trainer
 from fulmen.callbacks.checkpoint import Checkpoint
 from fulmen.callbacks.model_checkpoint import ModelCheckpoint
+from fulmen.checkpointing.safe_reading import safe_load
 from fulmen.loggers import CSVLogger
-from fulmen.utilities.cloud_io import safe_load
 from fulmen.utilities.exceptions import MisconfigurationException
 
 STEPS_PER_EPOCH = 4

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from fulmen import LightningModule, Trainer
 from fulmen.callbacks import OnExceptionCheckpoint
 from fulmen.callbacks.checkpoint import Checkpoint
-from fulmen.utilities.cloud_io import safe_load
+from fulmen.checkpointing.safe_reading import safe_load
 from fulmen.utilities.exceptions import MisconfigurationException
 
 

@@ -19,7 +19,7 @@ import ray.train  # noqa: E402
 import fulmen as L  # noqa: E402
 from fulmen.integrations.ray.prepare import ray_checkpoint_file  # noqa: E402
 from fulmen.utilities.exceptions import CheckpointError  # noqa: E402
-from tests.utilities.tampering import FILE_TAMPERS, TamperNet, loader  # noqa: E402
+from tests.checkpointing.tampering import FILE_TAMPERS, TamperNet, loader  # noqa: E402
 
 
 def _trainer(root) -> L.Trainer:

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import torch
 
 from fulmen.callbacks.checkpoint import _join
-from fulmen.utilities import cloud_io
+from fulmen.checkpointing import remote
 
 # Keys of a template: "{name" followed by ":" (a format spec) or "}".
 _TEMPLATE_KEY = re.compile(r"(\{.*?)[:}]")
@@ -45,10 +45,10 @@ def format_name(
 
 def find_last(dirpath: str, last: str, join: str, extension: str) -> set[str]:
     """The ``last`` checkpoints (``last.ckpt``, ``last-v1.ckpt``, ...) in ``dirpath``."""
-    if not cloud_io.file_exists(dirpath):
+    if not remote.file_exists(dirpath):
         return set()
     pattern = re.compile(rf"^{re.escape(last)}({re.escape(join)}v\d+)?{re.escape(extension)}$")
-    fs = cloud_io.get_filesystem(dirpath)
+    fs = remote.get_filesystem(dirpath)
     found = set()
     for entry in fs.ls(dirpath, detail=False):
         base = entry.rstrip("/").rsplit("/", 1)[-1]
@@ -71,16 +71,16 @@ class KeptFiles(NamedTuple):
         """Whether the stale file ``previous`` may be deleted now."""
         if not previous or previous in self.listed or self.dirpath is None:
             return False
-        if not cloud_io.is_local(previous):
+        if not remote.is_local(previous):
             return previous not in self.resume and previous.startswith(self.dirpath.rstrip("/") + "/")
         target = os.path.realpath(previous)
         if target in self.resume or os.path.abspath(previous) in self.resume:
             return False
         # `last` may be a link to this file.
         last = self.last_model_path
-        if last and cloud_io.is_local(last) and os.path.realpath(last) == target:
+        if last and remote.is_local(last) and os.path.realpath(last) == target:
             return False
-        if not cloud_io.is_local(self.dirpath):
+        if not remote.is_local(self.dirpath):
             return False
         return os.path.abspath(previous).startswith(os.path.join(os.path.realpath(self.dirpath), ""))
 
@@ -90,7 +90,7 @@ def resume_paths(ckpt_path: Any) -> set[str]:
     if not isinstance(ckpt_path, (str, os.PathLike)):
         return set()
     path = os.fsdecode(os.fspath(ckpt_path))
-    if not cloud_io.is_local(path):
+    if not remote.is_local(path):
         return {path}
     if "://" in path:
         path = path.split("://", 1)[1]

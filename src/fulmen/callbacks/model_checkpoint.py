@@ -25,7 +25,7 @@ Why it is shaped the way it is:
   files, so names, versions and deletions come out exactly as with synchronous saves. Loggers
   hear of a save (``after_save_checkpoint``) once its file exists: at the next check or at the
   end of the run.
-- ``dirpath`` may be any fsspec URL; all file access goes through :mod:`fulmen.utilities.cloud_io`.
+- ``dirpath`` may be any fsspec URL; all file access goes through :mod:`fulmen.checkpointing`.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from torch import Tensor
 
 from fulmen.callbacks.checkpoint import Checkpoint, _join, _normalize_dirpath
 from fulmen.callbacks.checkpoint_files import KeptFiles, find_last, format_name, resume_paths
-from fulmen.utilities import cloud_io
+from fulmen.checkpointing import atomic, remote
 from fulmen.utilities.exceptions import MisconfigurationException, invalid_argument
 from fulmen.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from fulmen.utilities.stages import TrainerFn
@@ -413,7 +413,7 @@ class ModelCheckpoint(Checkpoint):
 
     def file_exists(self, filepath: str | os.PathLike, trainer: Trainer) -> bool:
         """Whether ``filepath`` exists, as rank zero sees it (every rank gets the same answer)."""
-        exists = cloud_io.file_exists(filepath) if trainer.is_global_zero else False
+        exists = remote.file_exists(filepath) if trainer.is_global_zero else False
         return trainer.strategy.broadcast(exists)
 
     def to_yaml(self, filepath: str | os.PathLike | None = None) -> None:
@@ -609,7 +609,7 @@ class ModelCheckpoint(Checkpoint):
         filepath = self.format_checkpoint_name(candidates, filename)
         if trainer.is_global_zero and self._enable_version_counter:
             version = self.STARTING_VERSION
-            while filepath != reusable and cloud_io.file_exists(filepath):
+            while filepath != reusable and remote.file_exists(filepath):
                 filepath = self.format_checkpoint_name(candidates, filename, ver=version)
                 version += 1
         # Rank zero sees the folder and its metrics decide the name: every rank uses that one.
@@ -642,7 +642,7 @@ class ModelCheckpoint(Checkpoint):
 
     def _link_checkpoint(self, trainer: Trainer, target: str, link: str) -> None:
         if trainer.is_global_zero:  # the target may still be on its way to the disk
-            trainer.strategy.after_checkpoint_saves(lambda: cloud_io.save_link(target, link))
+            trainer.strategy.after_checkpoint_saves(lambda: atomic.save_link(target, link))
 
     def _remove_stale(self, trainer: Trainer, stale: list[str]) -> None:
         """Delete the files of ``stale`` that nothing needs, once every new file of this step is published."""
@@ -673,7 +673,7 @@ class ModelCheckpoint(Checkpoint):
 
     def _remove_checkpoint(self, trainer: Trainer, filepath: str) -> None:
         if trainer.is_global_zero:
-            cloud_io.remove_file(filepath)
+            remote.remove_file(filepath)
 
     # ----------------------------------------------------------------------------------- paths
     def _default_dirpath(self, trainer: Trainer) -> str:
@@ -693,7 +693,7 @@ class ModelCheckpoint(Checkpoint):
     def _warn_if_dir_not_empty(self, dirpath: str) -> None:
         if self.save_top_k == 0:
             return
-        fs = cloud_io.get_filesystem(dirpath)
+        fs = remote.get_filesystem(dirpath)
         if fs.isdir(dirpath) and fs.ls(dirpath):
             rank_zero_warn(f"Checkpoint directory {dirpath} exists and is not empty.")
 

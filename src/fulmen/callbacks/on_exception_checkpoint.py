@@ -16,7 +16,7 @@ import os
 from typing import TYPE_CHECKING
 
 from fulmen.callbacks.checkpoint import Checkpoint, _join, _normalize_dirpath
-from fulmen.utilities import cloud_io
+from fulmen.checkpointing import remote
 from fulmen.utilities.exceptions import invalid_argument
 from fulmen.utilities.rank_zero import rank_zero_warn
 from fulmen.utilities.stages import TrainerFn
@@ -69,7 +69,7 @@ class OnExceptionCheckpoint(Checkpoint):
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         # Only a fit that ended normally makes the rescue file stale; evaluation never does.
         if stage == TrainerFn.FITTING and not self._saved and trainer.is_global_zero:
-            cloud_io.remove_file(self.ckpt_path)
+            remote.remove_file(self.ckpt_path)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(dirpath={self.dirpath!r}, filename={self.filename!r})"

@@ -22,13 +22,13 @@ from types import MethodType
 from typing import Any
 
 from fulmen.callbacks import Callback
+from fulmen.checkpointing.safe_reading import safe_load
 from fulmen.cli.optimizers import ReduceLROnPlateau, add_class_path, instantiate_class
 from fulmen.cli.parser import ActionConfigFile, LightningArgumentParser, Namespace
 from fulmen.cli.save_config import SaveConfigCallback
 from fulmen.datamodule import LightningDataModule
 from fulmen.module import LightningModule
 from fulmen.trainer import Trainer
-from fulmen.utilities.cloud_io import safe_load
 from fulmen.utilities.exceptions import MisconfigurationException
 from fulmen.utilities.overrides import is_overridden
 from fulmen.utilities.rank_zero import rank_zero_warn

@@ -6,7 +6,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from fulmen.callbacks import Callback
-from fulmen.utilities.cloud_io import get_filesystem
+from fulmen.checkpointing.remote import get_filesystem
 
 if TYPE_CHECKING:
     from fulmen.module import LightningModule

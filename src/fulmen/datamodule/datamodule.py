@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from fulmen.checkpointing.rebuild import instantiate, read_checkpoint, restricted_classmethod
 from fulmen.utilities.apply_func import move_data_to_device
 from fulmen.utilities.exceptions import MisconfigurationException
 from fulmen.utilities.hparams import HyperparametersMixin
-from fulmen.utilities.load_from_checkpoint import instantiate, read_checkpoint, restricted_classmethod
 from fulmen.utilities.overrides import is_overridden
 
 if TYPE_CHECKING:

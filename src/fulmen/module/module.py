@@ -1,7 +1,7 @@
 """``LightningModule``: an ``nn.Module`` that also says how it is trained, validated, tested and used.
 
 The Trainer calls its hooks; when exactly is written down once, as the loop in pseudocode, in
-:mod:`fulmen.trainer.hooks`. The module never touches devices, processes or precision itself:
+:mod:`fulmen.trainer.dispatch`. The module never touches devices, processes or precision itself:
 the methods that need them (``log`` with ``sync_dist``, ``all_gather``, ``manual_backward``,
 ``clip_gradients``) ask the Trainer, which asks its ``Strategy``.
 """
@@ -18,16 +18,16 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from fulmen.checkpointing.migration import match_module_keys
+from fulmen.checkpointing.rebuild import instantiate, read_checkpoint, restricted_classmethod
 from fulmen.module import export
 from fulmen.module.data_hooks import DataHooks
 from fulmen.module.hooks import ModelHooks
 from fulmen.module.lite_link import clip_through_lite, log_through_lite
 from fulmen.module.optimizer import LightningOptimizer
 from fulmen.utilities.apply_func import apply_to_collection
-from fulmen.utilities.checkpoint_migration import match_module_keys
 from fulmen.utilities.exceptions import MisconfigurationException, invalid_argument
 from fulmen.utilities.hparams import HyperparametersMixin
-from fulmen.utilities.load_from_checkpoint import instantiate, read_checkpoint, restricted_classmethod
 from fulmen.utilities.rank_zero import rank_zero_warn
 
 if TYPE_CHECKING:

@@ -49,7 +49,7 @@ _LAZY = {
     # DeepSpeed's strategy imports the deepspeed package only when used; its module stays out of
     # `import fulmen` all the same.
     "DeepSpeedStrategy": "fulmen.strategies.deepspeed",
-    "consolidate_checkpoint": "fulmen.strategies.consolidate",
+    "consolidate_checkpoint": "fulmen.checkpointing.consolidation",
 }
 
 

@@ -187,9 +187,9 @@ class DDPStrategy(ParallelStrategy):
         else:
             dist.barrier(group=group)
         if self.is_global_zero:
-            from fulmen.utilities import checkpoint_dir
+            from fulmen.checkpointing import sharded_dir
 
-            checkpoint_dir.publish(staging, filepath, sync=getattr(self, "sync_files", True))
+            sharded_dir.publish(staging, filepath, sync=getattr(self, "sync_files", True))
 
     def teardown(self) -> None:
         # The process group outlives one fit: a script that fits, then validates, joins it once.

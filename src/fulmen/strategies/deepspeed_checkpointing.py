@@ -2,9 +2,10 @@
 
 With a training engine, the module's and the optimizer's states stay in the engine's shards
 (``ShardedStateRef`` stands for them in fulmen's state), every rank writes its shard in parallel
-(:mod:`fulmen.utilities.checkpoint_dir`) and rank zero publishes the directory; without one
+(:mod:`fulmen.checkpointing.sharded_dir`) and rank zero publishes the directory; without one
 (evaluation, ZeRO-3 weights gathered) a checkpoint is one ordinary file. What the files of a
-ZeRO directory hold, and how they are checked and merged, is :mod:`fulmen.strategies.zero_checkpoint`.
+ZeRO directory hold, and how they are checked and merged, is :mod:`fulmen.checkpointing.zero_format`;
+here are the engine's calls.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from typing import Any
 from torch import nn
 from torch.optim import Optimizer
 
+from fulmen.checkpointing import async_writer, sharded_dir, zero_format
+from fulmen.checkpointing.sharded_dir import ShardedStateRef
 from fulmen.strategies.wrapped import unwrap_module, unwrap_optimizer
-from fulmen.strategies.zero_checkpoint import TAG, check_shards
-from fulmen.utilities import checkpoint_dir
-from fulmen.utilities.checkpoint_dir import ShardedStateRef
 from fulmen.utilities.exceptions import CheckpointError
 
 
@@ -98,15 +98,15 @@ class DeepSpeedCheckpointing:
         if engine is None or not _holds_refs(checkpoint):
             return super().save_checkpoint(checkpoint, filepath, storage_options, async_save=async_save)
         self.wait_for_checkpoint_saves()  # an earlier save is published first
-        token = self.broadcast(checkpoint_dir.new_token() if self.is_global_zero else None)
-        staging = checkpoint_dir.staging_path(filepath, token)
+        token = self.broadcast(sharded_dir.new_token() if self.is_global_zero else None)
+        staging = sharded_dir.staging_path(filepath, token)
         if self.is_global_zero:
-            checkpoint_dir.remove_stale_staging(filepath)
+            sharded_dir.remove_stale_staging(filepath)
         files = engine.checkpoint_engine.deferred = [] if async_save else None
         try:
             engine.save_checkpoint(
                 staging,
-                tag=TAG,
+                tag=zero_format.TAG,
                 client_state={},
                 save_latest=False,
                 exclude_frozen_parameters=self.exclude_frozen_parameters,
@@ -115,34 +115,28 @@ class DeepSpeedCheckpointing:
             engine.checkpoint_engine.deferred = None
         state = None
         if self.is_global_zero:
-            state = checkpoint_dir.to_placeholders(checkpoint)
-            state[checkpoint_dir.SHARDED_KEY] = {
-                "format": "deepspeed",
-                "tag": TAG,
-                "zero_stage": self.zero_stage,
-                "world_size": self.world_size,
-                "module_prefix": _module_prefix(engine.module),
-            }
+            state = sharded_dir.to_placeholders(checkpoint)
+            state[sharded_dir.SHARDED_KEY] = zero_format.sharded_entry(
+                self.zero_stage, self.world_size, _module_prefix(engine.module)
+            )
         if not async_save:
             self._finish_save(staging, filepath, state, group=None)
             return
-        from fulmen.utilities import async_checkpoint
-
-        group, state = self.checkpoint_process_group(), async_checkpoint.snapshot(state)
+        group, state = self.checkpoint_process_group(), async_writer.snapshot(state)
         write, deferred = engine.checkpoint_engine.write_deferred, files
 
         def job() -> None:
             write(deferred)
             self._finish_save(staging, filepath, state, group)
 
-        async_checkpoint.writer().submit(job, f"Asynchronous DeepSpeed save to {filepath!r} failed")
+        async_writer.writer().submit(job, f"Asynchronous DeepSpeed save to {filepath!r} failed")
 
     def _finish_save(self, staging: str, filepath: str, state: dict[str, Any] | None, group: Any) -> None:
         """fulmen's state beside the shards, every rank's share fsynced, then rank zero publishes."""
         if state is not None:  # while the other ranks still write: the folder is not published yet
-            checkpoint_dir.write_state(staging, state)
+            sharded_dir.write_state(staging, state)
         if self.sync_files:
-            checkpoint_dir.fsync_share(staging, self.global_rank, self.world_size)
+            sharded_dir.fsync_share(staging, self.global_rank, self.world_size)
         self.publish_checkpoint_dir(staging, filepath, group)
 
     def load_checkpoint(
@@ -150,19 +144,17 @@ class DeepSpeedCheckpointing:
     ) -> dict[str, Any]:
         """A directory: the training engine restores its shards (same number of ranks) and fulmen's
         state comes back with references in their place; without one, the weights are merged."""
-        local = checkpoint_dir.local_path(filepath) if not storage_options else None
+        local = sharded_dir.local_path(filepath) if not storage_options else None
         if local is None or not os.path.isdir(local):
             return super().load_checkpoint(filepath, map_location, weights_only, storage_options)
-        from fulmen.strategies.consolidate import read_sharded_state
+        from fulmen.checkpointing.consolidation import load_consolidated, read_sharded_state
 
         local, state = read_sharded_state(local, weights_only)
-        meta = state.pop(checkpoint_dir.SHARDED_KEY)
+        meta = state.pop(sharded_dir.SHARDED_KEY)
         engine = self._engine
-        if engine is None or meta.get("format") != "deepspeed":
-            from fulmen.strategies.consolidate import load_consolidated
-
+        if engine is None or meta.get("format") != zero_format.FORMAT:
             return load_consolidated(local, weights_only)
-        check_shards(local, meta.get("tag"), meta.get("world_size"), meta.get("zero_stage"), real=True)
+        zero_format.check_shards(local, meta.get("tag"), meta.get("world_size"), meta.get("zero_stage"), real=True)
         if meta["world_size"] != self.world_size or meta["zero_stage"] != self.zero_stage:
             raise CheckpointError(
                 f"{local!r} was written by ZeRO stage {meta['zero_stage']} on {meta['world_size']} processes; this run "
@@ -178,7 +170,7 @@ class DeepSpeedCheckpointing:
         )
         if load_path is None:
             raise CheckpointError(f"DeepSpeed could not load the shards in {local!r}.")
-        return checkpoint_dir.from_placeholders(state)
+        return sharded_dir.from_placeholders(state)
 
 
 def _is_partitioned(module: nn.Module) -> bool:
@@ -199,3 +191,28 @@ def _module_prefix(module: nn.Module) -> str:
         if sub is user:
             return f"{name}." if name else ""
     return ""
+
+
+def make_checkpoint_engine(config: Any) -> Any:
+    """DeepSpeed's torch checkpoint engine, loading with the weights-only unpickler instead of full pickle."""
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
+        #: A list while a save is deferred: ``save`` copies each file's state into it instead of writing.
+        deferred: list[tuple[Any, str]] | None = None
+
+        def save(self, state_dict: Any, path: str) -> None:
+            if self.deferred is None:
+                return super().save(state_dict, path)
+            self.deferred.append((async_writer.snapshot(state_dict), path))
+            return None
+
+        def write_deferred(self, files: list[tuple[Any, str]]) -> None:
+            """Write what deferred saves copied aside, as ``save`` would have written it."""
+            for state_dict, path in files:
+                super().save(state_dict, path)
+
+        def load(self, path: str, map_location: Any = None) -> Any:
+            return zero_format.load_file(path, real=True, map_location=map_location)
+
+    return WeightsOnlyCheckpointEngine(config)

@@ -2,7 +2,7 @@
 
 Shared by ``FSDPStrategy`` and ``ModelParallelStrategy``: the state is either gathered into whole
 tensors (one file, loadable anywhere) or left in shards that ``save_checkpoint`` writes as a
-DCP directory, one file per rank (:mod:`fulmen.strategies.fsdp_checkpoint`). DCP re-shards on
+DCP directory, one file per rank (:mod:`fulmen.checkpointing.dcp_format`). DCP re-shards on
 load, so either kind loads into any layout of the same model.
 """
 
@@ -16,11 +16,10 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from fulmen.strategies import fsdp_checkpoint
+from fulmen.checkpointing import dcp_format, sharded_dir
 from fulmen.strategies.strategy import _optimizer_parameters
 from fulmen.strategies.wrapped import unwrap_module as unwrap
 from fulmen.strategies.wrapped import unwrap_optimizer
-from fulmen.utilities import checkpoint_dir
 from fulmen.utilities.exceptions import MisconfigurationException
 
 
@@ -50,7 +49,7 @@ class DTensorState:
             super().module_to_device(module)  # type: ignore[misc]
 
     def teardown(self) -> None:
-        checkpoint_dir.wait_for_removals()  # the run ends with no replaced checkpoint left behind
+        sharded_dir.wait_for_removals()  # the run ends with no replaced checkpoint left behind
         super().teardown()  # type: ignore[misc]
 
     def clip_gradients_norm(
@@ -94,7 +93,7 @@ class DTensorState:
             return super().get_module_state_dict(module)  # type: ignore[misc]
         _reshard(target)
         if self.writes_shards:
-            return fsdp_checkpoint.ModuleShards(target)
+            return dcp_format.ModuleShards(target)
         return get_model_state_dict(target, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     def load_module_state_dict(self, module: nn.Module, state_dict: dict[str, Any], strict: bool = True) -> Any:
@@ -107,11 +106,11 @@ class DTensorState:
         target = self.state_target(module)
         if target is not None:
             _reshard(target)
-        if isinstance(state_dict, checkpoint_dir.ShardedStateRef):
+        if isinstance(state_dict, sharded_dir.ShardedStateRef):
             if target is None:  # a module that is not sharded reads whole tensors from the shards
                 plain = unwrap(module)
-                return plain.load_state_dict(fsdp_checkpoint.load_into(state_dict, plain.state_dict()), strict=strict)
-            loaded = fsdp_checkpoint.load_into(state_dict, get_model_state_dict(target))
+                return plain.load_state_dict(dcp_format.load_into(state_dict, plain.state_dict()), strict=strict)
+            loaded = dcp_format.load_into(state_dict, get_model_state_dict(target))
             return set_model_state_dict(target, loaded, options=StateDictOptions(strict=strict))
         if target is None:
             return super().load_module_state_dict(module, state_dict, strict)  # type: ignore[misc]
@@ -124,7 +123,7 @@ class DTensorState:
         if module is None:
             return super().get_optimizer_state(optimizer)  # type: ignore[misc]
         if self.writes_shards:
-            return fsdp_checkpoint.OptimizerShards(module, unwrap_optimizer(optimizer))
+            return dcp_format.OptimizerShards(module, unwrap_optimizer(optimizer))
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         return get_optimizer_state_dict(module, unwrap_optimizer(optimizer), options=options)
 
@@ -139,8 +138,8 @@ class DTensorState:
         if module is None:
             return super().load_optimizer_state(optimizer, state)  # type: ignore[misc]
         optimizer = unwrap_optimizer(optimizer)
-        if isinstance(state, checkpoint_dir.ShardedStateRef):
-            loaded = fsdp_checkpoint.load_into(state, get_optimizer_state_dict(module, optimizer))
+        if isinstance(state, sharded_dir.ShardedStateRef):
+            loaded = dcp_format.load_into(state, get_optimizer_state_dict(module, optimizer))
             set_optimizer_state_dict(module, optimizer, loaded)
             return None
         if not state.get("state"):
@@ -161,23 +160,23 @@ class DTensorState:
     ) -> None:
         """Whole tensors: one file from rank zero; shards: a directory of DCP files, one per rank.
         Either is written in the background with ``async_save``."""
-        if not fsdp_checkpoint.has_refs(checkpoint):
+        if not dcp_format.has_refs(checkpoint):
             return super().save_checkpoint(checkpoint, filepath, storage_options, async_save=async_save)  # type: ignore[misc]
         if storage_options:
             raise MisconfigurationException(
                 "Sharded checkpoints are written to a local or mounted filesystem; `storage_options` do not apply."
             )
         self.wait_for_checkpoint_saves()  # type: ignore[attr-defined]
-        fsdp_checkpoint.save(self, checkpoint, filepath, asynchronous=async_save)
+        dcp_format.save(self, checkpoint, filepath, asynchronous=async_save)
 
     def load_checkpoint(
         self, filepath: str, map_location: Any = None, weights_only: bool = True, storage_options: dict | None = None
     ) -> dict[str, Any]:
         """A DCP directory comes back with references that the module and optimizers load their
         shards from (re-sharded to this run's layout); anything else as usual."""
-        local = None if storage_options else checkpoint_dir.local_path(filepath)
+        local = None if storage_options else sharded_dir.local_path(filepath)
         if local is not None and os.path.isdir(local):
-            loaded = fsdp_checkpoint.load_state(local, weights_only)
+            loaded = dcp_format.load_state(local, weights_only)
             if loaded is not None:
                 return loaded
         return super().load_checkpoint(filepath, map_location, weights_only, storage_options)  # type: ignore[misc]

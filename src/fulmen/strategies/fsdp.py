@@ -6,7 +6,7 @@ slice. ``sharding_strategy`` keeps the familiar names: ``FULL_SHARD`` (reshard a
 (plain data parallel) and ``HYBRID_SHARD`` (shard within a node, replicate across nodes).
 ``state_dict_type="full"`` (the default) writes checkpoints with whole tensors, gathered on rank
 zero, that load anywhere; ``"sharded"`` writes a directory with one shard file per rank
-(:mod:`fulmen.strategies.fsdp_checkpoint`). Options are read in :mod:`fulmen.strategies.fsdp_options`.
+(:mod:`fulmen.checkpointing.dcp_format`). Options are read in :mod:`fulmen.strategies.fsdp_options`.
 """
 
 from __future__ import annotations

@@ -6,7 +6,6 @@ import importlib.util
 import os
 from typing import Any
 
-from fulmen.utilities.cloud_io import get_filesystem
 from fulmen.utilities.rank_zero import rank_zero_warn
 
 
@@ -18,13 +17,14 @@ def load_hparams_from_yaml(config_yaml: str | os.PathLike, use_omegaconf: bool =
     is read with ``yaml.safe_load``: a YAML tag that would build a Python object is refused.
     """
     import yaml
+    from fsspec.core import url_to_fs
 
     path = os.fspath(config_yaml)
-    fs = get_filesystem(path)
-    if not fs.exists(path):
+    fs, rpath = url_to_fs(path)
+    if not fs.exists(rpath):
         rank_zero_warn(f"`config_yaml={path}` does not exist; no hyperparameters were loaded.", RuntimeWarning)
         return {}
-    with fs.open(path, "r") as f:
+    with fs.open(rpath, "r") as f:
         hparams = yaml.safe_load(f)
     if hparams is None:
         hparams = {}

@@ -20,8 +20,8 @@ from tests.trainer.helpers import BoringModel, loader, quiet  # noqa: E402
 
 from fulmen import Trainer  # noqa: E402
 from fulmen.callbacks import ModelCheckpoint  # noqa: E402
-from fulmen.utilities import async_checkpoint  # noqa: E402
-from fulmen.utilities.cloud_io import atomic_save  # noqa: E402
+from fulmen.checkpointing import async_writer  # noqa: E402
+from fulmen.checkpointing.atomic import atomic_save  # noqa: E402
 
 written = []
 
@@ -32,7 +32,7 @@ def slow(obj, path, storage_options=None):
     written.append(os.path.basename(path))
 
 
-async_checkpoint.atomic_save = slow
+async_writer.atomic_save = slow
 
 
 def fit(folder: Path, async_save: bool) -> tuple[Trainer, BoringModel]:
@@ -64,7 +64,7 @@ if __name__ == "__main__":
         "rank": async_trainer.global_rank,
         "background_writes": len(written),
         "same_weights": all(torch.equal(a, b) for a, b in zip(sync_model.parameters(), async_model.parameters())),
-        "pending_at_end": async_checkpoint.writer().pending,
+        "pending_at_end": async_writer.writer().pending,
     }
     if async_trainer.is_global_zero:
         record["trees"] = [tree(out_dir / "sync"), tree(out_dir / "async")]

@@ -30,7 +30,7 @@ class Worker(Lite):
         self.save(path, {"model": model, "optimizer": optimizer, "step": 8})
         if os.path.isdir(path):  # sharded: read back into a fresh setup, then consolidate into one file
             self.check_sharded_round_trip(path, model, optimizer, out_dir)
-            from fulmen.strategies.consolidate import consolidate_checkpoint
+            from fulmen.checkpointing.consolidation import consolidate_checkpoint
 
             if self.global_rank == 0:
                 consolidate_checkpoint(path, os.path.join(out_dir, "whole.ckpt"))

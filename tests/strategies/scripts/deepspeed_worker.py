@@ -25,9 +25,9 @@ from tests.strategies.deepspeed_models import Regressor, eval_loader, train_load
 
 import fulmen as L  # noqa: E402
 from fulmen.callbacks import Callback, ModelCheckpoint  # noqa: E402
+from fulmen.checkpointing import async_writer  # noqa: E402
 from fulmen.lite import Lite  # noqa: E402
 from fulmen.strategies import DeepSpeedStrategy, consolidate_checkpoint  # noqa: E402
-from fulmen.utilities import async_checkpoint  # noqa: E402
 
 # Loading must never run code from a file: record every file that torch.load reads with full pickle.
 # (torch.distributed's object collectives unpickle what the job's own ranks sent: not files.)
@@ -56,7 +56,7 @@ STOP_AT = 5  # optimizer steps; 8 per epoch: the run stops in the middle of the 
 
 
 BACKGROUND_SAVES: list[str] = []
-_submit = async_checkpoint.AsyncCheckpointWriter.submit
+_submit = async_writer.AsyncCheckpointWriter.submit
 
 
 def _counting_submit(self, job, failure):
@@ -64,7 +64,7 @@ def _counting_submit(self, job, failure):
     return _submit(self, job, failure)
 
 
-async_checkpoint.AsyncCheckpointWriter.submit = _counting_submit
+async_writer.AsyncCheckpointWriter.submit = _counting_submit
 
 
 def write(name: str, value: dict) -> None:
@@ -208,9 +208,9 @@ def trainer_part() -> None:
 
 def kill_part() -> None:
     """ZeRO-2 whose rank 0 is SIGKILLed while it saves "last" at step 10: shards written, not yet published."""
-    from fulmen.utilities import checkpoint_dir
+    from fulmen.checkpointing import sharded_dir
 
-    publish = checkpoint_dir.publish
+    publish = sharded_dir.publish
     saves = []
 
     def publish_or_die(staging, target, **options):
@@ -220,7 +220,7 @@ def kill_part() -> None:
                 os.kill(os.getpid(), 9)
         publish(staging, target, **options)
 
-    checkpoint_dir.publish = publish_or_die
+    sharded_dir.publish = publish_or_die
     trainer = make_trainer(DeepSpeedStrategy(stage=2), os.path.join(OUT, "zero2", "killed"))
     trainer.fit(build(trainer, partitioned=False), train_loader(), eval_loader())
 

@@ -24,15 +24,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.conftest import run_python
-from tests.utilities import tampering
-from tests.utilities.tampering import DCP_TAMPERS, DEEPSPEED_TAMPERS, FILE_TAMPERS, TamperNet, loader
 
 import fulmen as L
 from fulmen.cli.main import main as fulmen_main
 from fulmen.lite import Lite
 from fulmen.strategies import consolidate_checkpoint
 from fulmen.utilities.exceptions import CheckpointError
+from tests.checkpointing import tampering
+from tests.checkpointing.tampering import DCP_TAMPERS, DEEPSPEED_TAMPERS, FILE_TAMPERS, TamperNet, loader
+from tests.conftest import run_python
 
 WORKER = str(Path(__file__).parent / "scripts" / "tamper_worker.py")
 ENV = {"FULMEN_DIST_TIMEOUT": "60", "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo"}

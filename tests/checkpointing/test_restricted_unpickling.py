@@ -1,7 +1,7 @@
 """fulmen's restricted unpicklers take exact (module, name) pairs: no dotted name, nothing a module merely imports.
 
-Two unpicklers read checkpoint pickles: the one for DCP's index (``fsdp_checkpoint.read_index``)
-and torch's weights-only unpickler with fulmen's allowlist (``cloud_io.safe_load``). Each is fed
+Two unpicklers read checkpoint pickles: the one for DCP's index (``dcp_format.read_index``)
+and torch's weights-only unpickler with fulmen's allowlist (``safe_reading.safe_load``). Each is fed
 a reference to every attribute of every module it allows, dotted names, and calls, in every
 pickle protocol (0-5); the payloads only ever create a folder in the test's temporary directory.
 """
@@ -18,14 +18,14 @@ import zipfile
 import fsspec
 import pytest
 import torch
-from tests.utilities.tampering import DCP_METADATA, Payload, dotted_dumps, global_reference
 from torch.distributed.checkpoint import FileSystemWriter
 from torch.distributed.checkpoint.state_dict_saver import _save_state_dict
 
-from fulmen.strategies.fsdp_checkpoint import index_allowed, read_index
-from fulmen.utilities import cloud_io
+from fulmen.checkpointing import safe_reading
+from fulmen.checkpointing.dcp_format import index_allowed, read_index
+from fulmen.checkpointing.restricted_unpickler import Refused, RestrictedUnpickler
 from fulmen.utilities.exceptions import CheckpointError
-from fulmen.utilities.restricted_unpickler import Refused, RestrictedUnpickler
+from tests.checkpointing.tampering import DCP_METADATA, Payload, dotted_dumps, global_reference
 
 PROTOCOLS = range(6)
 
@@ -116,13 +116,13 @@ def _torch_file(data_pkl: bytes, url: str) -> str:
 def _safe_objects() -> list[object]:
     from torch._weights_only_unpickler import _get_allowed_globals
 
-    objects = [item[0] if isinstance(item, tuple) else item for item in cloud_io.get_safe_globals()]
+    objects = [item[0] if isinstance(item, tuple) else item for item in safe_reading.get_safe_globals()]
     return objects + list(_get_allowed_globals().values())
 
 
 def _safe_modules() -> list[str]:
     names = {"torch", "builtins", "pathlib", "collections", "numpy", "numpy._core.multiarray", "os", "posix"}
-    for item in cloud_io.get_safe_globals():
+    for item in safe_reading.get_safe_globals():
         if isinstance(item, tuple):
             names.add(item[1].rpartition(".")[0])
         else:
@@ -139,7 +139,7 @@ def test_safe_load_refuses_every_name_of_its_modules_beyond_the_allowlist(protoc
         for name in _module_names(module):
             url = _torch_file(global_reference(module_name, name, protocol), "memory://safe/ref.ckpt")
             try:
-                loaded = cloud_io.safe_load(url)
+                loaded = safe_reading.safe_load(url)
             except CheckpointError:
                 refused += 1
                 continue
@@ -152,16 +152,16 @@ def test_safe_load_refuses_every_name_of_its_modules_beyond_the_allowlist(protoc
 def test_safe_load_refuses_dotted_names_and_calls_in_every_protocol(tmp_path, protocol):
     marker = tmp_path / "marker"
     dotted = [("pathlib", "os.mkdir"), ("collections", "_sys.modules"), ("torch", "serialization.load")]
-    for item in cloud_io.get_safe_globals():
+    for item in safe_reading.get_safe_globals():
         obj = item[0] if isinstance(item, tuple) else item
         name = item[1] if isinstance(item, tuple) else f"{obj.__module__}.{obj.__qualname__}"
         module, _, attr = name.rpartition(".")
         dotted += [(module, f"{attr}.{sub}") for sub in ("__init__", "__class__", "mro", "fromkeys")]
     for module, name in dotted:
         with pytest.raises(CheckpointError):
-            cloud_io.safe_load(_torch_file(global_reference(module, name, protocol), "memory://safe/dot.ckpt"))
+            safe_reading.safe_load(_torch_file(global_reference(module, name, protocol), "memory://safe/dot.ckpt"))
     call = dotted_dumps({"w": 1, "extra": Payload(str(marker))}, protocol, module="pathlib")
     # torch's weights-only unpickler knows no text opcodes (protocol 0) nor frames (4, 5): refused as unreadable.
     with pytest.raises(CheckpointError, match=r"pathlib\.os\.mkdir|Unsupported operand"):
-        cloud_io.safe_load(_torch_file(call, "memory://safe/call.ckpt"))
+        safe_reading.safe_load(_torch_file(call, "memory://safe/call.ckpt"))
     assert not marker.exists()

@@ -27,9 +27,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fulmen.utilities import checkpoint_paths, cloud_io
+from fulmen.checkpointing import confinement, safe_reading
 from fulmen.utilities.exceptions import CheckpointError
 
+#: The ``"format"`` of a ZeRO checkpoint directory's ``"sharded"`` entry.
+FORMAT = "deepspeed"
 #: DeepSpeed's tag (sub-folder) that fulmen saves under.
 TAG = "checkpoint"
 
@@ -66,15 +68,15 @@ def deepspeed_safe_globals(real: bool) -> list[Any]:
 def load_file(path: str, real: bool = False, map_location: Any = "cpu", mmap: bool = False) -> Any:
     """Load one DeepSpeed file with the weights-only unpickler (and fulmen's allowlist plus DeepSpeed's)."""
     with torch.serialization.safe_globals(deepspeed_safe_globals(real)):
-        return cloud_io.safe_load(path, map_location=map_location, opt_in=False, mmap=mmap)
+        return safe_reading.safe_load(path, map_location=map_location, opt_in=False, mmap=mmap)
 
 
 def tag_folder(checkpoint: str, tag: Any) -> str:
     """The path of DeepSpeed's tag folder in ``checkpoint``: ``tag`` must be one plain name of a folder inside."""
-    name = checkpoint_paths.plain_name(tag, "DeepSpeed tag", checkpoint)
-    folder = checkpoint_paths.inside(checkpoint, name, "DeepSpeed tag folder")
+    name = confinement.plain_name(tag, "DeepSpeed tag", checkpoint)
+    folder = confinement.inside(checkpoint, name, "DeepSpeed tag folder")
     if not os.path.isdir(folder):
-        raise checkpoint_paths.refused(checkpoint, name, "(the DeepSpeed tag folder its state names) is missing")
+        raise confinement.refused(checkpoint, name, "(the DeepSpeed tag folder its state names) is missing")
     return folder
 
 
@@ -99,46 +101,31 @@ def check_shards(checkpoint: str, tag: Any, world_size: Any, stage: Any, real: b
         needed = ["mp_rank_00_model_states.pt"]
     for name in needed:
         if name not in present:
-            raise checkpoint_paths.refused(checkpoint, os.path.join(tag, name), "(a DeepSpeed shard) is missing")
+            raise confinement.refused(checkpoint, os.path.join(tag, name), "(a DeepSpeed shard) is missing")
     if stage > 0:
         for rank in range(world_size):
             suffix = f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt"
             if not any(name.endswith(suffix) for name in present):
-                raise checkpoint_paths.refused(
+                raise confinement.refused(
                     checkpoint, os.path.join(tag, suffix), f"(rank {rank}'s optimizer shard) is missing"
                 )
     for name in sorted(present):
-        path = checkpoint_paths.inside(checkpoint, os.path.join(tag, name), "DeepSpeed shard")
+        path = confinement.inside(checkpoint, os.path.join(tag, name), "DeepSpeed shard")
         if os.path.isfile(path):
             load_file(path, real=real, mmap=True)
     return folder
 
 
-def make_checkpoint_engine(config: Any) -> Any:
-    """DeepSpeed's torch checkpoint engine, loading with the weights-only unpickler instead of full pickle."""
-    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
-
-    class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
-        #: A list while a save is deferred: ``save`` copies each file's state into it instead of writing.
-        deferred: list[tuple[Any, str]] | None = None
-
-        def save(self, state_dict: Any, path: str) -> None:
-            if self.deferred is None:
-                return super().save(state_dict, path)
-            from fulmen.utilities.async_checkpoint import snapshot
-
-            self.deferred.append((snapshot(state_dict), path))
-            return None
-
-        def write_deferred(self, files: list[tuple[Any, str]]) -> None:
-            """Write what deferred saves copied aside, as ``save`` would have written it."""
-            for state_dict, path in files:
-                super().save(state_dict, path)
-
-        def load(self, path: str, map_location: Any = None) -> Any:
-            return load_file(path, real=True, map_location=map_location)
-
-    return WeightsOnlyCheckpointEngine(config)
+def sharded_entry(zero_stage: int, world_size: int, module_prefix: str) -> dict[str, Any]:
+    """The ``"sharded"`` entry of fulmen's state in a ZeRO checkpoint directory: what :func:`check_shards`
+    and consolidation read back (the tag folder, the stage and number of ranks, the engine's name prefix)."""
+    return {
+        "format": FORMAT,
+        "tag": TAG,
+        "zero_stage": zero_stage,
+        "world_size": world_size,
+        "module_prefix": module_prefix,
+    }
 
 
 # ------------------------------------------------------------------------------- consolidation

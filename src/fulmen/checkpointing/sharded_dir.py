@@ -3,7 +3,7 @@
 Sharded engines (DeepSpeed's ZeRO, FSDP) save one file per rank. fulmen gathers those files and
 its own state (``fulmen_checkpoint.pt``: loop position, callbacks, every rank's RNG,
 hyperparameters) in one directory that stands where a checkpoint file would. The promises of
-:mod:`fulmen.utilities.cloud_io` hold for it too:
+:mod:`fulmen.checkpointing` hold for it too:
 
 - every rank writes into a hidden staging directory next to the target
   (``.NAME.partial-TOKEN``); once all shards are written (and fsynced, a share per rank, so
@@ -29,7 +29,7 @@ import shutil
 import threading
 from typing import Any
 
-from fulmen.utilities import checkpoint_paths, cloud_io
+from fulmen.checkpointing import atomic, confinement, remote
 from fulmen.utilities.exceptions import CheckpointError
 
 #: fulmen's own state inside a checkpoint directory; its presence marks the directory complete.
@@ -93,7 +93,7 @@ def _map_refs(value: Any, fn: Any) -> Any:
 # --------------------------------------------------------------------------------------- paths
 def local_path(path: str | os.PathLike) -> str:
     """The OS path of a local checkpoint directory; a remote URL is refused with the reason."""
-    local = cloud_io._local_path(path)
+    local = remote.local_os_path(path)
     if local is None:
         raise CheckpointError(
             f"Sharded checkpoints are written to a local or mounted filesystem, not to {os.fspath(path)!s}. "
@@ -104,7 +104,7 @@ def local_path(path: str | os.PathLike) -> str:
 
 def is_checkpoint_dir(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a complete checkpoint directory (it holds fulmen's state file)."""
-    local = cloud_io._local_path(path)
+    local = remote.local_os_path(path)
     return local is not None and os.path.isfile(os.path.join(local, STATE_FILE))
 
 
@@ -113,9 +113,9 @@ def check_complete(path: str | os.PathLike) -> str:
     (a symlink inside it that leads outside it, anywhere in the tree, is refused here)."""
     local = local_path(path)
     if not os.path.isdir(local):
-        raise cloud_io.CheckpointNotFoundError(f"Checkpoint directory {local!r} does not exist.")
-    checkpoint_paths.check_tree(local)
-    if not os.path.isfile(checkpoint_paths.inside(local, STATE_FILE)):
+        raise remote.CheckpointNotFoundError(f"Checkpoint directory {local!r} does not exist.")
+    confinement.check_tree(local)
+    if not os.path.isfile(confinement.inside(local, STATE_FILE)):
         raise CheckpointError(
             f"{local!r} is a directory but not a complete fulmen checkpoint: it has no {STATE_FILE}. A save that "
             "was interrupted never publishes its directory under the checkpoint's name; was this one copied "
@@ -151,7 +151,7 @@ def remove_stale_staging(target: str | os.PathLike) -> None:
 def write_state(directory: str, state: dict[str, Any]) -> None:
     """Write fulmen's state into the staging ``directory`` (rank zero; :func:`fsync_share` makes it durable)."""
     with open(os.path.join(directory, STATE_FILE), "wb") as f:
-        cloud_io._torch_save(state, f)
+        atomic.torch_save(state, f)
 
 
 def fsync_share(directory: str, rank: int, world_size: int) -> None:
@@ -182,7 +182,7 @@ def publish(staging: str, target: str | os.PathLike, sync: bool = True) -> None:
     parent = os.path.dirname(target) or "."
     if sync:
         for directory, _, _ in os.walk(staging):
-            cloud_io._fsync_dir(directory)
+            atomic.fsync_dir(directory)
     if not os.path.lexists(target):
         os.rename(staging, target)
     elif _exchange(staging, target):
@@ -193,7 +193,7 @@ def publish(staging: str, target: str | os.PathLike, sync: bool = True) -> None:
         os.rename(staging, target)
         _remove_in_background(aside)
     if sync:
-        cloud_io._fsync_dir(parent)
+        atomic.fsync_dir(parent)
 
 
 _removals: list[threading.Thread] = []

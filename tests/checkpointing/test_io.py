@@ -20,20 +20,17 @@ import pytest
 import torch
 from fsspec.implementations.memory import MemoryFileSystem
 
-from fulmen.utilities import cloud_io
-from fulmen.utilities.cloud_io import (
+from fulmen.checkpointing import atomic, safe_reading
+from fulmen.checkpointing.atomic import atomic_save, save_link
+from fulmen.checkpointing.remote import (
     CheckpointNotFoundError,
-    add_safe_globals,
-    atomic_save,
     file_exists,
     get_filesystem,
-    get_safe_globals,
     is_local,
     makedirs,
     remove_file,
-    safe_load,
-    save_link,
 )
+from fulmen.checkpointing.safe_reading import add_safe_globals, get_safe_globals, safe_load
 from fulmen.utilities.exceptions import CheckpointError
 from fulmen.utilities.parsing import AttributeDict
 
@@ -172,7 +169,7 @@ def _torch_save_that_dies_midway(exc_type):
 def test_failed_save_keeps_previous_file_and_leaves_no_temp(tmp_path, monkeypatch, exc_type):
     path = tmp_path / "last.ckpt"
     atomic_save({"weights": torch.arange(5)}, path)
-    monkeypatch.setattr(cloud_io.torch, "save", _torch_save_that_dies_midway(exc_type))
+    monkeypatch.setattr(atomic.torch, "save", _torch_save_that_dies_midway(exc_type))
     with pytest.raises(exc_type, match="disk full"):
         atomic_save({"weights": torch.zeros(5)}, path)
     monkeypatch.undo()
@@ -183,7 +180,7 @@ def test_failed_save_keeps_previous_file_and_leaves_no_temp(tmp_path, monkeypatc
 def test_failed_save_on_memory_url_keeps_previous_object(memory_dir, monkeypatch):
     url = f"{memory_dir}/last.ckpt"
     atomic_save({"weights": torch.arange(5)}, url)
-    monkeypatch.setattr(cloud_io.torch, "save", _torch_save_that_dies_midway(OSError))
+    monkeypatch.setattr(atomic.torch, "save", _torch_save_that_dies_midway(OSError))
     with pytest.raises(OSError, match="disk full"):
         atomic_save({"weights": torch.zeros(5)}, url)
     monkeypatch.undo()
@@ -207,7 +204,7 @@ def test_remote_filesystem_without_rename_gets_one_whole_write(memory_dir, monke
 _WRITER = textwrap.dedent(
     """
     import sys, torch
-    from fulmen.utilities.cloud_io import atomic_save
+    from fulmen.checkpointing.atomic import atomic_save
     path = sys.argv[1]
     step = 0
     while True:
@@ -383,7 +380,7 @@ def test_class_missing_at_load_time_with_weights_only_false(tmp_path, monkeypatc
 
 
 def test_add_safe_globals_extends_the_allowlist(tmp_path, monkeypatch):
-    monkeypatch.setattr(cloud_io, "_user_safe_globals", [])
+    monkeypatch.setattr(safe_reading, "_user_safe_globals", [])
     path = tmp_path / "custom.ckpt"
     atomic_save({"obj": _Custom(7)}, path)
     add_safe_globals(_Custom)
@@ -472,7 +469,7 @@ def test_save_link_copies_where_symlinks_are_unsupported(tmp_path, monkeypatch):
     def no_symlinks(*args, **kwargs):
         raise OSError("symbolic links are not supported here")
 
-    monkeypatch.setattr(cloud_io.os, "symlink", no_symlinks)
+    monkeypatch.setattr(atomic.os, "symlink", no_symlinks)
     link = tmp_path / "last.ckpt"
     save_link(target, link)
     assert not link.is_symlink() and link.read_bytes() == target.read_bytes()

@@ -2,7 +2,7 @@
 
 ``FSDPStrategy(state_dict_type="sharded")`` saves every rank's shards of the module and the
 optimizers with DCP (each rank writes its own ``__R_0.distcp`` file, in parallel) into the
-staging directory of :mod:`fulmen.utilities.checkpoint_dir`, rank zero adds fulmen's state,
+staging directory of :mod:`fulmen.checkpointing.sharded_dir`, rank zero adds fulmen's state,
 and the directory is published whole. DCP re-shards on load, so a directory written by N
 processes loads on M, or gathered on one process without a process group (consolidation).
 
@@ -29,8 +29,8 @@ from torch import nn
 from torch.futures import Future
 from torch.optim import Optimizer
 
-from fulmen.utilities import checkpoint_dir, checkpoint_paths, cloud_io, restricted_unpickler
-from fulmen.utilities.checkpoint_dir import ShardedStateRef
+from fulmen.checkpointing import confinement, restricted_unpickler, safe_reading, sharded_dir
+from fulmen.checkpointing.sharded_dir import ShardedStateRef
 from fulmen.utilities.exceptions import CheckpointError
 
 FORMAT = "fsdp"
@@ -77,20 +77,18 @@ def read_index(directory: str) -> Any:
     present and long enough for the entries it holds. Any fault is a CheckpointError naming the file."""
     from torch.distributed.checkpoint.metadata import Metadata
 
-    path = checkpoint_paths.inside(directory, INDEX, "index")
+    path = confinement.inside(directory, INDEX, "index")
     try:
         with open(path, "rb") as f:
             metadata = restricted_unpickler.RestrictedUnpickler(f, index_allowed(), "The index").load()
     except FileNotFoundError as err:
-        raise checkpoint_paths.refused(directory, INDEX, "(DCP's index) is missing") from err
+        raise confinement.refused(directory, INDEX, "(DCP's index) is missing") from err
     except restricted_unpickler.Refused as err:
-        raise checkpoint_paths.refused(directory, INDEX, f"was refused: {err}") from err
+        raise confinement.refused(directory, INDEX, f"was refused: {err}") from err
     except Exception as err:  # a torn or garbled pickle fails in many ways
-        raise checkpoint_paths.refused(
-            directory, INDEX, f"is truncated or corrupted ({type(err).__name__}: {err})"
-        ) from err
+        raise confinement.refused(directory, INDEX, f"is truncated or corrupted ({type(err).__name__}: {err})") from err
     if not isinstance(metadata, Metadata) or not isinstance(metadata.storage_data, dict):
-        raise checkpoint_paths.refused(directory, INDEX, f"holds a {type(metadata).__name__}, not DCP's index")
+        raise confinement.refused(directory, INDEX, f"holds a {type(metadata).__name__}, not DCP's index")
     _check_shard_files(directory, metadata.storage_data)
     _check_values(directory, metadata)
     return metadata
@@ -102,17 +100,17 @@ def _check_shard_files(directory: str, storage_data: dict[Any, Any]) -> None:
     needed: dict[str, int] = {}
     for info in storage_data.values():
         if not isinstance(info, _StorageInfo) or not isinstance(info.offset, int) or not isinstance(info.length, int):
-            raise checkpoint_paths.refused(directory, INDEX, f"holds an entry {info!r} that is not a shard address")
+            raise confinement.refused(directory, INDEX, f"holds an entry {info!r} that is not a shard address")
         name = os.fspath(info.relative_path) if isinstance(info.relative_path, os.PathLike) else info.relative_path
-        checkpoint_paths.inside(directory, name, "shard file")
+        confinement.inside(directory, name, "shard file")
         needed[name] = max(needed.get(name, 0), info.offset + info.length)
     for name, end in sorted(needed.items()):
         try:
             size = os.path.getsize(os.path.join(directory, name))
         except FileNotFoundError as err:
-            raise checkpoint_paths.refused(directory, name, "(a shard file the index names) is missing") from err
+            raise confinement.refused(directory, name, "(a shard file the index names) is missing") from err
         if size < end:
-            raise checkpoint_paths.refused(
+            raise confinement.refused(
                 directory, name, f"is truncated: {size} bytes, but the index places data up to byte {end}"
             )
 
@@ -137,7 +135,7 @@ def _check_values(directory: str, metadata: Any) -> None:
 
 
 def _safe_bytes(value: io.BytesIO) -> Any:
-    with torch.serialization.safe_globals(cloud_io.get_safe_globals()):
+    with torch.serialization.safe_globals(safe_reading.get_safe_globals()):
         return torch.load(value, map_location="cpu", weights_only=True)
 
 
@@ -175,10 +173,10 @@ def _reader(directory: str) -> Any:
 
 def _shard_error(directory: str, name: str, err: BaseException) -> CheckpointError:
     if isinstance(err, pickle.UnpicklingError):
-        reason = cloud_io._refusal_reason(str(err))
-        what = reason[0] if reason else cloud_io._short_reason(err)
-        return checkpoint_paths.refused(directory, name, f"was refused: {what} (loading never runs code from it)")
-    return checkpoint_paths.refused(directory, name, f"is truncated or corrupted ({cloud_io._short_reason(err)})")
+        reason = safe_reading.refusal_reason(str(err))
+        what = reason[0] if reason else safe_reading.short_reason(err)
+        return confinement.refused(directory, name, f"was refused: {what} (loading never runs code from it)")
+    return confinement.refused(directory, name, f"is truncated or corrupted ({safe_reading.short_reason(err)})")
 
 
 def _planner(base: type, directory: str) -> type:
@@ -224,12 +222,12 @@ def save(strategy: Any, checkpoint: dict[str, Any], filepath: str, asynchronous:
     DCP's planning, the writes, the fsync and the publish run on the process's checkpoint writer
     thread, their collectives on a process group of their own (never the one training uses).
     """
-    from fulmen.utilities import async_checkpoint
+    from fulmen.checkpointing import async_writer
 
-    token = strategy.broadcast(checkpoint_dir.new_token() if strategy.is_global_zero else None)
-    staging = checkpoint_dir.staging_path(filepath, token)
+    token = strategy.broadcast(sharded_dir.new_token() if strategy.is_global_zero else None)
+    staging = sharded_dir.staging_path(filepath, token)
     if strategy.is_global_zero:
-        checkpoint_dir.remove_stale_staging(filepath)
+        sharded_dir.remove_stale_staging(filepath)
     shards: dict[str, Any] = {}
     module_key = None
     for key, ref in _refs(checkpoint):
@@ -238,8 +236,8 @@ def save(strategy: Any, checkpoint: dict[str, Any], filepath: str, asynchronous:
             module_key = key
     state = None
     if strategy.is_global_zero:
-        state = checkpoint_dir.to_placeholders(checkpoint)
-        state[checkpoint_dir.SHARDED_KEY] = {
+        state = sharded_dir.to_placeholders(checkpoint)
+        state[sharded_dir.SHARDED_KEY] = {
             "format": FORMAT,
             "world_size": strategy.world_size,
             "module_key": module_key,
@@ -248,8 +246,8 @@ def save(strategy: Any, checkpoint: dict[str, Any], filepath: str, asynchronous:
         _write(strategy, shards, state, staging, filepath, group=None)
         return
     group = strategy.checkpoint_process_group()
-    shards, state = async_checkpoint.snapshot(shards), async_checkpoint.snapshot(state)
-    async_checkpoint.writer().submit(
+    shards, state = async_writer.snapshot(shards), async_writer.snapshot(state)
+    async_writer.writer().submit(
         lambda: _write(strategy, shards, state, staging, filepath, group),
         f"Asynchronous sharded save to {filepath!r} failed",
     )
@@ -261,9 +259,9 @@ def _write(strategy: Any, shards: dict[str, Any], state: Any, staging: str, file
     writer = dcp.FileSystemWriter(staging, sync_files=strategy.sync_files)
     dcp.save(shards, storage_writer=writer, process_group=group)
     if state is not None:
-        checkpoint_dir.write_state(staging, state)
+        sharded_dir.write_state(staging, state)
         if strategy.sync_files:
-            checkpoint_dir.fsync_file(os.path.join(staging, checkpoint_dir.STATE_FILE))
+            sharded_dir.fsync_file(os.path.join(staging, sharded_dir.STATE_FILE))
     strategy.publish_checkpoint_dir(staging, filepath, group)
 
 
@@ -271,10 +269,10 @@ def _write(strategy: Any, shards: dict[str, Any], state: Any, staging: str, file
 def load_state(directory: str, weights_only: bool) -> dict[str, Any] | None:
     """fulmen's state from ``directory``, each reference told where its shards are (``ref.source``);
     ``None`` when the directory holds another engine's shards."""
-    from fulmen.strategies.consolidate import read_sharded_state
+    from fulmen.checkpointing.consolidation import read_sharded_state
 
     local, state = read_sharded_state(directory, weights_only)
-    if state.pop(checkpoint_dir.SHARDED_KEY).get("format") != FORMAT:
+    if state.pop(sharded_dir.SHARDED_KEY).get("format") != FORMAT:
         return None
     result = {}
     for key, value in state.items():
@@ -327,7 +325,7 @@ def _errors_raised(directory: str) -> Iterator[None]:
             raise CheckpointError(str(own)) from err
         first = failures[0] if failures else err
         raise CheckpointError(
-            f"Could not load checkpoint {directory!r}: {type(first).__name__}: {cloud_io._short_reason(first)}"
+            f"Could not load checkpoint {directory!r}: {type(first).__name__}: {safe_reading.short_reason(first)}"
         ) from err
 
 
@@ -343,7 +341,7 @@ def full_module_state(directory: str, meta: dict[str, Any]) -> dict[str, Any]:
     with _errors_raised(directory):
         _load_state_dict(state, storage_reader=reader, planner=planner, no_dist=True)
     if not isinstance(state.get(key), dict):
-        raise checkpoint_paths.refused(directory, INDEX, f"holds no module state under {key!r}")
+        raise confinement.refused(directory, INDEX, f"holds no module state under {key!r}")
     return dict(state[key])
 
 

@@ -1,17 +1,15 @@
-"""Bring checkpoints written by older fulmen versions to the current schema.
+"""Bring checkpoints written by older fulmen versions to the current schema (:mod:`fulmen.checkpointing.schema`).
 
-The schema itself is documented in :mod:`fulmen.trainer.checkpoint`; this lives in utilities
-so that ``LightningModule.load_from_checkpoint`` (which may not import the trainer) reads old
-files too.
+Every reader goes through :func:`migrate`: the Trainer's ``ckpt_path``, ``Lite.load`` and
+``LightningModule.load_from_checkpoint`` alike, so an old file loads the same way everywhere.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from fulmen.checkpointing.schema import SCHEMA_VERSION
 from fulmen.utilities.exceptions import CheckpointError
-
-SCHEMA_VERSION = 2
 
 
 def migrate(checkpoint: Any, path: str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import traceback
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..")))
 
 import torch  # noqa: E402
-from tests.utilities.tampering import TamperNet, loader  # noqa: E402
+from tests.checkpointing.tampering import TamperNet, loader  # noqa: E402
 
 import fulmen as L  # noqa: E402
 from fulmen.callbacks import ModelCheckpoint  # noqa: E402

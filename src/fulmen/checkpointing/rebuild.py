@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 
-from fulmen.utilities.checkpoint_migration import migrate
-from fulmen.utilities.cloud_io import get_filesystem, safe_load
+from fulmen.checkpointing.migration import migrate
+from fulmen.checkpointing.remote import get_filesystem
+from fulmen.checkpointing.safe_reading import safe_load
 from fulmen.utilities.rank_zero import rank_zero_warn
 
 

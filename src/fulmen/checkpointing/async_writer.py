@@ -1,14 +1,14 @@
 """Checkpoint writes in the background: the training loop waits for a copy of the state, not for the disk.
 
 A durable save costs the time to serialise the state, write it, ``fsync`` it and rename it into
-place (:func:`fulmen.utilities.cloud_io.atomic_save`). Only the first step needs the loop to hold
+place (:func:`fulmen.checkpointing.atomic.atomic_save`). Only the first step needs the loop to hold
 still: :func:`snapshot` copies every tensor of the checkpoint into fresh CPU memory (so training
 that continues in place cannot change what is written), and one writer thread per process
 (:func:`writer`) does the rest.
 
 The promises of a synchronous save are kept:
 
-- **Atomic publish**: the writer uses :func:`~fulmen.utilities.cloud_io.atomic_save`, so a file
+- **Atomic publish**: the writer uses :func:`~fulmen.checkpointing.atomic.atomic_save`, so a file
   is the old one or the new one, never torn.
 - **Order**: :meth:`AsyncCheckpointWriter.save` first waits for the pending save (one snapshot
   in memory at a time); work handed to :meth:`~AsyncCheckpointWriter.then` (deleting files that
@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fulmen.utilities.cloud_io import atomic_save
+from fulmen.checkpointing.atomic import atomic_save
 from fulmen.utilities.exceptions import CheckpointError
 
 # Leaves that cannot change after the snapshot: no copy needed.
@@ -117,7 +117,7 @@ class AsyncCheckpointWriter:
     """One background thread that writes checkpoints and runs the work that must follow them, in order."""
 
     def __init__(self, write: Callable[..., None] | None = None) -> None:
-        #: ``write(obj, path, storage_options)``; ``None``: :func:`~fulmen.utilities.cloud_io.atomic_save`.
+        #: ``write(obj, path, storage_options)``; ``None``: :func:`~fulmen.checkpointing.atomic.atomic_save`.
         #: It must not keep ``obj``: the memory of its tensors is reused by the next snapshot.
         self.write = write
         self._cond = threading.Condition()
