@@ -582,6 +582,24 @@ def test_find_last_checkpoints(tmp_path):
     assert ckpt._find_last_checkpoints(trainer) == {str(tmp_path / "last.ckpt"), str(tmp_path / "last-v3.ckpt")}
 
 
+def test_resume_candidates_is_the_declared_way_to_name_last_files(tmp_path):
+    """The Trainer's ckpt_path="last" asks each checkpoint callback through this public trait."""
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "run", save_last=True)
+    trainer, _ = fit(tmp_path, [ckpt], max_epochs=1)
+    (tmp_path / "run" / "last-v2.ckpt").write_bytes((tmp_path / "run" / "last.ckpt").read_bytes())
+    assert ckpt.resume_candidates(trainer) == {
+        str(tmp_path / "run" / "last.ckpt"),
+        str(tmp_path / "run" / "last-v2.ckpt"),
+    }
+    assert Checkpoint().resume_candidates(trainer) == set()
+    later = os.path.getmtime(tmp_path / "run" / "last.ckpt") + 60
+    os.utime(tmp_path / "run" / "last-v2.ckpt", (later, later))
+    from fulmen.trainer.checkpoint import resolve_checkpoint_path
+    from fulmen.trainer.state import TrainerFn
+
+    assert resolve_checkpoint_path(trainer, "last", TrainerFn.FITTING) == str(tmp_path / "run" / "last-v2.ckpt")
+
+
 # ======================================================================== state and resuming
 
 

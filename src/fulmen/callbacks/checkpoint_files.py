@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
 from fulmen.callbacks.checkpoint import _join
-from fulmen.checkpointing import remote
+from fulmen.checkpointing import atomic, remote
+
+if TYPE_CHECKING:
+    from fulmen.trainer import Trainer
 
 # Keys of a template: "{name" followed by ":" (a format spec) or "}".
 _TEMPLATE_KEY = re.compile(r"(\{.*?)[:}]")
@@ -95,3 +98,49 @@ def resume_paths(ckpt_path: Any) -> set[str]:
     if "://" in path:
         path = path.split("://", 1)[1]
     return {path, os.path.abspath(path), os.path.realpath(path)}
+
+
+class StaleFileRemoval:
+    """``ModelCheckpoint``'s deletions and links, run once the files of a check are published (a mixin
+    reading its bookkeeping; subclasses may override ``_should_remove_checkpoint``/``_remove_checkpoint``)."""
+
+    best_k_models: dict[str, Any]
+    last_model_path: str
+    best_model_path: str
+    dirpath: str | None
+    _resume_paths: set[str]
+
+    def _link_checkpoint(self, trainer: Trainer, target: str, link: str) -> None:
+        if trainer.is_global_zero:  # the target may still be on its way to the disk
+            trainer.strategy.after_checkpoint_saves(lambda: atomic.save_link(target, link))
+
+    def _remove_stale(self, trainer: Trainer, stale: list[str]) -> None:
+        """Delete the files of ``stale`` that nothing needs, once every new file of this step is published."""
+        if not trainer.is_global_zero or not any(stale):
+            return
+        # Decided from the bookkeeping of this moment, but against the disk as it is once the
+        # new files and links are in place (a `last` link may then point elsewhere).
+        keep = self._keep(trainer)
+
+        def remove() -> None:
+            for path in stale:
+                if keep.allows_removal(path):
+                    self._remove_checkpoint(trainer, path)
+
+        trainer.strategy.after_checkpoint_saves(remove)
+
+    def _keep(self, trainer: Trainer) -> KeptFiles:
+        return KeptFiles(
+            listed=frozenset((*self.best_k_models, self.last_model_path, self.best_model_path)),
+            last_model_path=self.last_model_path,
+            dirpath=self.dirpath,
+            resume=frozenset(self._resume_paths | resume_paths(getattr(trainer, "ckpt_path", None))),
+        )
+
+    def _should_remove_checkpoint(self, trainer: Trainer, previous: str) -> bool:
+        """Whether the stale file ``previous`` may be deleted now; see the module docstring."""
+        return self._keep(trainer).allows_removal(previous)
+
+    def _remove_checkpoint(self, trainer: Trainer, filepath: str) -> None:
+        if trainer.is_global_zero:
+            remote.remove_file(filepath)

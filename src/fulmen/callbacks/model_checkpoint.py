@@ -7,10 +7,9 @@ Why it is shaped the way it is:
   (checked at ``on_train_epoch_end`` when the epoch's validation, if any, has already run there,
   otherwise at ``on_validation_end``). Never during the sanity check, ``fast_dev_run``, or twice
   for one global step.
-- **Which files stay** is decided from the monitored value in ``trainer.callback_metrics``. The
-  bookkeeping (``best_k_models``, ``kth_best_model_path``, ...) is updated *before* the file is
-  written, so every checkpoint carries the callback state that names itself; a run resumed from
-  it continues pruning exactly where the first run stopped.
+- **Which files stay** is decided from the monitored value in ``trainer.callback_metrics``
+  (:mod:`fulmen.callbacks.checkpoint_topk`); the bookkeeping is updated before the file is
+  written, so every checkpoint names itself in its callback state.
 - **Durability**: a file is removed only on global rank zero, only after every new file of that
   step (top-k and ``last``) has been written, and never when it is the file just written, a file
   still listed in the state, the checkpoint the run resumed from (or what that links to), or
@@ -42,9 +41,11 @@ from fsspec.core import url_to_fs
 from torch import Tensor
 
 from fulmen.callbacks.checkpoint import Checkpoint, _join, _normalize_dirpath
-from fulmen.callbacks.checkpoint_files import KeptFiles, find_last, format_name, resume_paths
-from fulmen.checkpointing import atomic, remote
-from fulmen.utilities.exceptions import MisconfigurationException, invalid_argument
+from fulmen.callbacks.checkpoint_files import StaleFileRemoval, find_last, format_name, resume_paths
+from fulmen.callbacks.checkpoint_options import check_arguments
+from fulmen.callbacks.checkpoint_topk import TopKBookkeeping
+from fulmen.checkpointing import remote
+from fulmen.utilities.exceptions import MisconfigurationException
 from fulmen.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from fulmen.utilities.stages import TrainerFn
 
@@ -52,11 +53,8 @@ if TYPE_CHECKING:
     from fulmen.module import LightningModule
     from fulmen.trainer import Trainer
 
-_MODES = ("min", "max")
-_SAVE_LAST = (None, True, False, "link")
 
-
-class ModelCheckpoint(Checkpoint):
+class ModelCheckpoint(TopKBookkeeping, StaleFileRemoval, Checkpoint):
     r"""Save the model periodically, keeping the best ``save_top_k`` checkpoints by ``monitor``.
 
     Args:
@@ -128,49 +126,19 @@ class ModelCheckpoint(Checkpoint):
         async_save: bool = False,
     ) -> None:
         super().__init__()
-        if monitor is not None and (not isinstance(monitor, str) or not monitor):
-            raise invalid_argument("monitor", monitor, "None or the name of a logged metric")
-        if filename is not None and not isinstance(filename, str):
-            raise invalid_argument("filename", filename, "None or a template string such as '{epoch}-{val_loss:.2f}'")
-        if save_last not in _SAVE_LAST or (save_last is not None and not isinstance(save_last, (bool, str))):
-            raise invalid_argument("save_last", save_last, _SAVE_LAST)
-        if isinstance(save_top_k, bool) or not isinstance(save_top_k, int) or save_top_k < -1:
-            accepted = "-1 (keep every checkpoint), 0 (keep none) or a positive int"
-            raise invalid_argument(
-                "save_top_k", save_top_k, accepted, f"Invalid value for save_top_k={save_top_k}. Must be >= -1."
-            )
-        if mode not in _MODES:
-            raise invalid_argument("mode", mode, _MODES, f"`mode` can be {', '.join(_MODES)} but got {mode}")
-        if not isinstance(save_on_exception, bool):
-            raise invalid_argument("save_on_exception", save_on_exception, (True, False))
-        if not isinstance(async_save, bool):
-            raise invalid_argument("async_save", async_save, (True, False))
-        if save_on_train_epoch_end not in (None, True, False):
-            raise invalid_argument("save_on_train_epoch_end", save_on_train_epoch_end, (None, True, False))
-        every_n_train_steps = _check_every_n("every_n_train_steps", every_n_train_steps)
-        every_n_epochs = _check_every_n("every_n_epochs", every_n_epochs)
-        if train_time_interval is not None and (
-            not isinstance(train_time_interval, timedelta) or train_time_interval.total_seconds() <= 0
-        ):
-            raise invalid_argument("train_time_interval", train_time_interval, "None or a positive datetime.timedelta")
-        if monitor is None and save_top_k not in (-1, 0, 1):
-            raise MisconfigurationException(
-                f"ModelCheckpoint(save_top_k={save_top_k}, monitor=None) is not a valid configuration: without a"
-                " `monitor` there is nothing to rank checkpoints by. Accepted: set `monitor` to a logged metric, or use"
-                " save_top_k=1 (keep the latest), -1 (keep all) or 0 (keep none)."
-            )
-        triggers = {
-            "every_n_train_steps": every_n_train_steps,
-            "every_n_epochs": every_n_epochs,
-            "train_time_interval": train_time_interval,
-        }
-        if sum(bool(v) for v in triggers.values()) > 1:
-            given = ", ".join(f"{k}={v!r}" for k, v in triggers.items())
-            raise MisconfigurationException(
-                f"Combination of parameters {given} should be mutually exclusive. Accepted: at most one of"
-                " `every_n_train_steps`, `every_n_epochs` and `train_time_interval`; use a second"
-                " ModelCheckpoint for a second schedule."
-            )
+        every_n_train_steps, every_n_epochs = check_arguments(
+            monitor=monitor,
+            filename=filename,
+            save_last=save_last,
+            save_top_k=save_top_k,
+            mode=mode,
+            save_on_exception=save_on_exception,
+            async_save=async_save,
+            save_on_train_epoch_end=save_on_train_epoch_end,
+            every_n_train_steps=every_n_train_steps,
+            every_n_epochs=every_n_epochs,
+            train_time_interval=train_time_interval,
+        )
 
         self.monitor = monitor
         self.verbose = verbose
@@ -434,6 +402,13 @@ class ModelCheckpoint(Checkpoint):
         with fs.open(rpath, "w") as f:
             yaml.safe_dump(best_k, f)
 
+    def resume_candidates(self, trainer: Trainer) -> set[str]:
+        """The ``last`` files in this callback's folder and ``last_model_path`` where it exists."""
+        found = self._find_last_checkpoints(trainer)
+        if self.last_model_path and remote.file_exists(self.last_model_path):
+            found.add(self.last_model_path)
+        return found
+
     def _find_last_checkpoints(self, trainer: Trainer) -> set[str]:
         """The ``last`` checkpoints (``last.ckpt``, ``last-v1.ckpt``, ...) in this callback's folder."""
         dirpath = self.dirpath if self.dirpath is not None else self._default_dirpath(trainer)
@@ -473,19 +448,6 @@ class ModelCheckpoint(Checkpoint):
         candidates["step"] = step.int() if isinstance(step, Tensor) else torch.tensor(trainer.global_step)
         return candidates
 
-    def check_monitor_top_k(self, trainer: Trainer, current: Tensor | None = None) -> bool:
-        """Whether a checkpoint with monitored value ``current`` belongs in the top ``save_top_k``."""
-        if current is None:
-            return False
-        if self.save_top_k == -1:
-            return True
-        if len(self.best_k_models) < self.save_top_k:
-            return True
-        kth = self.best_k_models[self.kth_best_model_path]
-        better = torch.lt(current, kth) if self.mode == "min" else torch.gt(current, kth)
-        # Every rank must take the same decision, or only some of them would enter save_checkpoint.
-        return trainer.strategy.reduce_boolean_decision(bool(better))
-
     # ---------------------------------------------------------------------------------- saving
     def _save_at_epoch_end(self, trainer: Trainer) -> None:
         candidates = self._monitor_candidates(trainer)
@@ -507,81 +469,6 @@ class ModelCheckpoint(Checkpoint):
             stale += stale_top_k
         stale += self._save_last_checkpoint(trainer, candidates, written_top_k)
         self._remove_stale(trainer, stale)
-
-    def _save_topk_checkpoint(self, trainer: Trainer, candidates: dict[str, Any]) -> tuple[str, list[str]]:
-        """Save a top-k checkpoint if due; returns (the file written or "", the files now stale)."""
-        if self.save_top_k == 0:
-            return "", []
-        if self.monitor is None:
-            return self._save_none_monitor_checkpoint(trainer, candidates)
-        if self.monitor not in candidates:
-            message = (
-                f"`ModelCheckpoint(monitor={self.monitor!r})` could not find {self.monitor!r} in the logged metrics:"
-                f" {sorted(candidates)}. Log it with `self.log({self.monitor!r}, value)` in the LightningModule,"
-                " or set `monitor` to one of these keys."
-            )
-            # Before the first validation a validation metric cannot exist yet: only warn then.
-            if self._validation_has_run:
-                raise MisconfigurationException(message)
-            if message not in self._warned:
-                self._warned.add(message)
-                rank_zero_warn(message)
-            return "", []
-        current = _as_tensor(candidates[self.monitor])
-        if self.check_monitor_top_k(trainer, current):
-            return self._update_best_and_save(current, trainer, candidates)
-        if self.verbose:
-            rank_zero_info(
-                f"Epoch {int(candidates['epoch'])}, global step {int(candidates['step'])}:"
-                f" {self.monitor!r} was not in top {self.save_top_k}"
-            )
-        return "", []
-
-    def _save_none_monitor_checkpoint(self, trainer: Trainer, candidates: dict[str, Any]) -> tuple[str, list[str]]:
-        filepath = self._get_metric_interpolated_filepath_name(candidates, trainer, reusable=self.best_model_path)
-        # Part of the state written into the file, so set before saving.
-        previous, self.best_model_path = self.best_model_path, filepath
-        self._save_checkpoint(trainer, filepath)
-        if self.verbose:
-            rank_zero_info(
-                f"Epoch {int(candidates['epoch'])}, global step {int(candidates['step'])}:"
-                f" saving checkpoint to {filepath!r}"
-            )
-        stale = [previous] if self.save_top_k == 1 and previous and previous != filepath else []
-        return filepath, stale
-
-    def _update_best_and_save(
-        self, current: Tensor, trainer: Trainer, candidates: dict[str, Any]
-    ) -> tuple[str, list[str]]:
-        k = len(self.best_k_models) + 1 if self.save_top_k == -1 else self.save_top_k
-        dropped = ""
-        if len(self.best_k_models) == k and k > 0:
-            dropped = self.kth_best_model_path
-            self.best_k_models.pop(dropped)
-
-        # A NaN would compare false against everything and never leave the top k: rank it worst.
-        if torch.isnan(current):
-            current = torch.tensor(float("inf") if self.mode == "min" else float("-inf"))
-
-        filepath = self._get_metric_interpolated_filepath_name(candidates, trainer, reusable=dropped)
-        self.current_score = current
-        self.best_k_models[filepath] = current
-        if len(self.best_k_models) == k:
-            worst = max if self.mode == "min" else min
-            self.kth_best_model_path = worst(self.best_k_models, key=self.best_k_models.__getitem__)
-            self.kth_value = self.best_k_models[self.kth_best_model_path]
-        best = min if self.mode == "min" else max
-        self.best_model_path = best(self.best_k_models, key=self.best_k_models.__getitem__)
-        self.best_model_score = self.best_k_models[self.best_model_path]
-
-        if self.verbose:
-            rank_zero_info(
-                f"Epoch {int(candidates['epoch'])}, global step {int(candidates['step'])}: {self.monitor!r} reached"
-                f" {float(current):0.5f} (best {float(self.best_model_score):0.5f}), saving model to {filepath!r}"
-                f" as top {k}"
-            )
-        self._save_checkpoint(trainer, filepath)
-        return filepath, [dropped] if dropped and dropped != filepath else []
 
     def _save_last_checkpoint(self, trainer: Trainer, candidates: dict[str, Any], written_top_k: str) -> list[str]:
         if not self.save_last:
@@ -640,41 +527,6 @@ class ModelCheckpoint(Checkpoint):
             self._loggers_behind = False
             self._notify_loggers(trainer)
 
-    def _link_checkpoint(self, trainer: Trainer, target: str, link: str) -> None:
-        if trainer.is_global_zero:  # the target may still be on its way to the disk
-            trainer.strategy.after_checkpoint_saves(lambda: atomic.save_link(target, link))
-
-    def _remove_stale(self, trainer: Trainer, stale: list[str]) -> None:
-        """Delete the files of ``stale`` that nothing needs, once every new file of this step is published."""
-        if not trainer.is_global_zero or not any(stale):
-            return
-        # Decided from the bookkeeping of this moment, but against the disk as it is once the
-        # new files and links are in place (a `last` link may then point elsewhere).
-        keep = self._keep(trainer)
-
-        def remove() -> None:
-            for path in stale:
-                if keep.allows_removal(path):
-                    self._remove_checkpoint(trainer, path)
-
-        trainer.strategy.after_checkpoint_saves(remove)
-
-    def _keep(self, trainer: Trainer) -> KeptFiles:
-        return KeptFiles(
-            listed=frozenset((*self.best_k_models, self.last_model_path, self.best_model_path)),
-            last_model_path=self.last_model_path,
-            dirpath=self.dirpath,
-            resume=frozenset(self._resume_paths | resume_paths(getattr(trainer, "ckpt_path", None))),
-        )
-
-    def _should_remove_checkpoint(self, trainer: Trainer, previous: str) -> bool:
-        """Whether the stale file ``previous`` may be deleted now; see the module docstring."""
-        return self._keep(trainer).allows_removal(previous)
-
-    def _remove_checkpoint(self, trainer: Trainer, filepath: str) -> None:
-        if trainer.is_global_zero:
-            remote.remove_file(filepath)
-
     # ----------------------------------------------------------------------------------- paths
     def _default_dirpath(self, trainer: Trainer) -> str:
         loggers = getattr(trainer, "loggers", None) or []
@@ -702,22 +554,6 @@ class ModelCheckpoint(Checkpoint):
             f"{type(self).__name__}(dirpath={self.dirpath!r}, filename={self.filename!r}, monitor={self.monitor!r},"
             f" mode={self.mode!r}, save_top_k={self.save_top_k}, save_last={self.save_last!r})"
         )
-
-
-def _check_every_n(name: str, value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        said = f"Invalid value for {name}={value}. Must be >= 0."
-        raise invalid_argument(name, value, "None, 0 (never) or a positive int", said)
-    return value
-
-
-def _as_tensor(value: Any) -> Tensor:
-    # Kept on the CPU and detached: scores live in checkpoints and must load on any machine.
-    if isinstance(value, Tensor):
-        return value.detach().cpu()
-    return torch.tensor(value)
 
 
 def _fitting(trainer: Trainer) -> bool:

@@ -231,12 +231,7 @@ def _best_path(trainer: Trainer, fn: TrainerFn) -> str:
 def _last_path(trainer: Trainer, fn: TrainerFn) -> str | None:
     candidates: set[str] = set()
     for callback in trainer.checkpoint_callbacks:
-        finder = getattr(callback, "_find_last_checkpoints", None)
-        if finder is not None:
-            candidates |= finder(trainer)
-        last = getattr(callback, "last_model_path", "")
-        if last and remote.file_exists(last):
-            candidates.add(last)
+        candidates |= callback.resume_candidates(trainer)
     hpc = latest_hpc_checkpoint(trainer.default_root_dir)
     if hpc is not None:
         candidates.add(hpc)
