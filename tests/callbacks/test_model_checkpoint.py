@@ -594,7 +594,7 @@ def test_resume_candidates_is_the_declared_way_to_name_last_files(tmp_path):
     assert Checkpoint().resume_candidates(trainer) == set()
     later = os.path.getmtime(tmp_path / "run" / "last.ckpt") + 60
     os.utime(tmp_path / "run" / "last-v2.ckpt", (later, later))
-    from fulmen.trainer.checkpoint import resolve_checkpoint_path
+    from fulmen.trainer.checkpoint_state import resolve_checkpoint_path
     from fulmen.trainer.state import TrainerFn
 
     assert resolve_checkpoint_path(trainer, "last", TrainerFn.FITTING) == str(tmp_path / "run" / "last-v2.ckpt")

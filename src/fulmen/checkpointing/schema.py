@@ -32,7 +32,7 @@ A fulmen checkpoint is one dict (``torch.save``d, loaded with ``weights_only=Tru
 A sharded checkpoint (DeepSpeed, FSDP) is a directory holding this dict as
 ``fulmen_checkpoint.pt`` beside the shards, with placeholders where a state lives in the
 shards and a ``"sharded"`` entry saying how they are laid out (:mod:`fulmen.checkpointing.sharded_dir`).
-The Trainer fills and reads the dict (``fulmen/trainer/checkpoint_io.py``); older layouts are
+The Trainer fills and reads the dict (``fulmen/trainer/checkpoint_state.py``); older layouts are
 brought to this one by :mod:`fulmen.checkpointing.migration`.
 """
 

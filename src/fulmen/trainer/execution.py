@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from fulmen.trainer import checkpoint as checkpoint_io
+from fulmen.trainer import checkpoint_state as checkpoint_io
 from fulmen.trainer import profiling, setup
 from fulmen.trainer.configuration import set_torch_flags
 from fulmen.trainer.defaults import merge_model_callbacks

@@ -98,7 +98,7 @@ class Run:
 
         #: The generators when this epoch drew its data order (saved in checkpoints); ``loops.fit`` writes it.
         self.epoch_start_rng: dict[str, Any] | None = None
-        #: Where a restored checkpoint left off (set by ``trainer.checkpoint``, consumed by ``loops.resume``).
+        #: Where a restored checkpoint left off (set by ``trainer.checkpoint_state``, consumed by ``loops.resume``).
         self.resume_point: ResumePoint | None = None
 
         # Written by ``trainer.signals`` only: the watch, the signal acted on, and the stop it asked for.

@@ -28,7 +28,7 @@ from fulmen.datamodule import LightningDataModule
 from fulmen.module import LightningModule
 from fulmen.module.optimizer import LRSchedulerConfig
 from fulmen.strategies import Strategy, select_strategy
-from fulmen.trainer import checkpoint as checkpoint_io
+from fulmen.trainer import checkpoint_state as checkpoint_io
 from fulmen.trainer import configuration, defaults, flags
 from fulmen.trainer.configuration import TrainerConfig, configure, defaults_from_env, set_torch_flags
 from fulmen.trainer.execution import execute, execute_spawned, handle_exception, receive_spawned, was_handled

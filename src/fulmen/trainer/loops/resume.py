@@ -35,7 +35,7 @@ PHASE_EPOCH_END = "train_epoch_end"
 class ResumePoint:
     """Where a restored checkpoint left off, for the resumed epoch to consume once.
 
-    ``trainer.checkpoint`` creates it when it restores a checkpoint; the functions below take
+    ``trainer.checkpoint_state`` creates it when it restores a checkpoint; the functions below take
     each part when the resumed epoch reaches the point where it applies, and only they do.
     """
 
