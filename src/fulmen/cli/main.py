@@ -43,6 +43,31 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--node-rank", "--node_rank", dest="node_rank", type=int, default=0)
     run.add_argument("--main-address", "--main_address", dest="main_address", default="127.0.0.1")
     run.add_argument("--main-port", "--main_port", dest="main_port", type=int, default=None)
+    ft = run.add_argument_group("fault tolerance (torchft; see docs/fault-tolerance.md)")
+    ft.add_argument(
+        "--replica-groups",
+        dest="replica_groups",
+        type=int,
+        default=None,
+        help="run N replica groups that keep training when one dies (strategy='fault_tolerant')",
+    )
+    ft.add_argument(
+        "--max-restarts",
+        dest="max_restarts",
+        type=int,
+        default=3,
+        help="how many times in all a killed replica group is restarted",
+    )
+    ft.add_argument(
+        "--heartbeat-timeout",
+        dest="heartbeat_timeout",
+        type=float,
+        default=5.0,
+        help="seconds without a heartbeat before the lighthouse drops a group (the survivors' stall)",
+    )
+    ft.add_argument(
+        "--min-replicas", dest="min_replicas", type=int, default=1, help="fewest replica groups a step needs to commit"
+    )
     checkpoint_tools.add_parser(commands)
     return parser
 
@@ -65,6 +90,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not os.path.isfile(args.script):
         parser.error(f"`script={args.script!r}` does not exist. Accepted: the path to a Python file.")
     _export_flags(args)
+    if args.replica_groups is not None:
+        from fulmen.cli.replica_groups import run_replica_groups
+
+        return run_replica_groups(
+            args.script, script_args, args.replica_groups, processes, args.max_restarts, args.heartbeat_timeout,
+            args.min_replicas,
+        )  # fmt: skip
     if processes == 1 and args.num_nodes == 1:
         return _run_in_process(args.script, script_args)
     return _run_with_torchrun(args, processes, script_args)
@@ -94,11 +126,43 @@ def _validate(args: argparse.Namespace) -> None:
         )
     if args.num_nodes < 1:
         raise MisconfigurationException(f"`--num-nodes={args.num_nodes}` is not valid. Accepted: a positive int.")
+    _validate_fault_tolerance(args)
     if not 0 <= args.node_rank < args.num_nodes:
         raise MisconfigurationException(
             f"`--node-rank={args.node_rank}` is not valid with --num-nodes={args.num_nodes}. "
             f"Accepted: 0..{args.num_nodes - 1}."
         )
+
+
+def _validate_fault_tolerance(args: argparse.Namespace) -> None:
+    groups = args.replica_groups
+    checks = (
+        ("--replica-groups", groups, groups is None or groups >= 1, "a positive int"),
+        ("--max-restarts", args.max_restarts, args.max_restarts >= 0, "an int >= 0"),
+        ("--heartbeat-timeout", args.heartbeat_timeout, args.heartbeat_timeout > 0, "a positive number of seconds"),
+        ("--min-replicas", args.min_replicas, args.min_replicas >= 1, "a positive int"),
+    )
+    for flag, value, valid, accepted in checks:
+        if not valid:
+            raise MisconfigurationException(f"`{flag}={value}` is not valid. Accepted: {accepted}.")
+    if args.replica_groups is None:
+        return
+    if args.num_nodes != 1:
+        raise MisconfigurationException(
+            f"`--replica-groups` starts every group on this machine, but --num-nodes={args.num_nodes}. For groups on "
+            "several machines, start each group with your own launcher (see docs/fault-tolerance.md)."
+        )
+    if args.strategy not in (None, "fault_tolerant"):
+        raise MisconfigurationException(
+            f"`--replica-groups` runs strategy='fault_tolerant', but --strategy={args.strategy!r} was given. "
+            "Leave --strategy out."
+        )
+    try:
+        import torchft  # noqa: F401
+    except ImportError:
+        raise MisconfigurationException(
+            "`--replica-groups` needs torchft, which is not installed: `pip install 'fulmen[ft]'`."
+        ) from None
 
 
 def _export_flags(args: argparse.Namespace) -> None:

@@ -25,6 +25,7 @@ __all__ = [
     "DataParallelStrategy",
     "DeepSpeedStrategy",
     "FSDPStrategy",
+    "FaultTolerantStrategy",
     "ModelParallelStrategy",
     "ParallelStrategy",
     "ResumableSampler",
@@ -50,6 +51,7 @@ _LAZY = {
     # `import fulmen` all the same.
     "DeepSpeedStrategy": "fulmen.strategies.deepspeed",
     "consolidate_checkpoint": "fulmen.checkpointing.consolidation",
+    "FaultTolerantStrategy": "fulmen.strategies.fault_tolerant",
 }
 
 

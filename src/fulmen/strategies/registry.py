@@ -24,6 +24,7 @@ _FACTORIES: dict[str, Callable[[], Strategy]] = {
     "deepspeed_stage_2_offload": lambda: _deepspeed(stage=2, offload_optimizer=True),
     "deepspeed_stage_3": lambda: _deepspeed(stage=3),
     "deepspeed_stage_3_offload": lambda: _deepspeed(stage=3, offload_optimizer=True, offload_parameters=True),
+    "fault_tolerant": lambda: _fault_tolerant(),
 }
 # Lightning's spellings of DDP with `find_unused_parameters` set, for each way of starting processes.
 for _name, _start_method in (("ddp", "popen"), ("ddp_spawn", "spawn"), ("ddp_fork", "fork"), ("ddp_notebook", "fork")):
@@ -49,6 +50,12 @@ def _deepspeed(**options: object) -> Strategy:
     from fulmen.strategies.deepspeed import DeepSpeedStrategy  # the deepspeed package loads only when used
 
     return DeepSpeedStrategy(**options)
+
+
+def _fault_tolerant() -> Strategy:
+    from fulmen.strategies.fault_tolerant import FaultTolerantStrategy  # torchft loads when it connects
+
+    return FaultTolerantStrategy()
 
 
 def strategy_names() -> tuple[str, ...]:

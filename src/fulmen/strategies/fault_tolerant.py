@@ -1,0 +1,317 @@
+"""``strategy="fault_tolerant"``: replica groups that keep training when one dies, on torchft.
+
+Each replica group is one process here. Every step asks torchft's lighthouse for a quorum of
+the live groups (``begin_step``), averages the gradients across the quorum through torchft's
+Manager, and commits the optimizer step only if every group of the quorum got there
+(``should_commit``). A group that died and restarted joins the next quorum and receives a live
+peer's state (see ``ft_state``) before its first step, so that its weights equal the others'.
+
+Gradients go through ``manager.allreduce`` rather than torchft's DDP wrapper: on gloo that
+wrapper ends the surviving process when the peer dies inside an all-reduce, while the Manager
+records the failure and lets the step fail to commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from fulmen.strategies.accelerators import Accelerator
+from fulmen.strategies.ft_data import EpochPosition, ExactlyOnceLoader
+from fulmen.strategies.ft_state import ReplicaState
+from fulmen.strategies.precision import Precision
+from fulmen.strategies.strategy import Strategy
+from fulmen.strategies.wrapped import unwrap_optimizer
+from fulmen.utilities.exceptions import MisconfigurationException, invalid_argument
+
+#: What ``fulmen run --replica-groups`` exports to every process (and what other launchers must set).
+LIGHTHOUSE_ENV = "TORCHFT_LIGHTHOUSE"
+GROUP_ENV = "FULMEN_REPLICA_GROUP"
+NUM_GROUPS_ENV = "FULMEN_NUM_REPLICA_GROUPS"
+
+
+class FaultTolerantStrategy(Strategy):
+    """Replica groups on torchft: gradients averaged over the live groups, steps committed or skipped.
+
+    Args:
+        min_replicas: fewest groups a step needs to commit.
+        timeout: seconds an all-reduce, a commit vote or a state transfer may take.
+        quorum_timeout: seconds to wait for a quorum (a group restarting takes this long at most to join).
+        lighthouse: the lighthouse's address (``http://host:port``); default ``$TORCHFT_LIGHTHOUSE``.
+        replica_group: this group's index; default ``$FULMEN_REPLICA_GROUP``.
+        num_replica_groups: how many groups the job has when none is dead; default ``$FULMEN_NUM_REPLICA_GROUPS``.
+        host: the address this process's servers listen on and advertise (loopback by default).
+    """
+
+    def __init__(
+        self,
+        min_replicas: int = 1,
+        timeout: float = 60.0,
+        quorum_timeout: float = 120.0,
+        lighthouse: str | None = None,
+        replica_group: int | None = None,
+        num_replica_groups: int | None = None,
+        host: str = "127.0.0.1",
+        accelerator: Accelerator | None = None,
+        precision: Precision | None = None,
+    ) -> None:
+        super().__init__(accelerator=accelerator, precision=precision)
+        if isinstance(min_replicas, bool) or not isinstance(min_replicas, int) or min_replicas < 1:
+            raise invalid_argument("min_replicas", min_replicas, "a positive int")
+        for name, value in (("timeout", timeout), ("quorum_timeout", quorum_timeout)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise invalid_argument(name, value, "a positive number of seconds")
+        self.min_replicas = min_replicas
+        self.timeout = float(timeout)
+        self.quorum_timeout = float(quorum_timeout)
+        self.host = host
+        self._lighthouse = lighthouse
+        self._replica_group = replica_group
+        self._num_replica_groups = num_replica_groups
+        self.replica_state = ReplicaState()
+        self.position = EpochPosition()
+        self.replica_state.register("data", self.position.state_dict, self.position.load_state_dict)
+        self._manager: Any = None
+        self._transport: Any = None
+        self._store: Any = None
+        self._step_open = False
+        self._participation = (0, 1)
+        self._committed = True
+        self._step_samples = 0
+
+    # ----------------------------------------------------------------------------------- where
+    @property
+    def root_device(self) -> torch.device:
+        if self._parallel_devices:
+            return self._parallel_devices[0]
+        return torch.device("cpu")
+
+    @property
+    def replica_group(self) -> int:
+        return _from_env("replica_group", self._replica_group, GROUP_ENV)
+
+    @property
+    def num_replica_groups(self) -> int:
+        return _from_env("num_replica_groups", self._num_replica_groups, NUM_GROUPS_ENV)
+
+    @property
+    def is_global_zero(self) -> bool:
+        """The group that is rank 0 of the latest quorum: the one live group that writes checkpoints and logs."""
+        return self._manager is not None and self._participation[0] == 0
+
+    # ----------------------------------------------------------------------------------- setup
+    def setup_environment(self) -> None:
+        super().setup_environment()
+        if self._manager is None:
+            self._connect()
+
+    def _connect(self) -> None:
+        try:
+            import torchft  # noqa: F401
+        except ImportError:
+            raise MisconfigurationException(
+                "`strategy='fault_tolerant'` needs torchft, which is not installed: `pip install 'fulmen[ft]'`."
+            ) from None
+        from torch.distributed import TCPStore
+        from torchft import Manager, ProcessGroupGloo
+
+        from fulmen.strategies.ft_transport import HostCheckpointTransport
+
+        lighthouse = self._lighthouse or os.environ.get(LIGHTHOUSE_ENV)
+        if not lighthouse:
+            raise MisconfigurationException(
+                f"`strategy='fault_tolerant'` needs the address of a torchft lighthouse: pass "
+                f"FaultTolerantStrategy(lighthouse='http://host:port') or set ${LIGHTHOUSE_ENV} "
+                "(`fulmen run --replica-groups N script.py` starts one and sets it)."
+            )
+        group, _ = self.replica_group, self.num_replica_groups
+        timeout = timedelta(seconds=self.timeout)
+        # The group's own store, where torchft's Manager finds its server (one process: this one).
+        self._store = TCPStore(self.host, 0, is_master=True, wait_for_workers=False)
+        self._transport = HostCheckpointTransport(self.host, timeout)
+        with _manager_server_bound_to(self.host):
+            self._manager = Manager(
+                pg=ProcessGroupGloo(timeout=timeout),
+                load_state_dict=self.replica_state.load_state_dict,
+                state_dict=self.replica_state.state_dict,
+                min_replica_size=self.min_replicas,
+                use_async_quorum=False,  # heal before the step's forward, with a consistent snapshot
+                timeout=timeout,
+                quorum_timeout=timedelta(seconds=self.quorum_timeout),
+                connect_timeout=timeout,
+                rank=0,
+                world_size=1,
+                store_addr=self.host,
+                store_port=self._store.port,
+                lighthouse_addr=lighthouse,
+                replica_id=f"fulmen_group_{group}",
+                hostname=self.host,
+                checkpoint_transport=self._transport,
+                init_sync=True,  # step 0: every group starts from one group's weights
+            )
+
+    def setup_module(self, module: nn.Module) -> nn.Module:
+        if module not in self.replica_state.modules:
+            self.replica_state.modules.append(module)
+        return module
+
+    def setup_optimizer(self, optimizer: Optimizer) -> Optimizer:
+        optimizer = unwrap_optimizer(optimizer)
+        if optimizer not in self.replica_state.optimizers:
+            self.replica_state.optimizers.append(optimizer)
+        return optimizer
+
+    def configure_training(
+        self,
+        accumulate_grad_batches: int = 1,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: Any = None,
+    ) -> None:
+        if accumulate_grad_batches != 1:
+            raise MisconfigurationException(
+                f"`accumulate_grad_batches={accumulate_grad_batches}` is not supported with strategy='fault_tolerant': "
+                "each optimizer step is one quorum step. Use 1 and a larger batch size."
+            )
+
+    def register_replica_state(
+        self, key: str, state_dict: Callable[[], Any], load_state_dict: Callable[[Any], None]
+    ) -> None:
+        self.replica_state.register(key, state_dict, load_state_dict)
+
+    def exactly_once(self, dataloader: Any) -> ExactlyOnceLoader:
+        """``dataloader``'s dataset, each sample in exactly one committed step per epoch (see ``ft_data``)."""
+        from fulmen.strategies.data import global_seed
+
+        return ExactlyOnceLoader(
+            dataloader,
+            self.position,
+            self.num_replica_groups,
+            quorum=self.begin_step,
+            on_assigned=self._assign,
+            seed=global_seed(),
+        )
+
+    # ----------------------------------------------------------------------------------- train
+    def begin_step(self) -> tuple[int, int]:
+        """Join this step's quorum (healing from a peer if this group is behind); ``(rank, groups)`` in it.
+
+        Called when the step's batch is fetched; otherwise at its first backward.
+        """
+        if not self._step_open:
+            self._require_connected()
+            self._manager.start_quorum()
+            self._participation = (self._manager.participating_rank() or 0, max(self._manager.num_participants(), 1))
+            self._step_open = True
+        return self._participation
+
+    def _assign(self, samples: int) -> None:
+        self._step_samples = samples
+
+    def backward(self, tensor: Tensor, module: nn.Module | None = None, *args: Any, **kwargs: Any) -> None:
+        self.begin_step()
+        super().backward(tensor, module, *args, **kwargs)
+
+    def optimizer_step(self, optimizer: Optimizer, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
+        """Run the closure, average gradients over the quorum, and step only if the step commits."""
+        self.begin_step()
+        output = closure() if closure is not None else None
+        optimizer = unwrap_optimizer(optimizer)
+        self._average_gradients(optimizer)
+        self._step_open = False
+        self._committed = bool(self._manager.should_commit())
+        if self._committed:
+            self.position.cursor += self._step_samples
+            self.precision.optimizer_step(optimizer, closure=_no_closure, **kwargs)
+        else:
+            optimizer.zero_grad(set_to_none=True)  # the gradients may hold a partial all-reduce
+        self._step_samples = 0
+        return output
+
+    @property
+    def last_step_committed(self) -> bool:
+        return self._committed
+
+    def _average_gradients(self, optimizer: Optimizer) -> None:
+        grads = [_local(p.grad) for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        for dtype_grads in _by_dtype(grads):
+            flat = torch.cat([g.reshape(-1) for g in dtype_grads])
+            self._manager.allreduce(flat).wait()
+            offset = 0
+            for grad in dtype_grads:
+                grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
+                offset += grad.numel()
+
+    @contextlib.contextmanager
+    def no_backward_sync(self, module: nn.Module, enabled: bool = True) -> Iterator[None]:
+        yield  # gradients are averaged at the optimizer step, never during backward
+
+    def _require_connected(self) -> None:
+        if self._manager is None:
+            raise RuntimeError("FaultTolerantStrategy is not connected: call setup_environment() first.")
+
+    # -------------------------------------------------------------------------------- teardown
+    def teardown(self) -> None:
+        if self._manager is not None:
+            self._manager.shutdown(wait=False)
+            self._manager = None
+        super().teardown()
+
+    def __repr__(self) -> str:
+        return f"FaultTolerantStrategy(min_replicas={self.min_replicas}, precision={self.precision!r})"
+
+
+def _no_closure() -> None:
+    return None
+
+
+def _local(grad: Tensor) -> Tensor:
+    """A DTensor gradient's own shard (HSDP: each group rank averages its shard with the same rank elsewhere)."""
+    to_local = getattr(grad, "to_local", None)
+    return to_local() if to_local is not None else grad
+
+
+def _by_dtype(grads: list[Tensor]) -> list[list[Tensor]]:
+    groups: dict[torch.dtype, list[Tensor]] = {}
+    for grad in grads:
+        groups.setdefault(grad.dtype, []).append(grad)
+    return list(groups.values())
+
+
+def _from_env(name: str, value: int | None, variable: str) -> int:
+    if value is not None:
+        return value
+    text = os.environ.get(variable)
+    if text is None:
+        raise MisconfigurationException(
+            f"`strategy='fault_tolerant'` needs `{name}`: pass FaultTolerantStrategy({name}=...) or set ${variable} "
+            "(`fulmen run --replica-groups N script.py` sets it for every process)."
+        )
+    try:
+        return int(text)
+    except ValueError:
+        raise invalid_argument(variable, text, "an int") from None
+
+
+@contextlib.contextmanager
+def _manager_server_bound_to(host: str) -> Iterator[None]:
+    """torchft's Manager binds its server to every interface (``[::]:port``); listen on ``host`` only."""
+    import torchft.manager as manager_module
+
+    original = manager_module.ManagerServer
+
+    def bound(**kwargs: Any) -> Any:
+        port = kwargs["bind"].rsplit(":", 1)[-1]
+        return original(**{**kwargs, "bind": f"{host}:{port}"})
+
+    manager_module.ManagerServer = bound
+    try:
+        yield
+    finally:
+        manager_module.ManagerServer = original

@@ -1,0 +1,81 @@
+"""What a restarted replica group receives from a live peer so that it continues as that peer would.
+
+Weights and optimizer state come from the module and optimizers the strategy set up; the data
+position from the exactly-once loader; random states from the process; anything else a front
+end or the user registers under a name (the Trainer's loop counters and LR schedulers, a Lite
+loop's own progress). After loading, the group is indistinguishable from its peer at the
+start of the same step, so from then on their weights stay ``torch.equal``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+
+class ReplicaState:
+    """The registry of healed state: ``state_dict`` on the sender, ``load_state_dict`` on the receiver."""
+
+    def __init__(self) -> None:
+        self.modules: list[nn.Module] = []
+        self.optimizers: list[Optimizer] = []
+        self._extras: dict[str, tuple[Callable[[], Any], Callable[[Any], None]]] = {}
+
+    def register(self, key: str, state_dict: Callable[[], Any], load_state_dict: Callable[[Any], None]) -> None:
+        """Heal ``key`` too: ``state_dict()`` on a live group, ``load_state_dict(value)`` on the restarted one."""
+        if not callable(state_dict) or not callable(load_state_dict):
+            raise TypeError(f"register_replica_state({key!r}, ...): state_dict and load_state_dict must be callables")
+        self._extras[key] = (state_dict, load_state_dict)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "modules": [module.state_dict() for module in self.modules],
+            "optimizers": [optimizer.state_dict() for optimizer in self.optimizers],
+            "rng": _capture_rng(),
+            "extras": {key: get() for key, (get, _) in self._extras.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if len(state["modules"]) != len(self.modules) or len(state["optimizers"]) != len(self.optimizers):
+            raise RuntimeError(
+                f"The live replica group sent {len(state['modules'])} module(s) and {len(state['optimizers'])} "
+                f"optimizer(s), but this group set up {len(self.modules)} and {len(self.optimizers)}: every group "
+                "must run the same script with the same setup."
+            )
+        for module, module_state in zip(self.modules, state["modules"]):
+            module.load_state_dict(module_state)
+        for optimizer, optimizer_state in zip(self.optimizers, state["optimizers"]):
+            optimizer.load_state_dict(optimizer_state)
+        for key, value in state["extras"].items():
+            if key in self._extras:
+                self._extras[key][1](value)
+        _restore_rng(state["rng"])
+
+
+def _capture_rng() -> dict[str, Any]:
+    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    try:
+        import numpy as np
+
+        state["numpy"] = np.random.get_state()
+    except ImportError:
+        pass
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "numpy" in state:
+        import numpy as np
+
+        np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,189 @@
+"""FaultTolerantStrategy without processes: options, errors, the exactly-once slices, the healed state."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from fulmen.cli.main import main
+from fulmen.strategies import FaultTolerantStrategy, Strategy, select_strategy
+from fulmen.strategies.ft_data import EpochPosition, ExactlyOnceLoader, epoch_order, share, step_slice
+from fulmen.strategies.ft_state import ReplicaState
+from fulmen.utilities.exceptions import MisconfigurationException
+
+
+def test_share_splits_a_slice_without_gaps_or_overlaps() -> None:
+    for total in range(0, 20):
+        for participants in range(1, 5):
+            parts = [share(10, 10 + total, r, participants) for r in range(participants)]
+            assert parts[0][0] == 10 and parts[-1][1] == 10 + total
+            assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+            sizes = [stop - start for start, stop in parts]
+            assert max(sizes) - min(sizes) <= 1
+    with pytest.raises(ValueError, match="rank=2 is not in 0..1"):
+        share(0, 4, 2, 2)
+
+
+def test_step_slice_last_step_takes_the_rest() -> None:
+    assert step_slice(8, 64, 8, last_step=False) == (8, 16)
+    assert step_slice(60, 64, 8, last_step=False) == (60, 64)
+    assert step_slice(40, 64, 8, last_step=True) == (40, 64)
+
+
+def test_epoch_order_is_the_same_everywhere_and_changes_with_the_epoch() -> None:
+    assert epoch_order(5, shuffle=False, seed=3, epoch=7) == [0, 1, 2, 3, 4]
+    first = epoch_order(50, shuffle=True, seed=3, epoch=0)
+    assert first == epoch_order(50, shuffle=True, seed=3, epoch=0)
+    assert sorted(first) == list(range(50)) and first != epoch_order(50, shuffle=True, seed=3, epoch=1)
+
+
+class _Quorums:
+    """Plays the strategy's side: a scripted quorum per step and a commit decision per step."""
+
+    def __init__(self, loader_position: EpochPosition, plan: list[tuple[int, bool]]) -> None:
+        self.position = loader_position
+        self.plan = iter(plan)
+        self.assigned = 0
+        self.current: tuple[int, bool] = (1, True)
+
+    def quorum(self) -> tuple[int, int]:
+        self.current = next(self.plan)
+        return 0, self.current[0]
+
+    def commit(self) -> None:
+        if self.current[1]:
+            self.position.cursor += self.assigned
+
+
+def test_exactly_once_loader_gives_an_uncommitted_slice_to_the_next_step() -> None:
+    data = TensorDataset(torch.arange(20))
+    position = EpochPosition()
+    # 2 groups configured, batch 2: 5 steps per epoch of 4 samples; this group is rank 0 of each quorum.
+    plan = [(2, True), (2, False), (1, True), (2, True), (2, True)]
+    quorums = _Quorums(position, plan)
+    loader = ExactlyOnceLoader(DataLoader(data, batch_size=2), position, 2, quorums.quorum, _setter(quorums))
+    assert len(loader) == 5
+    batches = []
+    for (batch,) in loader:
+        batches.append(batch.tolist())
+        quorums.commit()
+    # step 1 did not commit: step 2 takes the same samples (alone: all four); the fifth and last step takes
+    # the rest (8 samples, this group's half of them), so that the epoch still has 5 steps.
+    assert batches == [[0, 1], [4, 5], [4, 5, 6, 7], [8, 9], [12, 13, 14, 15]]
+    assert position.epoch == 1 and position.cursor == 0 and position.steps == 0
+
+
+def _setter(quorums: _Quorums):
+    def on_assigned(samples: int) -> None:
+        quorums.assigned = samples
+
+    return on_assigned
+
+
+def test_exactly_once_loader_needs_a_batch_size() -> None:
+    loader = DataLoader(TensorDataset(torch.arange(4)), batch_size=None)
+    with pytest.raises(ValueError, match="batch_size=None"):
+        ExactlyOnceLoader(loader, EpochPosition(), 2, lambda: (0, 1), lambda n: None)
+
+
+def test_replica_state_round_trip_heals_weights_optimizer_rng_and_extras() -> None:
+    def build(seed: int) -> tuple[ReplicaState, nn.Module, torch.optim.Optimizer, dict]:
+        torch.manual_seed(seed)
+        model = nn.Linear(3, 2)
+        optimizer = torch.optim.Adam(model.parameters())
+        model(torch.randn(4, 3)).sum().backward()
+        optimizer.step()
+        progress = {"step": seed}
+        state = ReplicaState()
+        state.modules.append(model)
+        state.optimizers.append(optimizer)
+        state.register("loop", lambda: dict(progress), progress.update)
+        return state, model, optimizer, progress
+
+    live, live_model, live_opt, _ = build(1)
+    restarted, model, optimizer, progress = build(2)
+    sent = live.state_dict()
+    expected_draw = torch.rand(3)
+    restarted.load_state_dict(sent)
+    assert torch.equal(torch.rand(3), expected_draw)  # the random state came along
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), live_model.parameters()))
+    assert torch.equal(optimizer.state_dict()["state"][0]["exp_avg"], live_opt.state_dict()["state"][0]["exp_avg"])
+    assert progress == {"step": 1}
+
+
+def test_replica_state_refuses_a_different_setup() -> None:
+    live, restarted = ReplicaState(), ReplicaState()
+    live.modules.append(nn.Linear(1, 1))
+    with pytest.raises(RuntimeError, match="sent 1 module"):
+        restarted.load_state_dict(live.state_dict())
+    with pytest.raises(TypeError, match="must be callables"):
+        restarted.register("x", 1, print)  # type: ignore[arg-type]
+
+
+def test_base_strategy_always_commits_and_ignores_replica_state() -> None:
+    strategy = select_strategy(accelerator="cpu", devices=1)
+    assert strategy.last_step_committed is True
+    strategy.register_replica_state("loop", dict, print)  # nothing to heal from: accepted, unused
+    assert not isinstance(strategy, FaultTolerantStrategy)
+
+
+def test_resolver_builds_fault_tolerant_by_name() -> None:
+    strategy = select_strategy(accelerator="cpu", strategy="fault_tolerant")
+    assert isinstance(strategy, FaultTolerantStrategy) and isinstance(strategy, Strategy)
+    assert strategy.root_device == torch.device("cpu")
+    assert strategy.last_step_committed is True
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"min_replicas": 0}, "min_replicas"),
+        ({"timeout": -1}, "timeout"),
+        ({"quorum_timeout": "soon"}, "quorum_timeout"),
+    ],
+)
+def test_invalid_options_name_the_argument(kwargs: dict, message: str) -> None:
+    with pytest.raises(MisconfigurationException, match=message):
+        FaultTolerantStrategy(**kwargs)
+
+
+def test_missing_lighthouse_and_group_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("torchft")
+    monkeypatch.delenv("TORCHFT_LIGHTHOUSE", raising=False)
+    monkeypatch.delenv("FULMEN_REPLICA_GROUP", raising=False)
+    strategy = FaultTolerantStrategy()
+    with pytest.raises(MisconfigurationException, match=r"needs the address of a torchft lighthouse.*TORCHFT_LIGHT"):
+        strategy.setup_environment()
+    with pytest.raises(MisconfigurationException, match=r"needs `replica_group`.*FULMEN_REPLICA_GROUP"):
+        strategy.replica_group  # noqa: B018
+    monkeypatch.setenv("FULMEN_NUM_REPLICA_GROUPS", "two")
+    with pytest.raises(MisconfigurationException, match="FULMEN_NUM_REPLICA_GROUPS"):
+        strategy.num_replica_groups  # noqa: B018
+
+
+def test_accumulation_is_refused() -> None:
+    with pytest.raises(MisconfigurationException, match="accumulate_grad_batches=4"):
+        FaultTolerantStrategy().configure_training(accumulate_grad_batches=4)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--replica-groups", "0"], "--replica-groups=0"),
+        (["--replica-groups", "2", "--max-restarts", "-1"], "--max-restarts=-1"),
+        (["--replica-groups", "2", "--heartbeat-timeout", "0"], "--heartbeat-timeout=0"),
+        (["--replica-groups", "2", "--strategy", "ddp"], "runs strategy='fault_tolerant'"),
+        (["--replica-groups", "2", "--num-nodes", "2"], "starts every group on this machine"),
+    ],
+)
+def test_cli_refuses_bad_fault_tolerance_flags(
+    tmp_path, capsys: pytest.CaptureFixture, flags: list[str], message: str
+) -> None:
+    script = tmp_path / "train.py"
+    script.write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", str(script), *flags])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
