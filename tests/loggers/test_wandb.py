@@ -365,3 +365,15 @@ def test_importing_fulmen_loads_neither_tracker():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_save_dir_defaults_to_the_current_folder_as_in_lightning(tmp_path, monkeypatch):
+    import inspect
+
+    assert inspect.signature(WandbLogger).parameters["save_dir"].default == "."
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    assert WandbLogger(offline=True).save_dir == "."
+    assert WandbLogger(offline=True, dir=str(tmp_path)).save_dir == str(tmp_path)  # dir fills the default
+    assert WandbLogger(offline=True, save_dir=tmp_path / "a").save_dir == str(tmp_path / "a")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "env"))
+    assert WandbLogger(offline=True).save_dir == str(tmp_path / "env")

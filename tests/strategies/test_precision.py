@@ -164,3 +164,13 @@ def test_16_mixed_clips_unscaled_gradients():
     assert torch.allclose(model.weight.grad, reference.weight.grad)
     strategy.clip_gradients_norm(model, optimizer, max_norm=0.1)  # a second unscale in one step is refused by
     strategy.optimizer_step(optimizer)  # GradScaler; the plugin remembers it unscaled already
+
+
+def test_half_precision_default_is_float16_as_in_lightning():
+    precision = HalfPrecision()
+    assert precision.precision == "16-true" and precision.param_dtype == torch.float16
+    assert HalfPrecision("bf16-true").param_dtype == torch.bfloat16
+    module = precision.convert_module(torch.nn.Linear(2, 2))
+    assert module.weight.dtype == torch.float16
+    with pytest.raises(ValueError, match="Accepted"):
+        HalfPrecision("16-mixed")

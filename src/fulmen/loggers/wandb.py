@@ -43,7 +43,8 @@ class WandbLogger(Logger):
 
     ``name`` is the run's display name, ``project`` its project (``WANDB_PROJECT`` or
     ``"lightning_logs"``), ``version``/``id`` its id: pass an earlier run's id to resume it.
-    ``save_dir`` (or ``dir``, else ``WANDB_DIR``, else ``"."``) holds the local ``wandb/`` folder.
+    ``save_dir`` (default ``"."``, as in Lightning; ``dir`` or ``WANDB_DIR`` where it is left at
+    the default) holds the local ``wandb/`` folder.
     ``log_model=True`` logs the checkpoint callback's best/last files as ``model`` artifacts when
     training succeeds, ``"all"`` logs each checkpoint as it is written. Other keyword arguments
     go to ``wandb.init`` (``tags``, ``group``, ``entity``, ``config``, ``notes``, ...).
@@ -54,7 +55,7 @@ class WandbLogger(Logger):
     def __init__(
         self,
         name: str | None = None,
-        save_dir: str | os.PathLike | None = None,
+        save_dir: str | os.PathLike | None = ".",
         version: str | None = None,
         offline: bool = False,
         dir: str | os.PathLike | None = None,
@@ -76,6 +77,8 @@ class WandbLogger(Logger):
                 raise invalid_argument(arg, value, "a non-empty string or None")
         if version is not None and id is not None and version != id:
             raise invalid_argument("id", id, f"the same run id as `version={version!r}`, or only one of them")
+        if save_dir is not None and os.fspath(save_dir) == ".":
+            save_dir = None  # the default: `dir` or WANDB_DIR may still choose the folder
         for arg, value in (("save_dir", save_dir), ("dir", dir)):
             if value is not None and not isinstance(value, (str, os.PathLike)):
                 raise invalid_argument(arg, value, "a folder path or None")

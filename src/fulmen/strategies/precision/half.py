@@ -14,7 +14,11 @@ _DTYPES = {"16-true": torch.float16, "bf16-true": torch.bfloat16}
 
 
 class HalfPrecision(Precision):
-    def __init__(self, precision: str = "bf16-true") -> None:
+    """The model's parameters, its inputs and the tensors it creates in ``float16`` (``"16-true"``,
+    the default, as in Lightning) or ``bfloat16`` (``"bf16-true"``); outputs come back in torch's
+    default dtype."""
+
+    def __init__(self, precision: str = "16-true") -> None:
         if precision not in _DTYPES:
             raise ValueError(f"`precision={precision!r}` is not valid for HalfPrecision. Accepted: {list(_DTYPES)}.")
         self.precision = precision
