@@ -482,13 +482,33 @@ def test_missing_monitor_key_raises_with_available_keys(tmp_path):
     ckpt = ModelCheckpoint(dirpath=tmp_path, monitor="val_acc")
     with pytest.raises(MisconfigurationException, match="val_acc") as info:
         fit(tmp_path, [ckpt], ScriptedModel([0.1, 0.2, 0.3]))
-    assert "'val_loss'" in str(info.value) and "'train_loss'" in str(info.value)
+    message = str(info.value)
+    assert "'val_loss'" in message and "'train_loss'" in message
+    # Lightning's wording, which its users search for.
+    assert "`ModelCheckpoint(monitor='val_acc')` could not find the monitored key in the returned metrics:" in message
+    assert "HINT: Did you call `log('val_acc', value)` in the `LightningModule`?" in message
+    assert names(tmp_path) == []
+
+
+def test_missing_monitor_key_without_validation_raises_at_the_first_epoch_end(tmp_path):
+    """Nothing is logged after the module's epoch end when there is no validation: fail there, not warn forever."""
+    ckpt = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss")
+    trainer = None
+
+    class Epochs(Callback):
+        def on_train_epoch_end(self, trainer_, pl_module):
+            nonlocal trainer
+            trainer = trainer_
+
+    with pytest.raises(MisconfigurationException, match=r"could not find the monitored key .*'train_loss'"):
+        fit(tmp_path, [Epochs(), ckpt], val=False)
+    assert trainer.current_epoch == 0 and names(tmp_path) == []
 
 
 def test_missing_monitor_key_before_the_first_validation_only_warns(tmp_path):
     # Step checks before the first validation cannot see val_loss yet.
     ckpt = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", every_n_train_steps=2, save_top_k=-1)
-    with pytest.warns(UserWarning, match="could not find 'val_loss'"):
+    with pytest.warns(UserWarning, match="could not find the monitored key"):
         fit(tmp_path, [ckpt], ScriptedModel([0.3, 0.2]), max_epochs=2)
     assert names(tmp_path) == ["epoch=1-step=6.ckpt", "epoch=1-step=8.ckpt"]
 

@@ -35,6 +35,7 @@ class TopKBookkeeping:
     best_model_score: Tensor | None
     current_score: Tensor | None
     _validation_has_run: bool
+    _checking_epoch_end: bool
     _warned: set[str]
 
     def check_monitor_top_k(self, trainer: Trainer, current: Tensor | None = None) -> bool:
@@ -58,12 +59,14 @@ class TopKBookkeeping:
             return self._save_none_monitor_checkpoint(trainer, candidates)
         if self.monitor not in candidates:
             message = (
-                f"`ModelCheckpoint(monitor={self.monitor!r})` could not find {self.monitor!r} in the logged metrics:"
-                f" {sorted(candidates)}. Log it with `self.log({self.monitor!r}, value)` in the LightningModule,"
-                " or set `monitor` to one of these keys."
+                f"`ModelCheckpoint(monitor={self.monitor!r})` could not find the monitored key in the returned metrics:"
+                f" {sorted(candidates)}. HINT: Did you call `log({self.monitor!r}, value)` in the `LightningModule`?"
+                " Otherwise set `monitor` to one of these keys."
             )
-            # Before the first validation a validation metric cannot exist yet: only warn then.
-            if self._validation_has_run:
+            # At the end of an epoch (or after a validation) everything the module logs is in: a key
+            # missing then is never logged. A step check before them only warns: an epoch-level or a
+            # validation metric cannot exist yet.
+            if self._validation_has_run or self._checking_epoch_end:
                 raise MisconfigurationException(message)
             if message not in self._warned:
                 self._warned.add(message)

@@ -173,6 +173,7 @@ class ModelCheckpoint(TopKBookkeeping, StaleFileRemoval, Checkpoint):
         self._last_checkpoint_saved = ""
         self._last_time_checked: float | None = None
         self._validation_has_run = False
+        self._checking_epoch_end = False  # a missing monitor is an error then, not a warning
         self._dirpath_from_state = False
         self._resume_paths: set[str] = set()
         self._warned: set[str] = set()
@@ -452,7 +453,11 @@ class ModelCheckpoint(TopKBookkeeping, StaleFileRemoval, Checkpoint):
     def _save_at_epoch_end(self, trainer: Trainer) -> None:
         candidates = self._monitor_candidates(trainer)
         if self._every_n_epochs >= 1 and (trainer.current_epoch + 1) % self._every_n_epochs == 0:
-            self._save_checkpoints(trainer, candidates)
+            self._checking_epoch_end = True
+            try:
+                self._save_checkpoints(trainer, candidates)
+            finally:
+                self._checking_epoch_end = False
         else:
             self._save_checkpoints(trainer, candidates, top_k=False)
 
