@@ -173,8 +173,27 @@ def test_a_malicious_checkpoint_runs_no_code(tmp_path):
 def test_weights_only_checkpoints_cannot_resume_training(tmp_path):
     trainer, _ = _fit(tmp_path)
     trainer.save_checkpoint(tmp_path / "w.ckpt", weights_only=True)
-    with pytest.raises(CheckpointError, match="holds weights only"):
+    with pytest.raises(CheckpointError, match="holds the model's weights only") as info:
         L.Trainer(**quiet(max_epochs=2)).fit(HParamModel(), loader(32), ckpt_path=str(tmp_path / "w.ckpt"))
+    assert "save_weights_only=True" in str(info.value) and "HParamModel.load_from_checkpoint(path)" in str(info.value)
+
+
+def test_resuming_fit_from_an_evaluation_checkpoint_says_what_it_holds(tmp_path):
+    """A file saved after `validate()` holds weights but no optimizer state: the error says so, and what to do."""
+    trainer, model = _fit(tmp_path)
+    evaluator = L.Trainer(**quiet())
+    evaluator.validate(model, loader(32))
+    evaluator.save_checkpoint(tmp_path / "final.ckpt")
+    with pytest.raises(CheckpointError) as info:
+        L.Trainer(**quiet(max_epochs=2)).fit(HParamModel(), loader(32), ckpt_path=str(tmp_path / "final.ckpt"))
+    message = str(info.value)
+    assert "final.ckpt" in message and "no optimizer state" in message and "saved outside `fit`" in message
+    assert "HParamModel.load_from_checkpoint(path)" in message and "without `ckpt_path`" in message
+    # What it advises works: the weights load and a fresh fit trains from them.
+    restored = HParamModel.load_from_checkpoint(tmp_path / "final.ckpt")
+    for name, value in model.state_dict().items():
+        assert torch.equal(restored.state_dict()[name], value)
+    L.Trainer(**quiet(max_epochs=1)).fit(restored, loader(32))
 
 
 def test_ckpt_path_last_best_and_errors(tmp_path):

@@ -38,6 +38,8 @@ brought to this one by :mod:`fulmen.checkpointing.migration`.
 
 from __future__ import annotations
 
+from typing import Any
+
 #: The layout written now; :func:`fulmen.checkpointing.migration.migrate` upgrades older ones.
 SCHEMA_VERSION = 2
 
@@ -46,3 +48,19 @@ LIGHTNING_COMPATIBLE_VERSION = "2.6.0"
 
 #: What a checkpoint needs beyond the weights for ``fit`` to resume from it.
 TRAINING_STATE_KEYS = ("optimizer_states", "lr_schedulers", "callbacks", "rng")
+
+
+def contents(checkpoint: dict[str, Any]) -> str:
+    """What a checkpoint holds, in words a user can act on (used when it cannot serve as asked)."""
+    if "optimizer_states" not in checkpoint:
+        return (
+            "the model's weights only, with its loop counters and hyperparameters (it was saved with "
+            "`save_weights_only=True`): no optimizer or scheduler state"
+        )
+    if not checkpoint["optimizer_states"]:
+        return (
+            "the model's weights and loop counters but no optimizer state: it was saved outside `fit` (after "
+            "`validate`, `test` or `predict`), or by a module without optimizers"
+        )
+    count = len(checkpoint["optimizer_states"])
+    return f"the full training state of `fit`, with {count} optimizer state(s)"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from fulmen.checkpointing import remote
+from fulmen.checkpointing import remote, schema
 from fulmen.checkpointing.migration import match_module_keys, migrate
 from fulmen.checkpointing.schema import LIGHTNING_COMPATIBLE_VERSION, SCHEMA_VERSION
 from fulmen.strategies import resumable_sampler
@@ -101,13 +101,15 @@ def restore_checkpoint(run: Run, checkpoint: dict[str, Any], fn: TrainerFn) -> N
         rank_zero_info(f"Loaded model weights from the checkpoint at {run.ckpt_path}")
         return
     rank_zero_info(f"Restoring states from the checkpoint path at {run.ckpt_path}")
-    if "optimizer_states" not in checkpoint:
-        raise CheckpointError(
-            "This checkpoint holds weights only (saved with `save_weights_only=True`), so training cannot resume "
-            "from it. Load the weights with `Model.load_from_checkpoint(path)` and call `fit` without `ckpt_path`."
-        )
     optimizers = run.real_optimizers()
-    saved = checkpoint["optimizer_states"]
+    saved = checkpoint.get("optimizer_states")
+    if saved is None or (not saved and optimizers):
+        raise CheckpointError(
+            f"`fit` cannot resume from {run.ckpt_path!r}: it holds {schema.contents(checkpoint)}. Resuming needs "
+            "a checkpoint saved during `fit` (ModelCheckpoint's files, `last.ckpt`, `trainer.save_checkpoint` "
+            f"inside fit). To train on from these weights, load them with `{type(module).__name__}."
+            "load_from_checkpoint(path)` and call `fit` without `ckpt_path`."
+        )
     if len(saved) != len(optimizers):
         raise CheckpointError(
             f"The checkpoint holds {len(saved)} optimizer state(s), but `configure_optimizers` returned "
