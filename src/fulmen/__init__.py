@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from fulmen.utilities.warning_filters import apply_environment as _apply_warning_environment
+
 __version__ = "0.1.0"
 
 _EXPORTS = {
@@ -39,6 +41,9 @@ __all__ = [
 
 # Packages reachable as attributes (``L.fabric.strategies...``), as ``import lightning as L`` code writes them.
 _SUBPACKAGES = {"fabric": "fulmen.fabric"}
+
+# POSSIBLE_USER_WARNINGS=0 silences PossibleUserWarning for the whole program, as in Lightning.
+_apply_warning_environment()
 
 if TYPE_CHECKING:
     from fulmen.callbacks import Callback

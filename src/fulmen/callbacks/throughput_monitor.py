@@ -21,7 +21,6 @@ during fit is not counted as training time.
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -31,108 +30,7 @@ from fulmen.callbacks.callback import Callback
 from fulmen.utilities.exceptions import invalid_argument
 from fulmen.utilities.rank_zero import rank_zero_warn
 from fulmen.utilities.stages import TrainerFn
-
-
-class RollingWindow:
-    """The last ``size`` values appended; rates come from its first and last entries."""
-
-    def __init__(self, size: int) -> None:
-        self._values: deque[float] = deque(maxlen=size)
-
-    @property
-    def size(self) -> int:
-        return self._values.maxlen or 0
-
-    @property
-    def full(self) -> bool:
-        return len(self._values) == self.size
-
-    def append(self, value: float) -> None:
-        self._values.append(value)
-
-    def clear(self) -> None:
-        self._values.clear()
-
-    @property
-    def first(self) -> float:
-        return self._values[0]
-
-    @property
-    def last(self) -> float:
-        return self._values[-1]
-
-    def span(self) -> float:
-        """last - first: how much the running total grew across the window."""
-        return self._values[-1] - self._values[0]
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-
-class Throughput:
-    """Rates from running totals (time, batches, samples, items, FLOPs) over a rolling window.
-
-    ``update`` takes totals since the start (not per-batch amounts), except ``flops``, the
-    FLOPs of the latest batch on this device.
-    """
-
-    def __init__(self, world_size: int = 1, window_size: int = 100, separator: str = "/") -> None:
-        if isinstance(window_size, bool) or not isinstance(window_size, int) or window_size < 2:
-            raise invalid_argument("window_size", window_size, "an int >= 2 (a rate needs two points)")
-        self.world_size = max(int(world_size), 1)
-        self.separator = separator
-        self._time = RollingWindow(window_size)
-        self._batches = RollingWindow(window_size)
-        self._samples = RollingWindow(window_size)
-        self._lengths = RollingWindow(window_size)
-        self._flops = RollingWindow(window_size)
-        self._flops_total = 0.0
-
-    def reset(self) -> None:
-        for window in (self._time, self._batches, self._samples, self._lengths, self._flops):
-            window.clear()
-        self._flops_total = 0.0
-
-    def update(
-        self, *, time: float, batches: int, samples: int, lengths: int | None = None, flops: float | None = None
-    ) -> None:
-        self._time.append(time)
-        self._batches.append(batches)
-        self._samples.append(samples)
-        if lengths is not None:
-            self._lengths.append(lengths)
-        if flops is not None:
-            self._flops_total += flops
-            self._flops.append(self._flops_total)
-
-    def compute(self) -> dict[str, float]:
-        if not len(self._time):
-            return {}
-        sep = self.separator
-        metrics: dict[str, float] = {
-            "time": self._time.last,
-            "batches": self._batches.last,
-            "samples": self._samples.last,
-        }
-        if len(self._lengths):
-            metrics["lengths"] = self._lengths.last
-        if not self._time.full:
-            return metrics
-        elapsed = self._time.span()
-        if elapsed <= 0:
-            return metrics
-        rates = {
-            "batches_per_sec": self._batches.span() / elapsed,
-            "samples_per_sec": self._samples.span() / elapsed,
-        }
-        if self._lengths.full:
-            rates["items_per_sec"] = self._lengths.span() / elapsed
-        if self._flops.full:
-            rates["flops_per_sec"] = self._flops.span() / elapsed
-        for name, value in rates.items():
-            metrics[f"device{sep}{name}"] = value
-            metrics[name] = value * self.world_size
-        return metrics
+from fulmen.utilities.throughput import RollingWindow, Throughput  # noqa: F401  (RollingWindow: re-exported)
 
 
 class ThroughputMonitor(Callback):
@@ -178,7 +76,9 @@ class ThroughputMonitor(Callback):
     # ----------------------------------------------------------------------------- set up
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         for name in self._STAGES:
-            self._throughputs[name] = Throughput(trainer.world_size, self.window_size, self.separator)
+            self._throughputs[name] = Throughput(
+                world_size=trainer.world_size, window_size=self.window_size, separator=self.separator
+            )
             self._eval_log_step.setdefault(name, 0)
 
     def _start(self, stage: str) -> None:

@@ -37,14 +37,14 @@ def _rank_from_environment() -> int:
     return 0
 
 
-def rank_zero_only(fn: Callable[..., T]) -> Callable[..., T | None]:
-    """Call ``fn`` only where ``rank_zero_only.rank == 0``; other ranks get ``None``."""
+def rank_zero_only(fn: Callable[..., T], default: Any = None) -> Callable[..., T | Any]:
+    """Call ``fn`` only where ``rank_zero_only.rank == 0``; other ranks get ``default`` (None)."""
 
     @functools.wraps(fn)
-    def wrapped(*args: Any, **kwargs: Any) -> T | None:
+    def wrapped(*args: Any, **kwargs: Any) -> T | Any:
         if rank_zero_only.rank == 0:
             return fn(*args, **kwargs)
-        return None
+        return default
 
     return wrapped
 
@@ -52,16 +52,48 @@ def rank_zero_only(fn: Callable[..., T]) -> Callable[..., T | None]:
 rank_zero_only.rank = _rank_from_environment()  # type: ignore[attr-defined]
 
 
-@rank_zero_only
-def rank_zero_warn(message: str, category: type[Warning] = UserWarning, stacklevel: int = 3) -> None:
-    warnings.warn(message, category, stacklevel=stacklevel)
+# ``stacklevel`` counts as in Lightning: the default (4) points at the code that called
+# ``rank_zero_warn``/``rank_zero_info`` (the helper below, the function, its rank-zero wrapper).
+def _warn(message: str | Warning, category: type[Warning] | None, stacklevel: int, **kwargs: Any) -> None:
+    warnings.warn(message, category, stacklevel=stacklevel, **kwargs)
+
+
+def _log(level: int, args: tuple[Any, ...], stacklevel: int, **kwargs: Any) -> None:
+    log.log(level, *args, stacklevel=stacklevel, **kwargs)
 
 
 @rank_zero_only
-def rank_zero_info(message: str) -> None:
-    log.info(message)
+def rank_zero_warn(
+    message: str | Warning, category: type[Warning] = UserWarning, stacklevel: int = 4, **kwargs: Any
+) -> None:
+    """``warnings.warn`` on global rank zero only; ``stacklevel`` and other keywords as ``warnings.warn`` takes."""
+    _warn(message, category, stacklevel, **kwargs)
+
+
+@rank_zero_only
+def rank_zero_deprecation(message: str | Warning, stacklevel: int = 5, **kwargs: Any) -> None:
+    """A ``DeprecationWarning`` on global rank zero only."""
+    category = kwargs.pop("category", DeprecationWarning)
+    _warn(message, category, stacklevel, **kwargs)
+
+
+@rank_zero_only
+def rank_zero_info(*args: Any, stacklevel: int = 4, **kwargs: Any) -> None:
+    """An INFO line of the ``fulmen`` logger, on global rank zero only."""
+    _log(logging.INFO, args, stacklevel, **kwargs)
+
+
+@rank_zero_only
+def rank_zero_debug(*args: Any, stacklevel: int = 4, **kwargs: Any) -> None:
+    """A DEBUG line of the ``fulmen`` logger, on global rank zero only."""
+    _log(logging.DEBUG, args, stacklevel, **kwargs)
 
 
 @rank_zero_only
 def rank_zero_print(*args: Any, **kwargs: Any) -> None:
     print(*args, **kwargs)
+
+
+def rank_prefixed_message(message: str, rank: int | None) -> str:
+    """``message`` with ``[rank: N]`` in front where the rank is known."""
+    return f"[rank: {rank}] {message}" if rank is not None else message
