@@ -84,10 +84,18 @@ class LightningDataModule(HyperparametersMixin):
     # --------------------------------------------------------------------------- constructors
     @restricted_classmethod
     def load_from_checkpoint(
-        cls, checkpoint_path: str | Any, hparams_file: str | Any = None, weights_only: bool = True, **kwargs: Any
+        cls,
+        checkpoint_path: str | Any,
+        map_location: Any = None,
+        hparams_file: str | Any = None,
+        weights_only: bool = True,
+        **kwargs: Any,
     ) -> LightningDataModule:
-        """Rebuild the datamodule from a Trainer checkpoint: saved hyperparameters, then ``kwargs``, then its state."""
-        checkpoint = read_checkpoint(checkpoint_path, None, weights_only)
+        """Rebuild the datamodule from a Trainer checkpoint: saved hyperparameters, then ``kwargs``, then its state.
+
+        ``map_location`` places the tensors of its state like ``torch.load``'s argument (Lightning's signature).
+        """
+        checkpoint = read_checkpoint(checkpoint_path, map_location, weights_only)
         datamodule = instantiate(cls, checkpoint.get("datamodule_hyper_parameters"), hparams_file, kwargs)
         if checkpoint.get("datamodule"):
             datamodule.load_state_dict(checkpoint["datamodule"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import Any
 
@@ -37,16 +38,31 @@ def to_torchscript(
     return exported
 
 
-def to_onnx(module: nn.Module, file_path: str | os.PathLike, input_sample: Any, **kwargs: Any) -> None:
-    """``torch.onnx.export`` of the module in eval mode on ``input_sample``."""
+def to_onnx(module: nn.Module, file_path: str | os.PathLike | Any, input_sample: Any, **kwargs: Any) -> Any:
+    """``torch.onnx.export`` of the module in eval mode on ``input_sample``; returns what torch returns.
+
+    To a path or file object the TorchScript-based exporter writes (no extra package); without a
+    ``file_path`` only the dynamo exporter can export, into the returned ``ONNXProgram``.
+    """
     if input_sample is None:
         raise invalid_argument("input_sample", None, "an input to export with, or set `example_input_array`")
+    if file_path is None:
+        if kwargs.get("dynamo") is False:
+            raise invalid_argument("file_path", None, "a path or file to write, or dynamo=True (returns the program)")
+        if importlib.util.find_spec("onnxscript") is None:
+            raise ModuleNotFoundError(
+                "`to_onnx()` without `file_path` returns torch's ONNXProgram, made by the dynamo exporter, which "
+                "needs onnxscript: `pip install onnxscript`, or pass a `file_path` to write."
+            )
+        kwargs["dynamo"] = True
+    kwargs.setdefault("dynamo", False)  # the TorchScript-based exporter needs no extra package
+    if isinstance(file_path, (str, os.PathLike)):
+        file_path = os.fspath(file_path)
     mode = module.training
     module.eval()
     try:
-        kwargs.setdefault("dynamo", False)  # the TorchScript-based exporter needs no extra package
         sample = _on_device(input_sample, module)
-        torch.onnx.export(module, sample if isinstance(sample, tuple) else (sample,), os.fspath(file_path), **kwargs)
+        return torch.onnx.export(module, sample if isinstance(sample, tuple) else (sample,), file_path, **kwargs)
     finally:
         module.train(mode)
 

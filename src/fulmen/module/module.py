@@ -46,7 +46,7 @@ class LightningModule(ModelHooks, DataHooks, HyperparametersMixin, nn.Module):
     __jit_unused_properties__: list[str] = [  # noqa: RUF012
         "trainer", "device", "dtype", "automatic_optimization", "strict_loading", "example_input_array",
         "current_epoch", "global_step", "global_rank", "local_rank", "logger", "loggers", "hparams",
-        "hparams_initial", "_attached", "_log_hyperparams_enabled", "fabric", "device_mesh",
+        "hparams_initial", "_attached", "_log_hyperparams_enabled", "fabric", "device_mesh", "on_gpu",
     ]  # fmt: skip
 
     #: Run ``prepare_data`` on local rank 0 of every node (True) or only on global rank 0 (False).
@@ -115,6 +115,11 @@ class LightningModule(ModelHooks, DataHooks, HyperparametersMixin, nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.__dict__.get("_dtype", torch.get_default_dtype())
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the module is on a CUDA device (``self.device.type == "cuda"``)."""
+        return self.device.type == "cuda"
 
     @property
     def device_mesh(self) -> Any:
@@ -485,10 +490,14 @@ class LightningModule(ModelHooks, DataHooks, HyperparametersMixin, nn.Module):
         return export.to_torchscript(self, file_path, method, example, **kwargs)
 
     @torch.no_grad()
-    def to_onnx(self, file_path: str | os.PathLike, input_sample: Any = None, **kwargs: Any) -> None:
-        """Write the module as ONNX, exported on ``input_sample`` (default: ``example_input_array``)."""
+    def to_onnx(self, file_path: str | os.PathLike | Any = None, input_sample: Any = None, **kwargs: Any) -> Any:
+        """Export the module as ONNX on ``input_sample`` (default: ``example_input_array``), as Lightning does.
+
+        ``file_path``: a path or a binary file object to write; None writes no file and returns
+        torch's ``ONNXProgram`` (the dynamo exporter, which needs ``onnxscript``).
+        """
         sample = input_sample if input_sample is not None else self.example_input_array
-        export.to_onnx(self, file_path, sample, **kwargs)
+        return export.to_onnx(self, file_path, sample, **kwargs)
 
     def freeze(self) -> LightningModule:
         """Make every parameter untrainable and switch to eval mode; returns the module (as Lightning's)."""
