@@ -141,6 +141,11 @@ def test_pytorch_profiler_records_operators_shapes_memory_and_writes_a_trace(tmp
     assert any("Input Dims" in event.get("args", {}) for event in events)  # record_shapes
     steps = [e for e in events if e.get("name") == "[Strategy]SingleDeviceStrategy.training_step"]
     assert len(steps) == 3
+    # function_events: the recorded EventList stays readable after the summary, as in Lightning.
+    recorded = [e.name for e in profiler.function_events]
+    assert recorded.count("[Strategy]SingleDeviceStrategy.training_step") == 3 and "aten::addmm" in recorded
+    profiler.setup("validate")
+    assert profiler.function_events is None
 
 
 def test_pytorch_profiler_argument_checks():

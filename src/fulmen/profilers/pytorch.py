@@ -92,7 +92,9 @@ class PyTorchProfiler(Profiler):
         self._ranges: dict[str, Any] = {}
         self._module_ranges: list[Any] = []
         self._module_hooks: list[Any] = []
-        self._events: Any = None
+        #: What the last recording captured (a torch ``EventList``), kept after ``summary`` as in
+        #: Lightning; None before anything was recorded or when the schedule recorded nothing.
+        self.function_events: Any = None
 
     # ---------------------------------------------------------------------------- recording
     def start(self, action_name: str) -> None:
@@ -165,14 +167,14 @@ class PyTorchProfiler(Profiler):
             profiler, self._profiler = self._profiler, None
             profiler.__exit__(None, None, None)
             try:
-                self._events = profiler.events()
+                self.function_events = profiler.events()
             except (AssertionError, RuntimeError):  # stopped before the schedule recorded anything
-                self._events = None
+                self.function_events = None
 
     # ------------------------------------------------------------------------------ report
     def summary(self) -> str:
         self._stop_recording()
-        events, self._events = self._events, None
+        events = self.function_events
         if not events:
             return ""
         sort_by = self.sort_by_key or self._default_sort_key()
@@ -191,7 +193,7 @@ class PyTorchProfiler(Profiler):
     def setup(self, stage: str, local_rank: int | None = None, log_dir: str | None = None) -> None:
         super().setup(stage, local_rank, log_dir)
         self._stop_recording()
-        self._events = None
+        self.function_events = None
 
     def teardown(self, stage: str | None = None) -> None:
         self._stop_recording()
@@ -200,7 +202,7 @@ class PyTorchProfiler(Profiler):
     def __getstate__(self) -> dict[str, Any]:
         # Recording state does not pickle; a spawned process starts its own recording.
         state = super().__getstate__()
-        for name in ("_profiler", "_nvtx", "_events"):
+        for name in ("_profiler", "_nvtx", "function_events"):
             state[name] = None
         state.update(_ranges={}, _module_ranges=[], _module_hooks=[])
         return state
