@@ -9,8 +9,9 @@
 The classifier is the guide's: a ResNet whose first convolution takes one channel, cross
 entropy, Adam at 1e-3, ``self.log("loss", ...)``. Its Trainer is the guide's too:
 ``RayDDPStrategy``, ``RayLightningEnvironment``, ``RayTrainReportCallback``, ``prepare_trainer``.
-Each epoch reports its metrics and a checkpoint to Ray; after a restart ``trainer.fit`` picks
-the last one up by itself. Needs ``pip install fulmen[ray]``.
+Each epoch reports its metrics and a checkpoint to Ray; after a restart ``ray_checkpoint_file()``
+gives the last one to ``trainer.fit(..., ckpt_path=...)`` (None on the first run), as Ray's guide
+resumes. Needs ``pip install fulmen[ray]``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from fulmen.integrations.ray import (  # noqa: E402
     RayLightningEnvironment,
     RayTrainReportCallback,
     prepare_trainer,
+    ray_checkpoint_file,
 )
 
 
@@ -153,8 +155,9 @@ def train_func(config: dict) -> None:
         enable_progress_bar=False,
         logger=False,
     )
-    trainer = prepare_trainer(trainer)  # and, after a restart, fit resumes from Ray's checkpoint
-    trainer.fit(model, train_dataloaders=train_dataloader)
+    trainer = prepare_trainer(trainer)
+    with ray_checkpoint_file() as ckpt_path:  # after a restart: Ray's latest checkpoint; else None
+        trainer.fit(model, train_dataloaders=train_dataloader, ckpt_path=ckpt_path)
 
 
 def main(argv: list[str] | None = None) -> ray.train.Result:

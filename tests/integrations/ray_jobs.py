@@ -22,6 +22,7 @@ from fulmen.integrations.ray import (
     RayLightningEnvironment,
     RayTrainReportCallback,
     prepare_trainer,
+    ray_checkpoint_file,
 )
 
 
@@ -116,9 +117,16 @@ def train_classifier(config: dict) -> None:
         enable_progress_bar=False,
         enable_model_summary=False,
     )
+    fit = trainer.fit
     trainer = prepare_trainer(trainer)
+    rank = ray.train.get_context().get_world_rank()
+    # prepare_trainer replaces nothing: fit is still the Trainer's own method.
+    unchanged = trainer.fit == fit and trainer.fit.__func__ is L.Trainer.fit
+    (Path(out) / f"fit_unchanged_rank{rank}").write_text(str(unchanged))
     train, val = loaders()
-    trainer.fit(model, train_dataloaders=train, val_dataloaders=val)
+    # Ray's guide resumes explicitly; ckpt_path is None on the first run (a TypeError once).
+    with ray_checkpoint_file() as ckpt_path:
+        trainer.fit(model, train_dataloaders=train, val_dataloaders=val, ckpt_path=ckpt_path)
     if trainer.is_global_zero:
         torch.save(model.state_dict(), Path(out) / "final.pt")
 

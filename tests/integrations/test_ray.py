@@ -170,6 +170,8 @@ def test_reports_checkpoints_and_exact_resume_after_a_killed_worker(ray_cluster,
         model = ray_jobs.Classifier.load_from_checkpoint(Path(directory) / "checkpoint.ckpt")
     reference = torch.load(tmp_path / "full" / "final.pt", weights_only=True)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in reference.items())
+    for rank in (0, 1):  # prepare_trainer left the Trainer's own fit in place
+        assert (tmp_path / "full" / f"fit_unchanged_rank{rank}").read_text() == "True"
 
     # Rank 1 is SIGKILLed at step 6 (in epoch 1); Ray restarts both workers, which resume from
     # the checkpoint of epoch 0 and end bit-equal to the uninterrupted run.

@@ -1,6 +1,6 @@
 """The Ray resume path refuses tampered checkpoints: Ray's latest checkpoint goes through fulmen's safe loading.
 
-``prepare_trainer`` resumes ``fit`` from ``checkpoint.ckpt`` inside ``ray.train.get_checkpoint()``;
+``ray_checkpoint_file()`` yields ``checkpoint.ckpt`` inside ``ray.train.get_checkpoint()`` to resume ``fit`` from;
 here Ray's own ``Checkpoint`` of a tampered directory stands as the latest one (no Ray cluster:
 what is tested is fulmen's reading of it), and the file found there is resumed by a Trainer.
 """

@@ -2,8 +2,9 @@
 
 ``RayDDPStrategy``, ``RayFSDPStrategy``, ``RayDeepSpeedStrategy`` and ``RayLightningEnvironment``
 take ranks, world size and device from Ray; ``RayTrainReportCallback`` reports each epoch's
-metrics and a checkpoint; ``prepare_trainer`` checks the Trainer and makes ``fit`` resume from
-Ray's latest checkpoint after a restart. Importing this module imports Ray (``pip install
+metrics and a checkpoint; ``prepare_trainer`` checks the Trainer (and changes nothing of it);
+``ray_checkpoint_file()`` gives the checkpoint to pass as ``fit(..., ckpt_path=...)`` after a
+restart (None on the first run). Importing this module imports Ray (``pip install
 fulmen[ray]``); ``import fulmen`` never does.
 
 A script written for Lightning's Ray integration runs with its import lines changed: this
@@ -23,7 +24,7 @@ from fulmen.integrations.ray._require import require_ray_train
 require_ray_train()
 
 from fulmen.integrations.ray.environment import RayLightningEnvironment  # noqa: E402
-from fulmen.integrations.ray.prepare import prepare_trainer  # noqa: E402
+from fulmen.integrations.ray.prepare import prepare_trainer, ray_checkpoint_file  # noqa: E402
 from fulmen.integrations.ray.report_callback import RayTrainReportCallback  # noqa: E402
 from fulmen.integrations.ray.strategies import RayDDPStrategy, RayDeepSpeedStrategy, RayFSDPStrategy  # noqa: E402
 
@@ -34,6 +35,7 @@ __all__ = [
     "RayLightningEnvironment",
     "RayTrainReportCallback",
     "prepare_trainer",
+    "ray_checkpoint_file",
 ]
 
 

@@ -1,12 +1,11 @@
-"""``prepare_trainer``: check a Trainer for Ray Train, and resume it from Ray's checkpoint."""
+"""``prepare_trainer``: check a Trainer for Ray Train; ``ray_checkpoint_file``: Ray's checkpoint to resume from."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fulmen.checkpointing import confinement
 from fulmen.integrations.ray._require import require_ray_train, train_context
@@ -23,15 +22,15 @@ RAY_STRATEGIES = (RayDDPStrategy, RayFSDPStrategy, RayDeepSpeedStrategy)
 
 
 def prepare_trainer(trainer: Trainer) -> Trainer:
-    """Check that ``trainer`` is set up for a Ray Train worker, and let ``fit`` resume Ray's checkpoint.
+    """Check that ``trainer`` is set up for a Ray Train worker; returns the same trainer, unchanged.
 
     The strategy must be one of ``RayDDPStrategy``, ``RayFSDPStrategy``, ``RayDeepSpeedStrategy``
-    and the cluster environment ``RayLightningEnvironment``. Afterwards ``trainer.fit`` called
-    without ``ckpt_path`` resumes from ``ray.train.get_checkpoint()`` when Ray has one (the worker
-    group was restarted after a failure, or the run was restored): the ``checkpoint.ckpt`` that
-    ``RayTrainReportCallback`` put in it, continued exactly. Only the first fit of a worker
-    process resumes, from the checkpoint Ray held when it started; a later fit in the same
-    ``train_func`` starts afresh. An explicit ``ckpt_path`` wins. Returns the same trainer.
+    and the cluster environment ``RayLightningEnvironment``. As in Ray's own ``prepare_trainer``,
+    nothing of the trainer is replaced: ``trainer.fit`` stays the Trainer's method, and resuming
+    after a restart is the script's explicit choice, e.g.::
+
+        with ray_checkpoint_file() as ckpt_path:  # None on the first run
+            trainer.fit(model, train_dataloaders=loader, ckpt_path=ckpt_path)
     """
     train_context()  # a clear error outside a Ray Train worker
     strategy = trainer.strategy
@@ -47,37 +46,17 @@ def prepare_trainer(trainer: Trainer) -> Trainer:
             f"`prepare_trainer` got a Trainer with cluster environment {environment!r}. Under Ray Train pass "
             "`plugins=[RayLightningEnvironment()]` from fulmen.integrations.ray, which reads ranks from Ray."
         )
-    if not getattr(trainer.fit, "_fulmen_ray_resumes", False):
-        trainer.fit = _resuming_fit(trainer.fit)
     return trainer
-
-
-#: Whether a fit of this worker process already had its chance to resume.
-_resume_offered = False
-
-
-def _resuming_fit(fit: Any) -> Any:
-    @functools.wraps(fit)
-    def fit_from_ray_checkpoint(*args: Any, **kwargs: Any) -> Any:
-        global _resume_offered
-        explicit = kwargs.get("ckpt_path") is not None or len(args) >= 5  # fit(model, train, val, dm, ckpt_path)
-        first, _resume_offered = not _resume_offered, True
-        if explicit or not first:
-            return fit(*args, **kwargs)
-        # Ray's latest checkpoint moves on with this worker's own reports: it is the restart
-        # point only before the first fit.
-        with ray_checkpoint_file() as path:
-            if path is not None:
-                rank_zero_info(f"Resuming from Ray Train's latest checkpoint: {path}")
-            return fit(*args, **kwargs, ckpt_path=path)
-
-    fit_from_ray_checkpoint._fulmen_ray_resumes = True  # type: ignore[attr-defined]
-    return fit_from_ray_checkpoint
 
 
 @contextlib.contextmanager
 def ray_checkpoint_file() -> Iterator[str | None]:
-    """The fulmen checkpoint inside ``ray.train.get_checkpoint()``, local while the block runs; else None."""
+    """The ``checkpoint.ckpt`` that ``RayTrainReportCallback`` put in ``ray.train.get_checkpoint()``,
+    local while the block runs; None when Ray holds no checkpoint (the first run) or one without it.
+
+    Pass it to ``trainer.fit(..., ckpt_path=...)`` inside the block: after Ray restarts the worker
+    group, the fit resumes where the last reported checkpoint left off.
+    """
     checkpoint = require_ray_train().get_checkpoint()
     if checkpoint is None:
         yield None
@@ -92,4 +71,6 @@ def ray_checkpoint_file() -> Iterator[str | None]:
                 "resume from a file of your own."
             )
             path = None
+        else:
+            rank_zero_info(f"Ray Train holds a checkpoint to resume from: {path}")
         yield path
