@@ -21,6 +21,7 @@ _EXPORTS = {
     "LRSchedulerTypeTuple": "fulmen.cli.optimizers",
     "LRSchedulerTypeUnion": "fulmen.cli.optimizers",
     "ArgsType": "fulmen.cli.lightning_cli",
+    "instantiate_module": "fulmen.cli.lightning_cli",
 }
 
 __all__ = list(_EXPORTS)

@@ -64,6 +64,7 @@ class LightningCLI:
         trainer_defaults: dict[str, Any] | None = None,
         seed_everything_default: bool | int = True,
         parser_kwargs: dict[str, Any] | dict[str, dict[str, Any]] | None = None,
+        parser_class: type[LightningArgumentParser] = LightningArgumentParser,
         subclass_mode_model: bool = False,
         subclass_mode_data: bool = False,
         args: ArgsType = None,
@@ -78,6 +79,12 @@ class LightningCLI:
         self.trainer_defaults = dict(trainer_defaults or {})
         self.seed_everything_default = seed_everything_default
         self.parser_kwargs = dict(parser_kwargs or {})
+        if not (isinstance(parser_class, type) and issubclass(parser_class, LightningArgumentParser)):
+            raise TypeError(
+                f"`parser_class={parser_class!r}` must be LightningArgumentParser or a subclass of it "
+                "(from fulmen.cli)."
+            )
+        self.parser_class = parser_class
         self.auto_configure_optimizers = auto_configure_optimizers
 
         self.model_class = model_class
@@ -98,6 +105,7 @@ class LightningCLI:
         self._set_seed()
         self.before_instantiate_classes()
         self.instantiate_classes()
+        self.after_instantiate_classes()
         if self.subcommand is not None:
             self._run_subcommand(self.subcommand)
 
@@ -110,7 +118,7 @@ class LightningCLI:
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         """A parser with ``-c/--config`` (several, merged in order) and ``--print_config``."""
-        parser = LightningArgumentParser(**kwargs)
+        parser = self.parser_class(**kwargs)
         parser.add_argument(
             "-c", "--config", action=ActionConfigFile, help="Path to a configuration file in json or yaml format."
         )
@@ -248,6 +256,9 @@ class LightningCLI:
         self.model = self._get(self.config_init, "model")
         self._add_configure_optimizers_method_to_model(self.subcommand)
         self.trainer = self.instantiate_trainer()
+
+    def after_instantiate_classes(self) -> None:
+        """Override to run code after the classes are built, before the subcommand runs."""
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Build the Trainer with the config's arguments (``kwargs`` win) and the CLI's callbacks."""
@@ -421,3 +432,25 @@ def _import_builtin_classes() -> None:
 
 
 _import_builtin_classes()
+
+
+def instantiate_module(class_type: type[Any], config: dict[str, Any]) -> Any:
+    """Build ``class_type`` (or, when ``config`` has a ``_class_path``, that subclass of it) from ``config``.
+
+    ``config`` holds the constructor's arguments as a CLI would parse them: nested classes as
+    ``class_path``/``init_args`` dicts, types converted from their config form. Lightning's name
+    for rebuilding a module from the hyperparameters a CLI run saved.
+    """
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    if "_class_path" in config:
+        parser.add_subclass_arguments(class_type, "module", fail_untyped=False)
+        config = {
+            "class_path": config["_class_path"],
+            "dict_kwargs": {key: value for key, value in config.items() if key != "_class_path"},
+        }
+    else:
+        parser.add_class_arguments(class_type, "module", fail_untyped=False)
+    namespace = parser.parse_object({"module": config})
+    return parser.instantiate(namespace).module
