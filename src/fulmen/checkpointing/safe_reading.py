@@ -146,12 +146,7 @@ def safe_load(
                 _check_header(f.read(2), display)
             return _torch_load(local, map_location, weights_only, mmap)
         fs, rpath = url_to_fs(display, **(storage_options or {}))
-        if not fs.isfile(rpath):
-            raise CheckpointNotFoundError(_not_found_message(display))
-        with fs.open(rpath, "rb") as f:
-            _check_header(f.read(2), display)
-            f.seek(0)
-            return _torch_load(f, map_location, weights_only)
+        return _load_remote(fs, rpath, display, map_location, weights_only)
     except CheckpointError:
         raise
     except FileNotFoundError as err:
@@ -192,6 +187,45 @@ def safe_load(
         if _looks_corrupted(str(err)):
             raise CheckpointError(_corrupted_message(display, err)) from err
         raise CheckpointError(f"Could not load checkpoint {display!r}: {err}") from err
+
+
+#: Reads of an object that a writer replaced meanwhile, before giving up (each starts afresh).
+_REMOTE_ATTEMPTS = 5
+
+
+def _load_remote(fs: Any, rpath: str, display: str, map_location: _MAP_LOCATION, weights_only: bool) -> Any:
+    """Load an object from an object store, reading it again if it is replaced while being read.
+
+    A store publishes each object whole, but a large one is read in several ranged requests; when
+    a writer publishes a newer version in between, the filesystem notices (s3fs: the ETag changed,
+    ``EBUSY``) rather than mixing two versions. The load then starts over on the new version, so a
+    reader that races a save gets the old checkpoint or the new one, never an error or a mix.
+    """
+    for _ in range(_REMOTE_ATTEMPTS - 1):
+        try:
+            return _load_object(fs, rpath, display, map_location, weights_only)
+        except Exception as err:
+            if not _replaced_while_read(err):
+                raise
+            fs.invalidate_cache(rpath)
+    return _load_object(fs, rpath, display, map_location, weights_only)
+
+
+def _load_object(fs: Any, rpath: str, display: str, map_location: _MAP_LOCATION, weights_only: bool) -> Any:
+    if not fs.isfile(rpath):
+        raise CheckpointNotFoundError(_not_found_message(display))
+    with fs.open(rpath, "rb") as f:
+        _check_header(f.read(2), display)
+        f.seek(0)
+        return _torch_load(f, map_location, weights_only)
+
+
+def _replaced_while_read(err: BaseException | None) -> bool:
+    while err is not None:  # torch may wrap the filesystem's error
+        if isinstance(err, OSError) and err.errno == errno.EBUSY:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 # A torch checkpoint is a zip file ("PK") or, in the legacy format, a pickle ("\x80" PROTO).
