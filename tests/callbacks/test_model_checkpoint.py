@@ -172,6 +172,10 @@ def test_format_checkpoint_name_version_filename_and_dirpath(tmp_path):
     remote = ModelCheckpoint(dirpath="memory://bucket/run/", filename="{step}")
     assert remote.dirpath == "memory://bucket/run"
     assert remote.format_checkpoint_name({"step": 5}) == "memory://bucket/run/step=5.ckpt"
+    # prefix= (Lightning's keyword) goes in front of the name, joined as the parts of a name are.
+    assert ckpt.format_checkpoint_name({"epoch": 2}, prefix="test", ver=1) == str(tmp_path / "test-epoch=2-v1.ckpt")
+    ckpt.CHECKPOINT_JOIN_CHAR = "@"
+    assert ckpt.format_checkpoint_name({"epoch": 2}, prefix="test") == str(tmp_path / "test@epoch=2.ckpt")
 
 
 def test_dirpath_is_normalized(tmp_path, monkeypatch):

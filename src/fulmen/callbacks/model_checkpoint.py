@@ -353,9 +353,14 @@ class ModelCheckpoint(TopKBookkeeping, StaleFileRemoval, Checkpoint):
 
     # ------------------------------------------------------------------------------ file names
     def format_checkpoint_name(
-        self, metrics: Mapping[str, Any], filename: str | None = None, ver: int | None = None
+        self,
+        metrics: Mapping[str, Any],
+        filename: str | None = None,
+        ver: int | None = None,
+        prefix: str | None = None,
     ) -> str:
-        """The path a checkpoint with these ``metrics`` gets (``ver``: the ``-vN`` suffix).
+        """The path a checkpoint with these ``metrics`` gets (``ver``: the ``-vN`` suffix; ``prefix``:
+        put in front, joined by ``CHECKPOINT_JOIN_CHAR``, as in Lightning).
 
         >>> ckpt = ModelCheckpoint(dirpath=None, filename="{epoch}")
         >>> ckpt.format_checkpoint_name({"epoch": 0})
@@ -364,10 +369,14 @@ class ModelCheckpoint(TopKBookkeeping, StaleFileRemoval, Checkpoint):
         'epoch=003.ckpt'
         >>> ckpt.format_checkpoint_name({"epoch": 3}, ver=2)
         'epoch=3-v2.ckpt'
+        >>> ckpt.format_checkpoint_name({"epoch": 3}, prefix="run")
+        'run-epoch=3.ckpt'
         """
         name = self._format_checkpoint_name(
             filename or self.filename, dict(metrics), auto_insert_metric_name=self.auto_insert_metric_name
         )
+        if prefix:
+            name = self.CHECKPOINT_JOIN_CHAR.join((prefix, name))
         if ver is not None:
             name = self.CHECKPOINT_JOIN_CHAR.join((name, f"v{ver}"))
         name = f"{name}{self.FILE_EXTENSION}"
