@@ -39,6 +39,7 @@ _BUILTINS = {
     "DeviceStatsMonitor": "fulmen.callbacks.device_stats_monitor",
     "LearningRateFinder": "fulmen.callbacks.lr_finder",
     "BatchSizeFinder": "fulmen.callbacks.batch_size_finder",
+    "SpikeDetection": "fulmen.callbacks.spike",
 }
 
 __all__ = ["Callback", *_BUILTINS]

@@ -14,6 +14,7 @@ _EXPORTS = {
     "CombinedLoader": "fulmen.utilities.combined_loader",
     "GradClipAlgorithmType": "fulmen.utilities.enums",
     "PossibleUserWarning": "fulmen.utilities.exceptions",
+    "SpikeDetection": "fulmen.utilities.spike",
     "Throughput": "fulmen.utilities.throughput",
     "ThroughputMonitor": "fulmen.utilities.throughput",
     "apply_to_collection": "fulmen.utilities.apply_func",
@@ -42,6 +43,7 @@ __all__ = [
     "CombinedLoader",
     "GradClipAlgorithmType",
     "PossibleUserWarning",
+    "SpikeDetection",
     "Throughput",
     "ThroughputMonitor",
     "apply_to_collection",
@@ -86,12 +88,13 @@ if TYPE_CHECKING:
         rank_zero_only,
         rank_zero_warn,
     )
+    from fulmen.utilities.spike import SpikeDetection
     from fulmen.utilities.throughput import Throughput, ThroughputMonitor
     from fulmen.utilities.warning_filters import disable_possible_user_warnings
 
 
 # Submodules Lightning code reaches by attribute (``L.fabric.utilities.types.LRScheduler``).
-_SUBMODULES = ("data", "imports", "memory", "model_helpers", "parameter_tying", "throughput", "types")
+_SUBMODULES = ("data", "imports", "memory", "model_helpers", "parameter_tying", "spike", "throughput", "types")
 
 
 def __getattr__(name: str) -> Any:
