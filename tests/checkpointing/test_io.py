@@ -522,3 +522,18 @@ def test_defaultdict_saved_by_plain_torch_save_is_refused_with_the_right_hint(tm
         safe_load(path)
     assert "add_safe_globals" not in str(info.value)
     assert safe_load(path, weights_only=False)["d"]["a"] == [1]
+
+
+def test_documented_import_paths_still_work():
+    """The names the docs gave before checkpoint I/O moved into fulmen.checkpointing are the same objects."""
+    import fulmen.checkpointing as checkpointing
+    import fulmen.strategies as strategies
+    from fulmen.utilities import cloud_io
+
+    assert cloud_io.add_safe_globals is checkpointing.add_safe_globals is add_safe_globals
+    assert cloud_io.safe_load is checkpointing.safe_load and cloud_io.atomic_save is checkpointing.atomic_save
+    assert cloud_io.CheckpointNotFoundError is CheckpointNotFoundError
+    assert strategies.consolidate_checkpoint is checkpointing.consolidate_checkpoint
+    assert checkpointing.SCHEMA_VERSION == 2
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        checkpointing.nope  # noqa: B018
