@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from fulmen.trainer import checkpoint_state as checkpoint_io
-from fulmen.trainer import profiling, setup
+from fulmen.trainer import profiling, replicas, setup
 from fulmen.trainer.configuration import set_torch_flags
 from fulmen.trainer.defaults import merge_model_callbacks
 from fulmen.trainer.loaders import load_eval_dataloaders
@@ -65,6 +65,7 @@ def execute(run: Run) -> Any:
             run.state.stage = RunningStage.TRAINING
             # No model.train() here: each submodule keeps the mode its owner set (a frozen, eval-mode
             # backbone stays so), as in Lightning; evaluation restores the modes it found.
+            replicas.sync_replicas(run)  # strategy='fault_tolerant': a restarted replica group heals here
             with torch.autograd.set_detect_anomaly(run.config.detect_anomaly), watch_signals(run):
                 fit_loop(run)
             result = None

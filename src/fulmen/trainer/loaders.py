@@ -40,6 +40,7 @@ def load_train_dataloader(run: Run) -> None:
     loader = train_loader_from(source)
     if config.overfit_batches:
         loader = without_shuffle(loader)
+    loader = run.strategy.process_train_dataloader(loader)  # fault_tolerant: each step's samples by quorum
     loader = prepare_train(loader, run.strategy.distributed_sampler_kwargs, config.use_distributed_sampler)
     run.train_dataloader = loader
     run.num_training_batches = count_batches(loader, config.limit_train_batches, "limit_train_batches")

@@ -182,9 +182,11 @@ def lightning_optimizers(run: Run) -> list[LightningOptimizer]:
     """The optimizers as ``self.optimizers()`` hands them out: stepping through the strategy, counted."""
     state, module, config = run.state, run.module, run.config
     manual = not module.automatic_optimization
+    strategy = run.strategy
 
     def count_step() -> None:
-        state.global_step += 1
+        if strategy.last_step_committed:  # fault_tolerant: a step the replica groups did not commit
+            state.global_step += 1
 
     def after_closure(optimizer: LightningOptimizer) -> None:
         hooks = run.hooks

@@ -141,6 +141,8 @@ def train_epoch(run: Run, loop: FitLoop) -> None:
                     _step_schedulers(run, plan.epoch_schedulers, state.current_epoch, plateau=False)
                 break
             outputs = batch_step(run, plan, batch, batch_idx, stepping)
+            # fault_tolerant: a step the replica groups did not commit steps no scheduler and is not counted.
+            stepping = stepping and run.strategy.last_step_committed
 
         if stepping and plan.step_schedulers:
             _step_schedulers(run, plan.step_schedulers, state.batches_that_stepped, plateau=False)

@@ -72,7 +72,8 @@ def automatic_step(run: Run, plan: EpochPlan, batch: Any, batch_idx: int, steppi
     else:
         closure()
         plan.optimizer_step(optimizer)
-        run.state.global_step += 1
+        if run.strategy.last_step_committed:  # fault_tolerant: a step the replica groups did not commit
+            run.state.global_step += 1
 
     if result[0] is None:  # an optimizer_step override that never ran the closure
         return {}
