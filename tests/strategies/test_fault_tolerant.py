@@ -107,6 +107,8 @@ def test_replica_state_round_trip_heals_weights_optimizer_rng_and_extras() -> No
     sent = live.state_dict()
     expected_draw = torch.rand(3)
     restarted.load_state_dict(sent)
+    assert restarted.healed == 1 and restarted.pending_rng is not None
+    restarted.apply_pending_rng()  # at the step's first batch
     assert torch.equal(torch.rand(3), expected_draw)  # the random state came along
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), live_model.parameters()))
     assert torch.equal(optimizer.state_dict()["state"][0]["exp_avg"], live_opt.state_dict()["state"][0]["exp_avg"])

@@ -48,6 +48,7 @@ def run_replica_groups(
     """Run the job; returns its exit status (0: every group that ended, ended well)."""
     from torchft._torchft import LighthouseServer
 
+    os.environ.setdefault("RUST_LOG", "warn")  # torchft's lighthouse and managers log every quorum at info
     lighthouse = LighthouseServer(
         bind="127.0.0.1:0",
         min_replicas=min_replicas,
@@ -58,7 +59,6 @@ def run_replica_groups(
     env["TORCHFT_LIGHTHOUSE"] = _loopback(lighthouse.address())
     env["FULMEN_NUM_REPLICA_GROUPS"] = str(groups)
     env.setdefault("FULMEN_STRATEGY", "fault_tolerant")
-    env.setdefault("RUST_LOG", "warn")  # torchft's lighthouse and managers log every quorum at info
     if sys.platform.startswith("linux"):
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # every group is on this machine: gloo over loopback
     command = _command(script, script_args, processes)

@@ -30,6 +30,7 @@ from fulmen.strategies.precision import Precision
 from fulmen.strategies.strategy import Strategy
 from fulmen.strategies.wrapped import unwrap_optimizer
 from fulmen.utilities.exceptions import MisconfigurationException, invalid_argument
+from fulmen.utilities.rank_zero import rank_zero_warn
 
 #: What ``fulmen run --replica-groups`` exports to every process (and what other launchers must set).
 LIGHTHOUSE_ENV = "TORCHFT_LIGHTHOUSE"
@@ -85,6 +86,8 @@ class FaultTolerantStrategy(Strategy):
         self._participation = (0, 1)
         self._committed = True
         self._step_samples = 0
+        self._resume_skip = 0
+        self._defer_rng = False
 
     # ----------------------------------------------------------------------------------- where
     @property
@@ -189,6 +192,7 @@ class FaultTolerantStrategy(Strategy):
         """``dataloader``'s dataset, each sample in exactly one committed step per epoch (see ``ft_data``)."""
         from fulmen.strategies.data import global_seed
 
+        skip, self._resume_skip = self._resume_skip, 0
         return ExactlyOnceLoader(
             dataloader,
             self.position,
@@ -196,7 +200,33 @@ class FaultTolerantStrategy(Strategy):
             quorum=self.begin_step,
             on_assigned=self._assign,
             seed=global_seed(),
+            skip_first=skip,
         )
+
+    def process_train_dataloader(self, dataloader: Any) -> Any:
+        """A map-style DataLoader becomes an exactly-once loader; other iterables are fed as they are
+        (each group then reads its own copy: the exactly-once guarantee needs indexable samples)."""
+        from torch.utils.data import DataLoader, IterableDataset
+
+        if isinstance(dataloader, DataLoader) and not isinstance(dataloader.dataset, IterableDataset):
+            return self.exactly_once(dataloader)
+        rank_zero_warn(
+            f"strategy='fault_tolerant' feeds this training data ({type(dataloader).__name__}) as it is: every "
+            "replica group reads all of it. Samples are assigned exactly once per epoch only from a DataLoader over "
+            "a map-style dataset."
+        )
+        return dataloader
+
+    def sync_replicas(self) -> None:
+        """Join the first step's quorum before the loop: a restarted group receives the live groups' state
+        here (the loop then resumes mid-epoch as from a checkpoint); its random states wait for the first batch."""
+        self._defer_rng = True
+        try:
+            self.begin_step()
+        finally:
+            self._defer_rng = False
+        if self.replica_state.healed:
+            self._resume_skip = self.position.steps
 
     # ----------------------------------------------------------------------------------- train
     def begin_step(self) -> tuple[int, int]:
@@ -209,6 +239,8 @@ class FaultTolerantStrategy(Strategy):
             self._manager.start_quorum()
             self._participation = (self._manager.participating_rank() or 0, max(self._manager.num_participants(), 1))
             self._step_open = True
+        if not self._defer_rng:
+            self.replica_state.apply_pending_rng()
         return self._participation
 
     def _assign(self, samples: int) -> None:

@@ -68,7 +68,8 @@ class ExactlyOnceLoader:
     ``quorum()`` opens the step and returns ``(rank, participants)`` of this group in it;
     ``on_assigned(size)`` tells the strategy how many samples the step takes in all (the cursor
     advances by that much if it commits). Batches are loaded in this process with the loader's
-    ``collate_fn``: which samples a step needs is known only once its quorum is.
+    ``collate_fn``: which samples a step needs is known only once its quorum is. ``skip_first``:
+    a loop resumed mid-epoch by healing replays that many batches first (they come as None).
     """
 
     def __init__(
@@ -79,6 +80,7 @@ class ExactlyOnceLoader:
         quorum: Callable[[], tuple[int, int]],
         on_assigned: Callable[[int], None],
         seed: int = 0,
+        skip_first: int = 0,
     ) -> None:
         if dataloader.batch_size is None:
             raise ValueError(
@@ -95,6 +97,7 @@ class ExactlyOnceLoader:
         self.seed = seed
         self._quorum = quorum
         self._on_assigned = on_assigned
+        self._skip_first = skip_first
         #: The sample indices of the batch most recently handed out (for tests and logging).
         self.last_indices: list[int] = []
 
@@ -120,6 +123,12 @@ class ExactlyOnceLoader:
         position = self.position
         if position.cursor >= self.num_samples:  # the loop stopped at the last step's batch, before the end
             self._next_epoch()
+        skip, self._skip_first = self._skip_first, 0
+        if 0 < position.steps < self.steps_per_epoch:
+            # Healed before the loop, which resumes this epoch at batch `steps` (as from a mid-epoch
+            # checkpoint): the batches it replays to get there are done already, so they are None.
+            for _ in range(min(skip, position.steps)):
+                yield None
         order_epoch, order = -1, []
         while position.cursor < self.num_samples:
             rank, participants = self._quorum()  # may heal: the position can move here

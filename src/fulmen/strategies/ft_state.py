@@ -25,6 +25,11 @@ class ReplicaState:
         self.modules: list[nn.Module] = []
         self.optimizers: list[Optimizer] = []
         self._extras: dict[str, tuple[Callable[[], Any], Callable[[Any], None]]] = {}
+        #: How many times this process was healed.
+        self.healed = 0
+        #: The peer's random states, kept until the step's first batch (``apply_pending_rng``): what runs
+        #: between healing and that batch (a sanity check) must not draw from them.
+        self.pending_rng: dict[str, Any] | None = None
 
     def register(self, key: str, state_dict: Callable[[], Any], load_state_dict: Callable[[Any], None]) -> None:
         """Heal ``key`` too: ``state_dict()`` on a live group, ``load_state_dict(value)`` on the restarted one."""
@@ -54,7 +59,13 @@ class ReplicaState:
         for key, value in state["extras"].items():
             if key in self._extras:
                 self._extras[key][1](value)
-        _restore_rng(state["rng"])
+        self.pending_rng = state["rng"]
+        self.healed += 1
+
+    def apply_pending_rng(self) -> None:
+        if self.pending_rng is not None:
+            _restore_rng(self.pending_rng)
+            self.pending_rng = None
 
 
 def _capture_rng() -> dict[str, Any]:

@@ -225,6 +225,17 @@ class Strategy(ABC):
         Only fault-tolerant strategies have peers to heal from; the others ignore it.
         """
 
+    def sync_replicas(self) -> None:
+        """Before the training loop: join the live replica groups (a restarted group is healed here).
+
+        Only fault-tolerant strategies have replica groups; the others have nothing to do.
+        """
+
+    def process_train_dataloader(self, dataloader: Any) -> Any:
+        """The training loader as this strategy feeds it; the same object except where replica groups
+        assign each step's samples (``FaultTolerantStrategy``: every sample once per epoch across failures)."""
+        return dataloader
+
     def clip_gradients_norm(
         self,
         module: nn.Module,
