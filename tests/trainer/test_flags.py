@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
 import re
@@ -367,9 +366,9 @@ def _types(trainer: Trainer) -> set[str]:
 
 def test_enable_flags_add_or_remove_the_default_callbacks(tmp_path):
     defaults = Trainer(default_root_dir=tmp_path, accelerator="cpu")
-    rich = importlib.util.find_spec("rich") is not None  # as in Lightning: rich bars by default when installed
-    bar, summary = ("RichProgressBar", "RichModelSummary") if rich else ("TQDMProgressBar", "ModelSummary")
-    assert {bar, summary, "ModelCheckpoint"} <= _types(defaults)
+    assert {"TQDMProgressBar", "ModelSummary", "ModelCheckpoint"} <= _types(
+        defaults
+    )  # tqdm even with rich, as in Lightning
     assert type(defaults.callbacks[-1]).__name__ == "ModelCheckpoint"  # checkpoints run last
     assert defaults.progress_bar_callback is not None and defaults.checkpoint_callback is not None
     none = Trainer(**quiet())
@@ -377,10 +376,13 @@ def test_enable_flags_add_or_remove_the_default_callbacks(tmp_path):
 
 
 def test_the_default_summary_matches_the_progress_bar_given():
-    from fulmen.callbacks import TQDMProgressBar
+    pytest.importorskip("rich")
+    from fulmen.callbacks import RichProgressBar, TQDMProgressBar
 
     trainer = Trainer(callbacks=[TQDMProgressBar()], logger=False, enable_checkpointing=False)
     assert _types(trainer) == {"TQDMProgressBar", "ModelSummary"}
+    trainer = Trainer(callbacks=[RichProgressBar()], logger=False, enable_checkpointing=False)
+    assert _types(trainer) == {"RichProgressBar", "RichModelSummary"}
 
 
 def test_disabled_flag_with_that_callback_given_fails():

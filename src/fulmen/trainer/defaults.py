@@ -8,6 +8,7 @@ Checkpoint callbacks always run last, so they save what the others did in the sa
 from __future__ import annotations
 
 import importlib.util
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -82,8 +83,8 @@ def configure_callbacks(
             "callbacks list. Remove one of them."
         )
 
-    # As in Lightning: with rich installed the default bar is RichProgressBar, and a rich bar
-    # (given or default) comes with the rich model summary.
+    # As in Lightning: the default bar is TQDMProgressBar (rich installed or not), and a
+    # RichProgressBar given comes with the rich model summary.
     bar = bars[0] if bars else _default_progress_bar() if enable_progress_bar else None
     if enable_model_summary and not with_role(callbacks, MODEL_SUMMARY):
         callbacks.append(_default_model_summary(bar))
@@ -97,23 +98,17 @@ def configure_callbacks(
 
 
 def _default_progress_bar() -> Callback:
-    if importlib.util.find_spec("rich") is not None:
-        from fulmen.callbacks.rich_progress import RichProgressBar
-
-        return RichProgressBar()
     from fulmen.callbacks.progress import TQDMProgressBar
 
     return TQDMProgressBar()
 
 
 def _default_model_summary(bar: Callback | None) -> Callback:
-    if bar is not None and importlib.util.find_spec("rich") is not None:
-        from fulmen.callbacks.rich_progress import RichProgressBar
+    rich_bars = sys.modules.get("fulmen.callbacks.rich_progress")  # imported once someone made a RichProgressBar
+    if rich_bars is not None and isinstance(bar, rich_bars.RichProgressBar):
+        from fulmen.callbacks.rich_model_summary import RichModelSummary
 
-        if isinstance(bar, RichProgressBar):
-            from fulmen.callbacks.rich_model_summary import RichModelSummary
-
-            return RichModelSummary()
+        return RichModelSummary()
     from fulmen.callbacks.model_summary import ModelSummary
 
     return ModelSummary()
