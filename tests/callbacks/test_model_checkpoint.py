@@ -509,6 +509,14 @@ def test_missing_monitor_key_without_validation_raises_at_the_first_epoch_end(tm
     assert trainer.current_epoch == 0 and names(tmp_path) == []
 
 
+def test_missing_monitor_key_at_an_epoch_end_before_a_pending_validation_only_warns(tmp_path):
+    # Validation every second epoch: at the first epoch's end val_loss cannot exist yet.
+    ckpt = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", save_on_train_epoch_end=True)
+    with pytest.warns(UserWarning, match="could not find the monitored key"):
+        fit(tmp_path, [ckpt], ScriptedModel([0.3, 0.2]), max_epochs=2, check_val_every_n_epoch=2)
+    assert names(tmp_path) == ["epoch=1-step=8.ckpt"]
+
+
 def test_missing_monitor_key_before_the_first_validation_only_warns(tmp_path):
     # Step checks before the first validation cannot see val_loss yet.
     ckpt = ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", every_n_train_steps=2, save_top_k=-1)

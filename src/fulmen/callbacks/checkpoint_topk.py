@@ -63,10 +63,10 @@ class TopKBookkeeping:
                 f" {sorted(candidates)}. HINT: Did you call `log({self.monitor!r}, value)` in the `LightningModule`?"
                 " Otherwise set `monitor` to one of these keys."
             )
-            # At the end of an epoch (or after a validation) everything the module logs is in: a key
-            # missing then is never logged. A step check before them only warns: an epoch-level or a
-            # validation metric cannot exist yet.
-            if self._validation_has_run or self._checking_epoch_end:
+            # After a validation, or at an epoch's end in a fit without validation, everything the
+            # module logs is in: a key missing then is never logged. Earlier checks only warn (as
+            # Lightning's): an epoch-level or a validation metric cannot exist yet.
+            if self._validation_has_run or (self._checking_epoch_end and not trainer.enable_validation):
                 raise MisconfigurationException(message)
             if message not in self._warned:
                 self._warned.add(message)
