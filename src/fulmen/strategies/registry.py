@@ -62,10 +62,5 @@ def strategy_names() -> tuple[str, ...]:
     return ("auto", "single_device", *_FACTORIES)
 
 
-def register_strategy(name: str, factory: Callable[[], Strategy]) -> None:
-    """Add a named strategy (used for the sharded engines and integrations)."""
-    _FACTORIES[name] = factory
-
-
 def strategy_from_name(name: str) -> Strategy:
     return _FACTORIES[name]()
