@@ -142,5 +142,4 @@ class StaleFileRemoval:
         return self._keep(trainer).allows_removal(previous)
 
     def _remove_checkpoint(self, trainer: Trainer, filepath: str) -> None:
-        if trainer.is_global_zero:
-            remote.remove_file(filepath)
+        trainer.strategy.remove_checkpoint(filepath)  # rank zero, through the strategy's CheckpointIO

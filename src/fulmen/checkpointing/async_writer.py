@@ -133,12 +133,19 @@ class AsyncCheckpointWriter:
         with self._cond:
             return self._busy or bool(self._jobs)
 
-    def save(self, checkpoint: dict[str, Any], path: str, storage_options: dict | None = None) -> None:
-        """Wait for the pending save, copy ``checkpoint``, and write the copy to ``path`` in the background."""
+    def save(
+        self,
+        checkpoint: dict[str, Any],
+        path: str,
+        storage_options: dict | None = None,
+        write: Callable[..., None] | None = None,
+    ) -> None:
+        """Wait for the pending save, copy ``checkpoint``, and write the copy to ``path`` in the background
+        (with ``write(obj, path, storage_options)`` when given: a ``CheckpointIO``'s own save)."""
         self.wait()
         copier = _Snapshot(self._buffers)
         state = copier.copy(checkpoint)
-        write = self.write or atomic_save
+        write = write or self.write or atomic_save
 
         def job() -> None:
             write(state, path, storage_options)

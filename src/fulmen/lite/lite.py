@@ -215,7 +215,7 @@ class Lite:
 
     def _prepare_module(self, module: nn.Module, move_to_device: bool, sync_batchnorm: bool) -> nn.Module:
         module = self._strategy.convert_module(module)
-        if sync_batchnorm:
+        if sync_batchnorm or self._strategy.layer_sync is not None:  # the flag, or plugins=[TorchSyncBatchNorm()]
             module = self._strategy.convert_sync_batchnorm(module)
         if move_to_device:
             self._strategy.module_to_device(module)

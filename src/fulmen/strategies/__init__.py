@@ -10,6 +10,7 @@ from fulmen.strategies.data import has_len, prepare_dataloader, rebuild_dataload
 from fulmen.strategies.ddp import DDPStrategy
 from fulmen.strategies.dp import DataParallelStrategy
 from fulmen.strategies.fsdp import FSDPStrategy
+from fulmen.strategies.layer_sync import LayerSync, TorchSyncBatchNorm
 from fulmen.strategies.model_parallel import ModelParallelStrategy
 from fulmen.strategies.parallel import ParallelStrategy
 from fulmen.strategies.resolver import select_strategy
@@ -25,12 +26,14 @@ __all__ = [
     "DataParallelStrategy",
     "DeepSpeedStrategy",
     "FSDPStrategy",
+    "LayerSync",
     "FaultTolerantStrategy",
     "ModelParallelStrategy",
     "ParallelStrategy",
     "ResumableSampler",
     "SingleDeviceStrategy",
     "Strategy",
+    "TorchSyncBatchNorm",
     "WrappedModule",
     "WrappedOptimizer",
     "consolidate_checkpoint",

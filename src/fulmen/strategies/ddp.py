@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from fulmen.checkpointing.checkpoint_io import CheckpointIO
 from fulmen.strategies import existing_group, group_exit
 from fulmen.strategies.accelerators import Accelerator
 from fulmen.strategies.environments import ClusterEnvironment, LightningEnvironment
@@ -50,6 +51,7 @@ class DDPStrategy(ParallelStrategy):
         accelerator: Accelerator | None = None,
         parallel_devices: list[torch.device] | None = None,
         cluster_environment: ClusterEnvironment | None = None,
+        checkpoint_io: CheckpointIO | None = None,
         precision: Precision | None = None,
         process_group_backend: str | None = None,
         timeout: timedelta | float | None = None,
@@ -57,7 +59,12 @@ class DDPStrategy(ParallelStrategy):
         num_nodes: int = 1,
         **ddp_kwargs: Any,
     ) -> None:
-        super().__init__(accelerator=accelerator, precision=precision, cluster_environment=cluster_environment)
+        super().__init__(
+            accelerator=accelerator,
+            precision=precision,
+            cluster_environment=cluster_environment,
+            checkpoint_io=checkpoint_io,
+        )
         if start_method not in _START_METHODS:
             raise invalid_argument("start_method", start_method, _START_METHODS)
         if isinstance(timeout, (int, float)):

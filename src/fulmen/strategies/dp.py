@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fulmen.checkpointing.checkpoint_io import CheckpointIO
 from fulmen.strategies.accelerators import Accelerator
 from fulmen.strategies.parallel import ParallelStrategy
 from fulmen.strategies.precision import Precision
@@ -20,8 +21,9 @@ class DataParallelStrategy(ParallelStrategy):
         accelerator: Accelerator | None = None,
         parallel_devices: list[torch.device] | None = None,
         precision: Precision | None = None,
+        checkpoint_io: CheckpointIO | None = None,
     ) -> None:
-        super().__init__(accelerator=accelerator, precision=precision)
+        super().__init__(accelerator=accelerator, precision=precision, checkpoint_io=checkpoint_io)
         self.parallel_devices = parallel_devices or [torch.device("cuda", 0)]
 
     @property

@@ -13,9 +13,11 @@ from typing import Any
 
 import torch
 
+from fulmen.checkpointing.checkpoint_io import CheckpointIO
 from fulmen.strategies.accelerators import ACCELERATORS, Accelerator, CPUAccelerator
 from fulmen.strategies.dp import DataParallelStrategy
 from fulmen.strategies.environments import ClusterEnvironment, detect_environment
+from fulmen.strategies.layer_sync import LayerSync
 from fulmen.strategies.precision import DoublePrecision, HalfPrecision, MixedPrecision, Precision
 from fulmen.strategies.registry import strategy_from_name, strategy_names
 from fulmen.strategies.single_device import SingleDeviceStrategy
@@ -54,7 +56,8 @@ def select_strategy(
     precision = _from_cli("precision", precision, "32-true")
     num_nodes = int(_from_cli("num_nodes", num_nodes, 1)) if not isinstance(num_nodes, int) else num_nodes
 
-    environment, precision_plugin = _split_plugins(plugins)
+    found_plugins = _split_plugins(plugins)
+    environment, precision_plugin = found_plugins.get(ClusterEnvironment), found_plugins.get(Precision)
     if not isinstance(num_nodes, int) or isinstance(num_nodes, bool) or num_nodes < 1:
         raise invalid_argument("num_nodes", num_nodes, "a positive int")
     if isinstance(precision, Precision) and precision_plugin is not None:
@@ -76,6 +79,7 @@ def select_strategy(
     if strategy_obj is None:
         strategy_obj = _strategy_for(strategy, accel, device_indices, num_nodes, environment)
     _complete_strategy(strategy_obj, accel, device_indices, num_nodes, environment)
+    _attach_plugins(strategy_obj, found_plugins)
     if strategy_obj.precision is None or type(strategy_obj.precision) is Precision:
         strategy_obj.precision = (
             precision if isinstance(precision, Precision) else _build_precision(precision_name, accel, strategy_obj)
@@ -106,23 +110,44 @@ def _from_cli(flag: str, value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
-def _split_plugins(plugins: Any) -> tuple[ClusterEnvironment | None, Precision | None]:
-    if plugins is None:
-        return None, None
-    items = plugins if isinstance(plugins, (list, tuple)) else [plugins]
-    environment = precision = None
+#: The plugin kinds ``plugins=`` takes, at most one of each: the name an error uses for it.
+_PLUGIN_KINDS: tuple[tuple[type, str], ...] = (
+    (ClusterEnvironment, "ClusterEnvironment"),
+    (Precision, "Precision plugin"),
+    (CheckpointIO, "CheckpointIO"),
+    (LayerSync, "LayerSync"),
+)
+
+
+def _split_plugins(plugins: Any) -> dict[type, Any]:
+    """The plugins by kind (``ClusterEnvironment``, ``Precision``, ``CheckpointIO``, ``LayerSync``)."""
+    found: dict[type, Any] = {}
+    items = [] if plugins is None else plugins if isinstance(plugins, (list, tuple)) else [plugins]
     for plugin in items:
-        if isinstance(plugin, ClusterEnvironment):
-            if environment is not None:
-                raise MisconfigurationException("`plugins` holds two ClusterEnvironments; pass one.")
-            environment = plugin
-        elif isinstance(plugin, Precision):
-            if precision is not None:
-                raise MisconfigurationException("`plugins` holds two Precision plugins; pass one.")
-            precision = plugin
-        else:
-            raise invalid_argument("plugins", plugin, "a ClusterEnvironment, a Precision, or a list of them")
-    return environment, precision
+        kind = next((kind for kind, _ in _PLUGIN_KINDS if isinstance(plugin, kind)), None)
+        if kind is None:
+            accepted = "a ClusterEnvironment, a Precision, a CheckpointIO, a LayerSync, or a list of them"
+            raise invalid_argument("plugins", plugin, accepted)
+        if kind in found:
+            label = dict(_PLUGIN_KINDS)[kind]
+            raise MisconfigurationException(f"`plugins` holds two {label}s ({found[kind]!r}, {plugin!r}); pass one.")
+        found[kind] = plugin
+    return found
+
+
+def _attach_plugins(strategy: Strategy, found: dict[type, Any]) -> None:
+    """Give the strategy the checkpoint I/O and layer-sync plugins (one given twice is an error)."""
+    checkpoint_io = found.get(CheckpointIO)
+    if checkpoint_io is not None:
+        if strategy._checkpoint_io is not None and strategy._checkpoint_io is not checkpoint_io:
+            raise MisconfigurationException(
+                f"A CheckpointIO was given twice: `{type(strategy).__name__}(checkpoint_io=...)` and in `plugins`. "
+                "Pass one."
+            )
+        strategy.checkpoint_io = checkpoint_io
+    layer_sync = found.get(LayerSync)
+    if layer_sync is not None:
+        strategy.layer_sync = layer_sync
 
 
 def _select_accelerator(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from fulmen.checkpointing.checkpoint_io import CheckpointIO
 from fulmen.strategies.accelerators import Accelerator
 from fulmen.strategies.precision import Precision
 from fulmen.strategies.strategy import Strategy
@@ -15,8 +16,9 @@ class SingleDeviceStrategy(Strategy):
         device: torch.device | str | int = "cpu",
         accelerator: Accelerator | None = None,
         precision: Precision | None = None,
+        checkpoint_io: CheckpointIO | None = None,
     ) -> None:
-        super().__init__(accelerator=accelerator, precision=precision)
+        super().__init__(accelerator=accelerator, precision=precision, checkpoint_io=checkpoint_io)
         self._root_device = torch.device(device) if not isinstance(device, torch.device) else device
 
     @property

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -18,10 +17,12 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from fulmen.checkpointing.checkpoint_io import AsyncCheckpointIO, CheckpointIO, TorchCheckpointIO
 from fulmen.strategies import collectives
 from fulmen.strategies.accelerators import Accelerator
 from fulmen.strategies.environments import ClusterEnvironment
 from fulmen.strategies.launchers import Launcher
+from fulmen.strategies.layer_sync import LayerSync, TorchSyncBatchNorm
 from fulmen.strategies.precision import Precision
 from fulmen.strategies.wrapped import WrappedOptimizer, unwrap_module, unwrap_optimizer
 from fulmen.utilities.annotations import resolve_init_annotations
@@ -52,11 +53,14 @@ class Strategy(ABC):
         accelerator: Accelerator | None = None,
         precision: Precision | None = None,
         cluster_environment: ClusterEnvironment | None = None,
+        checkpoint_io: CheckpointIO | None = None,
     ) -> None:
         self.accelerator = accelerator
         self.precision = precision if precision is not None else Precision()
         self.cluster_environment = cluster_environment
         self.launcher: Launcher | None = None
+        if checkpoint_io is not None:
+            self.checkpoint_io = checkpoint_io
 
     # ----------------------------------------------------------------------------------- where
     @property
@@ -126,8 +130,13 @@ class Strategy(ABC):
     def convert_module(self, module: nn.Module) -> nn.Module:
         return self.precision.convert_module(module)
 
+    #: A ``LayerSync`` plugin (``plugins=[TorchSyncBatchNorm()]``): the front ends convert the module
+    #: with it, as with ``sync_batchnorm=True``; None: only that flag converts, with TorchSyncBatchNorm.
+    layer_sync: LayerSync | None = None
+
     def convert_sync_batchnorm(self, module: nn.Module) -> nn.Module:
-        """Replace the BatchNorm layers in ``module`` with SyncBatchNorm when several processes train.
+        """Replace the BatchNorm layers in ``module`` with SyncBatchNorm when several processes train
+        (or convert it with the ``layer_sync`` plugin given).
 
         Batch statistics are then computed over the global batch, not each rank's slice. The
         children are replaced in place, so the returned object is ``module`` itself (a
@@ -137,11 +146,7 @@ class Strategy(ABC):
         """
         if self.world_size <= 1:
             return module
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            return nn.SyncBatchNorm.convert_sync_batchnorm(module)
-        for name, child in list(module.named_children()):
-            setattr(module, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
-        return module
+        return (self.layer_sync or TorchSyncBatchNorm()).apply(module)
 
     def setup_optimizer(self, optimizer: Optimizer) -> Optimizer:
         return optimizer
@@ -313,6 +318,26 @@ class Strategy(ABC):
     def load_optimizer_state(self, optimizer: Optimizer, state: dict[str, Any]) -> None:
         unwrap_optimizer(optimizer).load_state_dict(state)
 
+    # The plugin that writes, reads and removes whole-file checkpoints; None: TorchCheckpointIO.
+    _checkpoint_io: CheckpointIO | None = None
+
+    @property
+    def checkpoint_io(self) -> CheckpointIO:
+        """How whole-file checkpoints are written, read and removed (Lightning's ``CheckpointIO``
+        plugin); by default ``TorchCheckpointIO``: atomic writes, weights-only reads."""
+        if self._checkpoint_io is None:
+            self._checkpoint_io = TorchCheckpointIO()
+        return self._checkpoint_io
+
+    @checkpoint_io.setter
+    def checkpoint_io(self, io: CheckpointIO) -> None:
+        if not isinstance(io, CheckpointIO):
+            raise TypeError(
+                f"`checkpoint_io={io!r}` is not a CheckpointIO. Accepted: TorchCheckpointIO(), AsyncCheckpointIO() "
+                "or a subclass of CheckpointIO (fulmen.plugins)."
+            )
+        self._checkpoint_io = io
+
     def save_checkpoint(
         self,
         checkpoint: dict[str, Any],
@@ -321,23 +346,28 @@ class Strategy(ABC):
         *,
         async_save: bool = False,
     ) -> None:
-        """Rank zero writes ``checkpoint`` atomically; the other ranks return at once.
+        """Rank zero writes ``checkpoint`` through ``checkpoint_io`` (atomically by default); the other
+        ranks return at once.
 
-        With ``async_save``, rank zero waits for its pending save, copies the tensors into CPU
-        memory and returns; the write, fsync and rename run in the background
+        With ``async_save`` (or an ``AsyncCheckpointIO``), rank zero waits for its pending save,
+        copies the tensors into CPU memory and returns; the write runs in the background
         (:mod:`fulmen.checkpointing.async_writer`). A synchronous save waits for the pending one first.
         """
         if not self.is_global_zero:
             return
         from fulmen.checkpointing import async_writer
 
-        if async_save:
-            async_writer.writer().save(checkpoint, filepath, storage_options)
-            return
-        async_writer.writer().wait()
-        from fulmen.checkpointing.atomic import atomic_save
+        io = self.checkpoint_io
+        if async_save and not io.asynchronous:
+            io = AsyncCheckpointIO(io)
+        if not io.asynchronous:
+            async_writer.writer().wait()
+        io.save_checkpoint(checkpoint, filepath, storage_options=storage_options)
 
-        atomic_save(checkpoint, filepath, storage_options=storage_options)
+    def remove_checkpoint(self, filepath: str) -> None:
+        """Rank zero deletes the checkpoint at ``filepath`` through ``checkpoint_io``."""
+        if self.is_global_zero:
+            self.checkpoint_io.remove_checkpoint(filepath)
 
     def after_checkpoint_saves(self, fn: Callable[[], None]) -> None:
         """Call ``fn`` (on this process) once every checkpoint handed to :meth:`save_checkpoint` is published.
@@ -358,24 +388,19 @@ class Strategy(ABC):
     def load_checkpoint(
         self, filepath: str, map_location: Any = None, weights_only: bool = True, storage_options: dict | None = None
     ) -> dict[str, Any]:
-        """Every rank reads the file itself, mapped onto the CPU unless told otherwise."""
-        from fulmen.checkpointing import remote
-        from fulmen.checkpointing.safe_reading import safe_load
-
-        local = None if storage_options else remote.local_os_path(filepath)
-        if local is not None and os.path.isdir(local):
-            # A sharded directory (DeepSpeed, FSDP): its weights merged, as one file would hold them.
-            from fulmen.checkpointing.consolidation import load_consolidated
-
-            return load_consolidated(filepath, weights_only=weights_only)
-        location = map_location if map_location is not None else torch.device("cpu")
-        return safe_load(filepath, map_location=location, weights_only=weights_only, storage_options=storage_options)
+        """Every rank reads the file itself through ``checkpoint_io``, mapped onto the CPU unless told otherwise."""
+        io = self.checkpoint_io
+        if storage_options:  # fsspec options: fulmen's CheckpointIO takes them, Lightning's signature has none
+            return io.load_checkpoint(filepath, map_location, weights_only, storage_options=storage_options)
+        return io.load_checkpoint(filepath, map_location=map_location, weights_only=weights_only)
 
     # -------------------------------------------------------------------------------- teardown
     def teardown(self) -> None:
         from fulmen.checkpointing import async_writer
 
         async_writer.writer().release()  # the CPU copy kept for the next asynchronous save
+        if self._checkpoint_io is not None:
+            self._checkpoint_io.teardown()
         self.precision.teardown()
         if self.accelerator is not None:
             self.accelerator.teardown()

@@ -133,7 +133,7 @@ def setup_model(run: Run) -> None:
     """Convert and place the module; for fit, set up the optimizers and wrap the module with them."""
     strategy, module = run.strategy, run.module
     strategy.convert_module(module)
-    if run.fn == TrainerFn.FITTING and run.config.sync_batchnorm:
+    if run.fn == TrainerFn.FITTING and (run.config.sync_batchnorm or strategy.layer_sync is not None):
         strategy.convert_sync_batchnorm(module)
     strategy.module_to_device(module)
     if run.fn != TrainerFn.FITTING:
