@@ -1,0 +1,69 @@
+"""The Trainer on strategy='fault_tolerant' (from `fulmen run --replica-groups`), recording each batch as one JSON line.
+
+Env: FT_OUT, FT_EPOCHS, FT_SLEEP. Writes ``steps-<group>.jsonl`` from on_train_batch_end (pid, epoch,
+committed, samples, global_step) and ``final-<group>.pt``; ModelCheckpoint(save_last=True) writes into
+``FT_OUT/checkpoints`` from whichever group is rank 0 of the quorum.
+"""
+
+import json
+import os
+import time
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import fulmen as L
+from fulmen.callbacks import ModelCheckpoint
+
+out = os.environ["FT_OUT"]
+group = int(os.environ["FULMEN_REPLICA_GROUP"])
+pause = float(os.environ.get("FT_SLEEP", "0.05"))
+
+
+class Model(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(100 + group)  # different on purpose: step-0 sync makes them equal
+        self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+        self.log_file = open(os.path.join(out, f"steps-{group}.jsonl"), "a", buffering=1)  # noqa: SIM115
+
+    def training_step(self, batch, batch_idx):
+        x, ids = batch
+        self.ids = ids.long().tolist()
+        return self.net(x).pow(2).mean()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        strategy = self.trainer.strategy
+        record = {"group": group, "pid": os.getpid(), "epoch": self.trainer.current_epoch, "batch_idx": batch_idx,
+                  "committed": strategy.last_step_committed, "samples": self.ids,
+                  "global_step": self.trainer.global_step, "participants": strategy._participation[1],
+                  "lr": self.trainer.optimizers[0].param_groups[0]["lr"], "time": time.time()}  # fmt: skip
+        self.log_file.write(json.dumps(record) + "\n")
+        time.sleep(pause)
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+        step = torch.optim.lr_scheduler.StepLR(optimizer, step_size=5, gamma=0.8)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": step, "interval": "step"}}
+
+
+ids = torch.arange(64, dtype=torch.float32)
+data = TensorDataset(torch.randn(64, 4, generator=torch.Generator().manual_seed(0)), ids)
+model = Model()
+checkpoints = ModelCheckpoint(dirpath=os.path.join(out, "checkpoints"), save_last=True, every_n_train_steps=4)
+trainer = L.Trainer(
+    accelerator="cpu",
+    max_epochs=int(os.environ.get("FT_EPOCHS", "3")),
+    callbacks=[checkpoints],
+    logger=False,
+    enable_progress_bar=False,
+    enable_model_summary=False,
+    num_sanity_val_steps=0,
+)
+trainer.fit(model, DataLoader(data, batch_size=4, shuffle=True))
+optimizer = trainer.optimizers[0]
+torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": trainer.lr_scheduler_configs[0].scheduler.state_dict(),
+            "progress": {"global_step": trainer.global_step, "epoch": trainer.current_epoch}},
+           os.path.join(out, f"final-{group}.pt"))  # fmt: skip

@@ -1,0 +1,192 @@
+"""Replica groups on torchft in real processes: `fulmen run --replica-groups 2`, a real lighthouse, loopback.
+
+Each script writes one JSON line per step (``steps-<group>.jsonl``) and its final state; the
+tests kill a group with SIGKILL at a random step and read what happened from those files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("torchft")
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+SCRIPTS = Path(__file__).parent / "ft_scripts"
+HEARTBEAT = 1.0
+
+
+def _launch(tmp_path: Path, script: str, *flags: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    command = [sys.executable, "-m", "fulmen.cli.main", "run", str(SCRIPTS / script), "--replica-groups", "2",
+               "--heartbeat-timeout", str(HEARTBEAT), *flags]  # fmt: skip
+    full_env = {**os.environ, "FT_OUT": str(tmp_path), "GLOO_SOCKET_IFNAME": "lo", **(env or {})}
+    # Output to a file: a pipe nobody reads until the end would fill up and block the groups.
+    output = open(tmp_path / "output.txt", "w")  # noqa: SIM115 (closed by _finish)
+    proc = subprocess.Popen(command, env=full_env, stdout=output, stderr=subprocess.STDOUT)
+    proc.output_file = output  # type: ignore[attr-defined]
+    return proc
+
+
+def _records(tmp_path: Path, group: int) -> list[dict]:
+    path = tmp_path / f"steps-{group}.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _kill_group(tmp_path: Path, group: int, after_commits: int) -> tuple[int, float]:
+    """SIGKILL ``group``'s current process once it has committed ``after_commits`` steps; (pid, time)."""
+
+    def ready() -> bool:
+        return sum(r["committed"] for r in _records(tmp_path, group)) >= after_commits
+
+    _wait_for(ready, 60, f"group {group} to commit {after_commits} steps")
+    time.sleep(random.uniform(0.0, 0.1))  # anywhere in the step: forward, all-reduce or commit
+    pid = _records(tmp_path, group)[-1]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    return pid, time.time()
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 120) -> str:
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"fulmen run did not end in {timeout} s:\n{_output(proc)[-4000:]}") from None
+    return _output(proc)
+
+
+def _output(proc: subprocess.Popen) -> str:
+    proc.output_file.close()  # type: ignore[attr-defined]
+    return Path(proc.output_file.name).read_text()  # type: ignore[attr-defined]
+
+
+def _check_every_sample_once(tmp_path: Path, num_samples: int, epochs: int) -> None:
+    per_epoch: dict[int, list[int]] = {}
+    for group in (0, 1):
+        for record in _records(tmp_path, group):
+            if record["committed"]:
+                per_epoch.setdefault(record["epoch"], []).extend(record["samples"])
+    # A step is recorded by every group of its quorum, each with its own share.
+    assert sorted(per_epoch) == list(range(epochs))
+    for epoch, samples in per_epoch.items():
+        assert sorted(samples) == list(range(num_samples)), f"epoch {epoch}: {sorted(samples)}"
+
+
+def _check_equal_finals(tmp_path: Path) -> dict:
+    finals = [torch.load(tmp_path / f"final-{g}.pt", weights_only=False) for g in (0, 1)]
+    for key in ("model",):
+        for name, value in finals[0][key].items():
+            assert torch.equal(value, finals[1][key][name]), name
+    state0, state1 = finals[0]["optimizer"]["state"], finals[1]["optimizer"]["state"]
+    assert state0.keys() == state1.keys() and state0
+    for index in state0:
+        assert torch.equal(state0[index]["momentum_buffer"], state1[index]["momentum_buffer"])
+    assert finals[0]["scheduler"] == finals[1]["scheduler"]
+    assert finals[0]["progress"] == finals[1]["progress"]
+    return finals[0]
+
+
+def test_lite_group_killed_twice_heals_and_every_sample_once(tmp_path: Path) -> None:
+    epochs = 14
+    proc = _launch(tmp_path, "lite_train.py", env={"FT_EPOCHS": str(epochs), "FT_SLEEP": "0.15"})
+    try:
+        first_pid, killed_at = _kill_group(tmp_path, 1, after_commits=random.randint(6, 16))
+        # Once restarted and healed, killed again (anywhere in its step, the all-reduce included).
+        commits = sum(r["committed"] for r in _records(tmp_path, 1))
+        second_pid, _ = _kill_group(tmp_path, 1, after_commits=commits + random.randint(3, 8))
+        output = _finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output[-4000:]
+    assert "replica group 1 was killed by SIGKILL; restarting it (1 of 3 restarts)" in output
+    assert "replica group 1 was killed by SIGKILL; restarting it (2 of 3 restarts)" in output
+    assert first_pid != second_pid
+
+    survivor = _records(tmp_path, 0)
+    assert {r["pid"] for r in survivor} == {survivor[0]["pid"]}, "the survivor restarted"
+    after_kill = [r for r in survivor if r["time"] > killed_at and r["committed"]]
+    assert after_kill and after_kill[0]["time"] - killed_at < HEARTBEAT + 2.0
+    assert any(r["participants"] == 1 for r in after_kill), "the survivor never trained alone"
+
+    last = [r for r in _records(tmp_path, 1) if r["pid"] not in (first_pid, second_pid)]
+    assert last and all(r["participants"] == 2 for r in last if r["committed"])
+    assert last[0]["global_step"] > 1, "the restarted group started over instead of healing"
+
+    final = _check_equal_finals(tmp_path)
+    assert final["progress"]["global_step"] == sum(r["committed"] for r in survivor)
+    _check_every_sample_once(tmp_path, 64, epochs)
+
+
+def test_trainer_group_zero_killed_heals_counts_committed_steps_and_checkpoints(tmp_path: Path) -> None:
+    """Group 0 hosts the quorum's rendezvous store and writes the checkpoints: group 1 takes both over."""
+    epochs = 8
+    proc = _launch(tmp_path, "trainer_train.py", env={"FT_EPOCHS": str(epochs), "FT_SLEEP": "0.15"})
+    try:
+        killed_pid, killed_at = _kill_group(tmp_path, 0, after_commits=random.randint(6, 20))
+        output = _finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output[-4000:]
+    survivor = _records(tmp_path, 1)
+    assert {r["pid"] for r in survivor} == {survivor[0]["pid"]}, "the survivor restarted"
+    after_kill = [r for r in survivor if r["time"] > killed_at and r["committed"]]
+    assert after_kill and after_kill[0]["time"] - killed_at < HEARTBEAT + 2.0
+    restarted = [r for r in _records(tmp_path, 0) if r["pid"] != killed_pid]
+    assert restarted and restarted[0]["global_step"] > 1, "the restarted group started over instead of healing"
+    # global_step counts committed steps only, on the survivor and (after healing) on the restarted group.
+    committed = [r for r in survivor if r["committed"]]
+    assert [r["global_step"] for r in committed] == list(range(1, len(committed) + 1))
+    lr_at = {r["global_step"]: r["lr"] for r in committed}
+    assert all(lr_at[r["global_step"]] == r["lr"] for r in restarted if r["committed"])  # the same schedule
+    final = _check_equal_finals(tmp_path)
+    assert final["progress"] == {"global_step": len(committed), "epoch": epochs}
+    _check_every_sample_once(tmp_path, 64, epochs)
+    # Written by whichever group was rank 0 of the quorum: the job's checkpoint is the final state.
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == len(committed)
+
+
+def test_max_restarts_used_up_ends_the_job(tmp_path: Path) -> None:
+    proc = _launch(tmp_path, "lite_train.py", "--max-restarts", "0", env={"FT_EPOCHS": "50", "FT_SLEEP": "0.05"})
+    try:
+        _kill_group(tmp_path, 1, after_commits=3)
+        output = _finish(proc, timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1
+    assert "replica group 1 was killed by SIGKILL, and --max-restarts=0 restarts are used up" in output
+    assert not (tmp_path / "final-0.pt").exists()  # the survivor was stopped too
+
+
+def test_a_group_that_raises_ends_the_job_with_its_error(tmp_path: Path) -> None:
+    env = {"FT_EPOCHS": "50", "FT_SLEEP": "0.05", "FT_RAISE_GROUP": "1", "FT_RAISE_AT": "3"}
+    proc = _launch(tmp_path, "lite_train.py", env=env)
+    output = _finish(proc, timeout=60)
+    assert proc.returncode == 1
+    assert "RuntimeError: group 1 fails on purpose at step 3" in output
+    assert "replica group 1 failed with exit code 1 (its error is above); stopping the other groups" in output
+    assert "restarting" not in output
