@@ -1,8 +1,8 @@
 """``fulmen run --replica-groups N``: a torchft lighthouse, N replica groups, and a restart for a group that dies.
 
 The lighthouse runs inside this process, bound to 127.0.0.1 on a free port. Each group is the
-script in its own process (or, with ``--devices K``, K processes started by torchrun), told its
-place through ``TORCHFT_LIGHTHOUSE``, ``FULMEN_REPLICA_GROUP`` and ``FULMEN_NUM_REPLICA_GROUPS``.
+script in its own process, told its place through ``TORCHFT_LIGHTHOUSE``, ``FULMEN_REPLICA_GROUP``
+and ``FULMEN_NUM_REPLICA_GROUPS``.
 
 A group killed by a signal is restarted (``--max-restarts`` times in all) and heals from the live
 ones. A group that ends with an error (its script raised) ends the job with that error: restarting
@@ -20,7 +20,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from fulmen.strategies.environments.lightning import find_free_network_port
 from fulmen.strategies.launchers.subprocess_script import _die_with_parent
 
 #: Seconds the other groups get to finish once one group has ended successfully.
@@ -40,7 +39,6 @@ def run_replica_groups(
     script: str,
     script_args: list[str],
     groups: int,
-    processes: int = 1,
     max_restarts: int = 3,
     heartbeat_timeout: float = 5.0,
     min_replicas: int = 1,
@@ -61,7 +59,7 @@ def run_replica_groups(
     env.setdefault("FULMEN_STRATEGY", "fault_tolerant")
     if sys.platform.startswith("linux"):
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # every group is on this machine: gloo over loopback
-    command = _command(script, script_args, processes)
+    command = [sys.executable, script, *script_args]
     running = {g: _Group(g, _start(command, env, g, 0)) for g in range(groups)}
     for group in running.values():
         group.pids.append(group.proc.pid)
@@ -79,7 +77,7 @@ def run_replica_groups(
                 if code == 0:
                     finished_at = finished_at or time.monotonic()
                     continue
-                if code > 0 and not _killed_by_torchrun(code, processes):
+                if code > 0:
                     print(f"fulmen run: replica group {index} failed with exit code {code} (its error is above); "
                           "stopping the other groups.", file=sys.stderr, flush=True)  # fmt: skip
                     return code
@@ -110,21 +108,10 @@ def run_replica_groups(
         lighthouse.shutdown()
 
 
-def _command(script: str, script_args: list[str], processes: int) -> list[str]:
-    if processes == 1:
-        return [sys.executable, script, *script_args]
-    return [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={processes}", "--nnodes=1",
-        "--master-addr=127.0.0.1", "--max-restarts=0", "--monitor-interval=0.2", script, *script_args,
-    ]  # fmt: skip
-
-
 def _start(command: list[str], env: dict[str, str], index: int, restart: int) -> subprocess.Popen:
     group_env = {**env, "FULMEN_REPLICA_GROUP": str(index), "FULMEN_REPLICA_GROUP_RESTART": str(restart)}
-    if "torch.distributed.run" in command:  # each group's own rendezvous port
-        command = [*command[:3], f"--master-port={find_free_network_port()}", *command[3:]]
-    # Its own session: stopping a group (torchrun and its workers) is one signal to its process group;
-    # and it dies with this launcher, even when the launcher is killed.
+    # Its own session: stopping a group is one signal to its process group (with any children it
+    # started); and it dies with this launcher, even when the launcher is killed.
     preexec = functools.partial(_die_with_parent, os.getpid())
     return subprocess.Popen(command, env=group_env, start_new_session=True, preexec_fn=preexec)
 
@@ -136,12 +123,6 @@ def _stop(proc: subprocess.Popen) -> None:
         except ProcessLookupError:
             pass
     proc.wait()
-
-
-def _killed_by_torchrun(code: int, processes: int) -> bool:
-    """torchrun reports a worker killed by a signal as its own failure; it cannot tell us which, so a
-    multi-process group's failure counts as a kill (restartable)."""
-    return processes > 1
 
 
 def _how_it_ended(code: int) -> str:

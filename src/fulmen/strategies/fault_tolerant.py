@@ -135,6 +135,12 @@ class FaultTolerantStrategy(Strategy):
                 "(`fulmen run --replica-groups N script.py` starts one and sets it)."
             )
         group, _ = self.replica_group, self.num_replica_groups
+        processes = int(os.environ.get("WORLD_SIZE", "1"))
+        if processes != 1:
+            raise MisconfigurationException(
+                f"`strategy='fault_tolerant'` runs one process per replica group, but this process is one of "
+                f"WORLD_SIZE={processes}. Start each group as one process (`fulmen run --replica-groups N script.py`)."
+            )
         timeout = timedelta(seconds=self.timeout)
         # The group's own store, where torchft's Manager finds its server (one process: this one).
         self._store = TCPStore(self.host, 0, is_master=True, wait_for_workers=False)
