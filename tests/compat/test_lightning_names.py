@@ -105,3 +105,20 @@ def test_import_flags_answer_without_importing():
     assert imports.package_available("json") and not imports.package_available("surely_not_a_package_x")
     assert not imports.package_available("a..b")
     assert "surely_not_a_package_x" not in sys.modules
+
+
+def test_type_aliases_and_runtime_protocols():
+    import torch
+
+    from fulmen.utilities import types
+
+    layer = torch.nn.Linear(1, 1)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    assert isinstance(optimizer, types.Optimizable) and not isinstance(layer, types.Optimizable)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
+    assert isinstance(plateau, L.fabric.utilities.types.LRScheduler)
+    _, wrapped = L.Fabric(accelerator="cpu", devices=1).setup(layer, optimizer)
+    assert isinstance(wrapped, types.Optimizable)
+    assert types.STEP_OUTPUT is not None and types.OptimizerLRScheduler is not None
+    for name in ("TRAIN_DATALOADERS", "EVAL_DATALOADERS", "LRSchedulerTypeUnion"):
+        assert hasattr(types, name)

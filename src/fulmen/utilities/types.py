@@ -5,7 +5,7 @@ may take, and what the ``*_dataloader`` hooks may return. Annotations only; noth
 """
 
 from collections.abc import Mapping, Sequence
-from typing import Any, TypedDict
+from typing import Any, Protocol, TypedDict, runtime_checkable
 
 from torch import Tensor
 from torch.optim import Optimizer
@@ -16,12 +16,28 @@ __all__ = [
     "EVAL_DATALOADERS",
     "LRSchedulerTypeUnion",
     "LRScheduler",
+    "Optimizable",
     "OptimizerConfig",
     "OptimizerLRScheduler",
     "OptimizerLRSchedulerConfig",
     "STEP_OUTPUT",
     "TRAIN_DATALOADERS",
 ]
+
+
+@runtime_checkable
+class Optimizable(Protocol):
+    """Anything that steps like an optimizer (Lightning's ``Optimizable``): ``isinstance(x, Optimizable)``
+    holds for torch optimizers and for the optimizers Lite and the Trainer hand back."""
+
+    param_groups: list[dict[Any, Any]]
+    defaults: dict[Any, Any]
+    state: Any
+
+    def step(self, closure: Any = ...) -> Any: ...
+
+    def zero_grad(self, set_to_none: bool = ...) -> None: ...
+
 
 #: A step returns a loss tensor, a dict holding ``"loss"`` (and anything else), or nothing.
 STEP_OUTPUT = Tensor | Mapping[str, Any] | None
