@@ -1,4 +1,4 @@
-"""``python -m fulmen run ...``, the same as the ``fulmen`` console script."""
+"""``python -m fulmen run ...`` (or ``--version``), the same as the ``fulmen`` console script."""
 
 import sys
 

@@ -16,7 +16,9 @@ import runpy
 import sys
 from collections.abc import Sequence
 
+from fulmen import __version__
 from fulmen.cli import checkpoint_tools
+from fulmen.cli.machine_check import check_machine
 from fulmen.strategies.environments.lightning import find_free_network_port
 from fulmen.strategies.registry import strategy_names
 from fulmen.strategies.resolver import ACCELERATOR_NAMES, CLI_ENV, normalize_precision
@@ -27,6 +29,7 @@ _SINGLE_PROCESS_STRATEGIES = ("auto", "single_device", "dp")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fulmen", description="fulmen command line")
+    parser.add_argument("--version", action="version", version=f"fulmen {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser(
         "run",
@@ -85,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _validate(args)
         processes = _processes_per_node(args)
+        check_machine(args.accelerator, args.devices)
     except MisconfigurationException as err:
         parser.error(str(err))
     if not os.path.isfile(args.script):
