@@ -41,6 +41,7 @@ from fulmen.trainer.run import Run
 from fulmen.trainer.setup import replace_optimizers
 from fulmen.trainer.state import TrainerState
 from fulmen.trainer.trainer_properties import CallbackLookups, StrategyProperties
+from fulmen.utilities.device_banner import log_device_banner
 from fulmen.utilities.exceptions import ConfigurationTypeError, MisconfigurationException, ModelNotAttachedError
 from fulmen.utilities.rank_zero import rank_zero_info
 from fulmen.utilities.stages import STAGE_OF, RunningStage, TrainerFn, TrainerStatus
@@ -152,6 +153,7 @@ class Trainer(StrategyProperties, CallbackLookups):
         strategy_flags, config_flags = flags.split({name: value for name, value in locals().items() if name != "self"})
         # Flags shared with Lite: one resolver, one strategy.
         self._strategy: Strategy = select_strategy(**strategy_flags)
+        log_device_banner(self._strategy.accelerator)
         self.config: TrainerConfig = configure(**config_flags)
         config = self.config
         set_torch_flags(config.deterministic, config.benchmark)
