@@ -6,7 +6,7 @@ then talk only to the returned ``Strategy``. They import this package's face onl
 an import-linter contract checks it.
 """
 
-from fulmen.strategies.data import has_len, prepare_dataloader, rebuild_dataloader, set_sampler_epoch
+from fulmen.strategies.dataloaders import has_len, prepare_dataloader, rebuild_dataloader, set_sampler_epoch
 from fulmen.strategies.ddp import DDPStrategy
 from fulmen.strategies.dp import DataParallelStrategy
 from fulmen.strategies.fsdp import FSDPStrategy

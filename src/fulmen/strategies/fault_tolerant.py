@@ -196,7 +196,7 @@ class FaultTolerantStrategy(Strategy):
 
     def exactly_once(self, dataloader: Any) -> ExactlyOnceLoader:
         """``dataloader``'s dataset, each sample in exactly one committed step per epoch (see ``ft_data``)."""
-        from fulmen.strategies.data import global_seed
+        from fulmen.strategies.dataloaders import global_seed
 
         skip, self._resume_skip = self._resume_skip, 0
         return ExactlyOnceLoader(

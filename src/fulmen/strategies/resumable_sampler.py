@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, IterableDataset, Sampler
 
-from fulmen.strategies.data import DistributedSamplerWrapper, rebuild_dataloader
+from fulmen.strategies.dataloaders import DistributedSamplerWrapper, rebuild_dataloader
 from fulmen.strategies.sample_seeds import SeededIndex, SeedSamples, epoch_seed
 from fulmen.utilities.rank_zero import rank_zero_warn
 

@@ -420,6 +420,3 @@ def warn_no_backward_sync_unsupported(strategy: Strategy) -> None:
         f"`no_backward_sync` has no effect with {type(strategy).__name__}: gradients are synchronised "
         "on every backward. The block runs normally."
     )
-
-
-_unwrap_optimizer = unwrap_optimizer  # TODO(lead): remove once deepspeed.py's split lands

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, TensorDataset
 
-from fulmen.strategies.data import DistributedSamplerWrapper, prepare_dataloader
+from fulmen.strategies.dataloaders import DistributedSamplerWrapper, prepare_dataloader
 from fulmen.utilities.seed import seed_everything
 
 DATA = TensorDataset(torch.arange(10))
