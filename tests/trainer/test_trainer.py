@@ -76,6 +76,46 @@ def test_fit_without_training_data_fails_clearly():
         Trainer(**quiet()).fit(BoringModel())
 
 
+class _CountsSteps(BoringModel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps = 0
+
+    def training_step(self, batch, batch_idx):
+        self.steps += 1
+        if isinstance(batch, list):  # several loaders: one batch of each
+            assert len(batch) == 2 and all(isinstance(b, torch.Tensor) for b in batch)
+            batch = batch[0]
+        return super().training_step(batch, batch_idx)
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ([(torch.randn(32), 0), (torch.randn(32), 1)], r"`train_dataloaders\[0\]` is a tuple of \(Tensor, int\)"),
+        ([{"x": torch.randn(32)}], r"`train_dataloaders\[0\]` is a dict of \(Tensor\)"),
+        ((torch.randn(4, 32), torch.randn(4, 32)), r"`train_dataloaders\[0\]` is a Tensor of shape \(4, 32\)"),
+    ],
+)
+def test_a_list_of_samples_fails_at_fit_start_naming_the_argument(given, said):
+    model = _CountsSteps()
+    with pytest.raises(MisconfigurationException, match=said) as error:
+        Trainer(**quiet(max_epochs=1)).fit(model, given)
+    assert "DataLoader(samples, batch_size=...)" in str(error.value)
+    assert model.steps == 0  # refused before anything ran
+
+
+def test_a_list_of_samples_as_val_dataloaders_fails_too():
+    with pytest.raises(MisconfigurationException, match=r"`val_dataloaders\[1\]` is a tuple"):
+        Trainer(**quiet(max_epochs=1)).fit(BoringModel(), loader(8), [loader(8), (torch.randn(32), 0)])
+
+
+def test_a_list_of_loaders_still_trains():
+    model = _CountsSteps()
+    Trainer(**quiet(max_epochs=1)).fit(model, [loader(8), loader(8)])
+    assert model.steps > 0
+
+
 # ---------------------------------------------------------------------------------- errors
 class Boom(RuntimeError):
     pass

@@ -14,6 +14,7 @@ import math
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from torch import Tensor
 from torch.utils.data import DataLoader, SequentialSampler
 
 from fulmen.datamodule import LightningDataModule
@@ -160,16 +161,48 @@ def as_loader_list(loaders: Any, name: str) -> list[Any]:
     """A loader, a list/tuple of loaders or a dict of them, as a list (dict order)."""
     if loaders is None:
         return []
+    several = isinstance(loaders, (Mapping, list, tuple))
     if isinstance(loaders, Mapping):
         loaders = list(loaders.values())
     elif isinstance(loaders, (list, tuple)):
         loaders = list(loaders)
     else:
         loaders = [loaders]
-    for loader in loaders:
-        if isinstance(loader, (str, bytes)) or not isinstance(loader, Iterable):
-            raise invalid_argument(name, loader, "a DataLoader (or any iterable of batches), or a list of them")
+    for index, loader in enumerate(loaders):
+        _check_loader(loader, name, index if several else None)
     return loaders
+
+
+def _check_loader(loader: Any, name: str, index: int | None) -> None:
+    """A loader must be an iterable of batches; a dataset sample in its place fails now, named."""
+    if isinstance(loader, (DataLoader, CombinedLoader)):
+        return
+    where = name if index is None else f"{name}[{index}]"
+    if _is_sample(loader):
+        raise MisconfigurationException(
+            f"`{where}` is {_describe(loader)}: a sample of data, not a loader of batches. A list passed as "
+            f"`{name}` is a list of loaders; wrap your samples in one: "
+            f"`{name}=DataLoader(samples, batch_size=...)`."
+        )
+    if isinstance(loader, (str, bytes)) or not isinstance(loader, Iterable):
+        raise invalid_argument(where, loader, "a DataLoader (or any iterable of batches), or a list of them")
+
+
+def _is_sample(value: Any) -> bool:
+    """A tensor, a number, or a tuple/dict of them: what a dataset yields, not what yields batches."""
+    if isinstance(value, (Tensor, int, float, bool)) or value is None:
+        return True
+    items = value.values() if isinstance(value, Mapping) else value if isinstance(value, tuple) else None
+    return items is not None and all(isinstance(item, (Tensor, int, float, bool, str)) for item in items)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return f"a Tensor of shape {tuple(value.shape)}"
+    if isinstance(value, (tuple, Mapping)):
+        kinds = ", ".join(type(item).__name__ for item in (value.values() if isinstance(value, Mapping) else value))
+        return f"a {type(value).__name__} of ({kinds})"
+    return repr(value)
 
 
 def prepare(loader: Any, sampler_kwargs: dict[str, int] | None, use_distributed_sampler: bool) -> Any:
@@ -231,6 +264,7 @@ def count_batches(loader: Any, limit: int | float, flag: str) -> int | float:
 def train_loader_from(value: Any) -> Any:
     """One training loader from what ``train_dataloader`` returned (several become a ``CombinedLoader``)."""
     if isinstance(value, (Mapping, list, tuple)):
+        as_loader_list(value, "train_dataloaders")  # each one an iterable of batches, not a sample
         return CombinedLoader(value, "max_size_cycle")  # Lightning's default for training
     if isinstance(value, CombinedLoader) and value.mode == "sequential":
         raise invalid_argument(
