@@ -178,3 +178,10 @@ def test_is_shared_filesystem(tmp_path):
     assert U.is_shared_filesystem(ranks, tmp_path, timeout=0.2) is True and ranks.votes == [True]
     assert list(tmp_path.iterdir()) == []  # the probe file is gone
     assert U.is_shared_filesystem(ranks, "s3://bucket/run") is True
+
+
+def test_hparams_file_helpers_live_together_as_in_lightnings_core_saving():
+    from fulmen.utilities import hparams_yaml
+
+    assert hparams_yaml.save_hparams_to_tags_csv is U.save_hparams_to_tags_csv
+    assert hparams_yaml.load_hparams_from_tags_csv is U.load_hparams_from_tags_csv

@@ -6,7 +6,11 @@ import importlib.util
 import os
 from typing import Any
 
+from fulmen.utilities.hparams_csv import load_hparams_from_tags_csv, save_hparams_to_tags_csv
 from fulmen.utilities.rank_zero import rank_zero_warn
+
+# Lightning's `core.saving` keeps the hyperparameter files together; so does this module's face.
+__all__ = ["load_hparams_from_tags_csv", "load_hparams_from_yaml", "save_hparams_to_tags_csv"]
 
 
 def load_hparams_from_yaml(config_yaml: str | os.PathLike, use_omegaconf: bool = True) -> Any:
