@@ -53,6 +53,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_ddp_signals.py
 	$(PY) benchmarks/bench_deepspeed.py
 	$(PY) benchmarks/bench_model_parallel.py
+	$(PY) benchmarks/bench_fault_tolerance.py
 
 # The documentation site (mkdocs.yml, docs/). `make test` builds it strictly too (tests/docs).
 docs: $(STAMP)

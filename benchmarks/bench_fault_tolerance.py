@@ -1,0 +1,164 @@
+"""Committed samples per second of ``strategy="fault_tolerant"`` (torchft): against plain DDP, and under failures.
+
+Two CPU processes (one thread each, gloo on loopback) train an MLP whose step takes about 50 ms,
+through Lite. Three runs:
+
+- ``ddp``: ``fulmen run --devices 2 --strategy ddp``, each process a DDP rank;
+- ``fault_tolerant``: ``fulmen run --replica-groups 2 --heartbeat-timeout 1``, each process a
+  replica group (gradients averaged through torchft's Manager, exactly-once data);
+- ``fault_tolerant, kills``: the same, with group 1 SIGKILLed every ``--kill-every`` seconds
+  (restarted by ``fulmen run``, healing from group 0).
+
+Throughput is the global samples of committed steps per second, read from group 0 / rank 0's
+step times (the first steps warm up). Goals: fault-free fault_tolerant >= 0.9x ddp; with one kill
+per 30 s >= 0.85x fault-free.
+
+    python benchmarks/bench_fault_tolerance.py [--steps 300] [--kill-seconds 95] [--kill-every 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WIDTH, DEPTH, BATCH, SAMPLES = 1024, 2, 64, 4096
+WARMUP = 5
+
+
+def worker(out: str, steps: int) -> None:
+    """One process of either run: trains until ``steps`` steps have committed; rank/group 0 records them."""
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import fulmen as L
+
+    torch.set_num_threads(1)  # two processes share two cores
+    lite = L.Lite(accelerator="cpu")
+    lite.launch()
+    strategy = lite.strategy
+    torch.manual_seed(0)
+    net = nn.Sequential(*[m for _ in range(DEPTH) for m in (nn.Linear(WIDTH, WIDTH), nn.ReLU())])
+    model, optimizer = lite.setup(net, torch.optim.SGD(net.parameters(), lr=1e-4))
+    data = TensorDataset(torch.randn(SAMPLES, WIDTH))
+    fault_tolerant = os.environ.get("FULMEN_REPLICA_GROUP") is not None
+    if fault_tolerant:
+        loader = strategy.exactly_once(DataLoader(data, batch_size=BATCH, shuffle=True))
+        groups = strategy.num_replica_groups
+        writer = strategy.replica_group == 0
+    else:
+        loader = lite.setup_dataloaders(DataLoader(data, batch_size=BATCH, shuffle=True))
+        groups = lite.world_size
+        writer = lite.global_rank == 0
+    progress = {"step": 0}
+    strategy.register_replica_state("loop", lambda: dict(progress), progress.update)
+    log = open(os.path.join(out, "steps.jsonl"), "a", buffering=1) if writer else None  # noqa: SIM115
+    while progress["step"] < steps:
+        for (x,) in loader:
+            optimizer.zero_grad()
+            lite.backward(model(x).pow(2).mean())
+            optimizer.step()
+            if strategy.last_step_committed:
+                progress["step"] += 1
+                if log is not None:
+                    log.write(json.dumps({"time": time.time(), "samples": BATCH * groups, "pid": os.getpid()}) + "\n")
+            if progress["step"] >= steps:
+                break
+
+
+def _run(out: Path, fulmen_flags: list[str], steps: int, kill_every: float | None = None) -> dict:
+    command = [sys.executable, "-m", "fulmen.cli.main", "run", __file__, *fulmen_flags, "--",
+               "--worker", str(out), "--steps", str(steps)]  # fmt: skip
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1"}
+    with open(out / "output.txt", "w") as output:
+        proc = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
+        kills = 0
+        try:
+            next_kill = time.monotonic() + kill_every if kill_every else None
+            while proc.poll() is None:
+                time.sleep(0.1)
+                if next_kill is not None and time.monotonic() >= next_kill:
+                    kills += _kill_group_one(out)
+                    next_kill += kill_every
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{(out / 'output.txt').read_text()[-3000:]}")
+    records = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()][WARMUP:]
+    elapsed = records[-1]["time"] - records[0]["time"]
+    samples = sum(r["samples"] for r in records[1:])
+    return {"samples_per_s": samples / elapsed, "seconds": elapsed, "kills": kills}
+
+
+def _kill_group_one(out: Path) -> int:
+    """SIGKILL replica group 1's current process (its pid from the environment of the children of fulmen run)."""
+    for pid in _children_with(f"FULMEN_REPLICA_GROUP=1\0FT_BENCH_OUT={out}"):
+        os.kill(pid, signal.SIGKILL)
+        return 1
+    return 0
+
+
+def _children_with(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        first, second = marker.split("\0")
+        if f"\0{first}\0" in f"\0{environ}" and f"\0{second}\0" in f"\0{environ}":
+            found.append(int(entry.name))
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, default=300, help="committed steps of the fault-free runs")
+    parser.add_argument("--kill-seconds", type=float, default=95.0, help="about how long the run with kills lasts")
+    parser.add_argument("--kill-every", type=float, default=30.0)
+    args = parser.parse_args()
+    if args.worker is not None:
+        worker(args.worker, args.steps)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        results = {}
+        for name, flags in (
+            ("ddp", ["--devices", "2", "--strategy", "ddp", "--accelerator", "cpu"]),
+            ("fault_tolerant", ["--replica-groups", "2", "--heartbeat-timeout", "1"]),
+        ):
+            out = Path(folder) / name.replace(" ", "_")
+            out.mkdir()
+            os.environ["FT_BENCH_OUT"] = str(out)
+            results[name] = _run(out, flags, args.steps)
+        step_seconds = results["fault_tolerant"]["seconds"] / max(args.steps - WARMUP - 1, 1)
+        kill_steps = int(args.kill_seconds / step_seconds)
+        out = Path(folder) / "kills"
+        out.mkdir()
+        os.environ["FT_BENCH_OUT"] = str(out)
+        flags = ["--replica-groups", "2", "--heartbeat-timeout", "1", "--max-restarts", "100"]
+        results["fault_tolerant, kills"] = _run(out, flags, kill_steps, kill_every=args.kill_every)
+
+    ddp, ft, kills = (results[k]["samples_per_s"] for k in ("ddp", "fault_tolerant", "fault_tolerant, kills"))
+    print(f"\nCommitted samples/s, 2 CPU processes, MLP {DEPTH}x{WIDTH}, batch {BATCH} per process")
+    for name, result in results.items():
+        extra = f", {result['kills']} kills" if result["kills"] else ""
+        print(f"  {name:<24} {result['samples_per_s']:9.1f} samples/s  ({result['seconds']:.1f} s{extra})")
+    print(f"  step time (fault_tolerant): {step_seconds * 1000:.1f} ms")
+    print(f"  fault_tolerant / ddp:       {ft / ddp:6.3f}x  goal >= 0.90  {'OK' if ft / ddp >= 0.9 else 'MISSED'}")
+    print(f"  kills / fault-free:         {kills / ft:6.3f}x  goal >= 0.85  {'OK' if kills / ft >= 0.85 else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
