@@ -6,6 +6,7 @@ then talk only to the returned ``Strategy``. They import this package's face onl
 an import-linter contract checks it.
 """
 
+from fulmen.strategies.accelerators import Accelerator
 from fulmen.strategies.dataloaders import has_len, prepare_dataloader, rebuild_dataloader, set_sampler_epoch
 from fulmen.strategies.ddp import DDPStrategy
 from fulmen.strategies.dp import DataParallelStrategy
@@ -21,6 +22,7 @@ from fulmen.strategies.strategy import Strategy, warn_no_backward_sync_unsupport
 from fulmen.strategies.wrapped import WrappedModule, WrappedOptimizer, unwrap_module, unwrap_optimizer
 
 __all__ = [
+    "Accelerator",
     "DDPShardedStrategy",
     "DDPStrategy",
     "DataParallelStrategy",

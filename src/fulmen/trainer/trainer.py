@@ -15,7 +15,7 @@ import functools
 import math
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -24,10 +24,15 @@ from torch.optim import Optimizer
 
 from fulmen.callbacks.callback import Callback
 from fulmen.callbacks.timer import Timer
+from fulmen.checkpointing.checkpoint_io import CheckpointIO
 from fulmen.datamodule import LightningDataModule
+from fulmen.loggers.logger import Logger
 from fulmen.module import LightningModule
 from fulmen.module.optimizer import LRSchedulerConfig
-from fulmen.strategies import Strategy, select_strategy
+from fulmen.profilers.profiler import Profiler
+from fulmen.strategies import Accelerator, LayerSync, Strategy, select_strategy
+from fulmen.strategies.environments import ClusterEnvironment
+from fulmen.strategies.precision import Precision
 from fulmen.trainer import checkpoint_state as checkpoint_io
 from fulmen.trainer import configuration, defaults, flags
 from fulmen.trainer.configuration import TrainerConfig, configure, defaults_from_env, set_torch_flags
@@ -108,12 +113,12 @@ class Trainer(StrategyProperties, CallbackLookups):
     def __init__(
         self,
         *,
-        accelerator: Any = "auto",
-        strategy: Any = "auto",
-        devices: Any = "auto",
+        accelerator: str | Accelerator = "auto",
+        strategy: str | Strategy = "auto",
+        devices: int | str | list[int] = "auto",
         num_nodes: int | None = None,
-        precision: Any = None,
-        logger: Any = None,
+        precision: int | str | None = None,
+        logger: Logger | Iterable[Logger] | bool | None = None,
         callbacks: Callback | list[Callback] | None = None,
         fast_dev_run: int | bool = False,
         max_epochs: int | None = None,
@@ -140,10 +145,10 @@ class Trainer(StrategyProperties, CallbackLookups):
         benchmark: bool | None = None,
         inference_mode: bool = True,
         use_distributed_sampler: bool = True,
-        profiler: Any = None,
+        profiler: Profiler | str | None = None,
         detect_anomaly: bool = False,
         barebones: bool = False,
-        plugins: Any = None,
+        plugins: Precision | ClusterEnvironment | CheckpointIO | LayerSync | str | list[Any] | None = None,
         sync_batchnorm: bool = False,
         reload_dataloaders_every_n_epochs: int = 0,
         default_root_dir: str | os.PathLike | None = None,
