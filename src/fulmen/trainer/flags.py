@@ -101,7 +101,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("barebones", False, "output", "turn off everything that costs speed: logging, progress bar, summary, "
          "checkpoints, sanity check", attribute=True),
     Flag("plugins", None, "hardware", "a `ClusterEnvironment` (`SLURMEnvironment`, `TorchElasticEnvironment`, "
-         "`KubeflowEnvironment`, `LSFEnvironment`, your own subclass), a `Precision`, or a list", taken_by=STRATEGY),
+         "`KubeflowEnvironment`, `LSFEnvironment`, your own subclass), a `Precision`, a `CheckpointIO` "
+         "(`TorchCheckpointIO`, `AsyncCheckpointIO`), a `LayerSync` (`TorchSyncBatchNorm`), or a list",
+         taken_by=STRATEGY),
     Flag("sync_batchnorm", False, "optimization", "BatchNorm statistics across processes (CUDA)", attribute=True),
     Flag("reload_dataloaders_every_n_epochs", 0, "data", "ask the module or datamodule for new loaders every n "
          "epochs", attribute=True),

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fulmen.utilities.data import extract_batch_size
 from fulmen.utilities.exceptions import MisconfigurationException, invalid_argument
 from fulmen.utilities.rank_zero import rank_zero_warn
 
@@ -484,37 +485,8 @@ class ResultStore:
 
 
 def _infer_batch_size(batch: Any) -> int:
-    """The size of the first dimension of the first tensor in ``batch`` (1 when there is no batch)."""
-    if batch is None:
-        return 1
-    sizes = list(_batch_sizes(batch))
-    if not sizes:
-        raise MisconfigurationException(
-            "fulmen could not infer the batch size for `self.log(..., on_epoch=True)` from the batch. "
-            "Pass it: `self.log(name, value, batch_size=...)`."
-        )
-    if any(size != sizes[0] for size in sizes[1:]):
-        rank_zero_warn(
-            f"The batch size for `self.log` was inferred as {sizes[0]} from a batch holding tensors of different "
-            "first dimensions. Pass `self.log(..., batch_size=...)` to be explicit."
-        )
-    return sizes[0]
-
-
-def _batch_sizes(batch: Any) -> Any:
-    if isinstance(batch, Tensor):
-        yield batch.size(0) if batch.dim() else 1
-    elif isinstance(batch, (list, tuple)) and batch and all(isinstance(item, str) for item in batch):
-        yield len(batch)  # a batch of texts
-    elif isinstance(batch, Mapping):
-        for value in batch.values():
-            yield from _batch_sizes(value)
-    elif isinstance(batch, (list, tuple)):
-        for value in batch:
-            yield from _batch_sizes(value)
-    elif hasattr(batch, "__dataclass_fields__"):
-        for field in batch.__dataclass_fields__:
-            yield from _batch_sizes(getattr(batch, field))
+    """The batch size ``self.log`` weighs epoch means with (1 when there is no batch)."""
+    return 1 if batch is None else extract_batch_size(batch)
 
 
 def to_scalars(metrics: Mapping[str, Any]) -> dict[str, Any]:
