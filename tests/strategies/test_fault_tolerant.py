@@ -82,10 +82,27 @@ def _setter(quorums: _Quorums):
     return on_assigned
 
 
-def test_exactly_once_loader_needs_a_batch_size() -> None:
+def test_exactly_once_loader_needs_a_batch_size_and_a_sample_per_group() -> None:
     loader = DataLoader(TensorDataset(torch.arange(4)), batch_size=None)
     with pytest.raises(ValueError, match="batch_size=None"):
         ExactlyOnceLoader(loader, EpochPosition(), 2, lambda: (0, 1), lambda n: None)
+    loader = DataLoader(TensorDataset(torch.arange(2)), batch_size=1)
+    with pytest.raises(ValueError, match="up to 3 replica groups, but the dataset has 2 samples"):
+        ExactlyOnceLoader(loader, EpochPosition(), 3, lambda: (0, 1), lambda n: None)
+
+
+def test_a_tail_smaller_than_a_step_joins_the_last_step() -> None:
+    """21 samples, 2 groups of batch 2: 5 steps, the last of 5 samples, so no group ever gets an empty share."""
+    position = EpochPosition()
+    quorums = _Quorums(position, [(2, True)] * 5)
+    loader = ExactlyOnceLoader(
+        DataLoader(TensorDataset(torch.arange(21)), batch_size=2), position, 2, quorums.quorum, _setter(quorums)
+    )
+    sizes = []
+    for (batch,) in loader:
+        sizes.append((len(batch), quorums.assigned))
+        quorums.commit()
+    assert sizes == [(2, 4), (2, 4), (2, 4), (2, 4), (3, 5)]
 
 
 def test_replica_state_round_trip_heals_weights_optimizer_rng_and_extras() -> None:

@@ -6,16 +6,16 @@ with the healed state) and that advances only when a step commits. A step's slic
 among the groups of that step's quorum; a step that does not commit leaves the cursor where it
 was, so the next step takes the same samples again.
 
-An epoch has a fixed number of steps (``ceil(N / (groups * batch_size))`` for the configured
-number of groups), so that the loops can count them; the last one takes whatever is left, which
-includes the slices of steps that did not commit. If that last step does not commit either, the
+An epoch has a fixed number of steps (``N // (groups * batch_size)`` for the configured number of
+groups, at least one), so that the loops can count them; the last one takes whatever is left,
+which includes the tail that does not fill a step and the slices of steps that did not commit, so
+that every group of a quorum always has at least one sample. If that last step does not commit either, the
 epoch is not over: its samples come in one more step (which a loop that counts its batches
 takes as the first batch of its next epoch).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -87,6 +87,11 @@ class ExactlyOnceLoader:
                 "Exactly-once sampling needs a DataLoader with a batch_size (it takes a slice of the epoch's "
                 "order per step); this one has batch_size=None."
             )
+        if len(dataloader.dataset) < num_groups:  # type: ignore[arg-type]
+            raise ValueError(
+                f"Exactly-once sampling splits each step among up to {num_groups} replica groups, but the dataset "
+                f"has {len(dataloader.dataset)} samples: give it at least one per group."  # type: ignore[arg-type]
+            )
         self.dataloader = dataloader
         self.dataset = dataloader.dataset
         self.batch_size = dataloader.batch_size
@@ -107,7 +112,7 @@ class ExactlyOnceLoader:
 
     @property
     def steps_per_epoch(self) -> int:
-        return max(math.ceil(self.num_samples / (self.num_groups * self.batch_size)), 1)
+        return max(self.num_samples // (self.num_groups * self.batch_size), 1)
 
     def __len__(self) -> int:
         return self.steps_per_epoch
