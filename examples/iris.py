@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--max-epochs", type=int, default=30)
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--no-progress-bar", action="store_true")
+    parser.add_argument("--resume", default=None, help="a checkpoint to continue from, e.g. the last run's iris.ckpt")
     args = parser.parse_args(argv)
 
     L.seed_everything(42)
@@ -144,13 +145,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         enable_progress_bar=not args.no_progress_bar,
         log_every_n_steps=5,
     )
-    trainer.fit(model, datamodule=datamodule)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=args.resume)
+    # Saved right after fit: weights, optimizer state and progress, so that training can go on from it.
+    checkpoint = os.path.join(args.root_dir, "iris.ckpt")
+    trainer.save_checkpoint(checkpoint)
     results = trainer.validate(model, datamodule=datamodule)[0]
 
-    checkpoint = os.path.join(args.root_dir, "iris-final.ckpt")
-    trainer.save_checkpoint(checkpoint)
     print(f"TensorBoard logs: {trainer.log_dir}  (view with `tensorboard --logdir {args.root_dir}`)")
     print(f"Checkpoint:       {os.path.abspath(checkpoint)}")
+    print(f"  holds:          weights, optimizer state and progress after {trainer.current_epoch} epochs")
+    print(f"  train on:       python examples/iris.py --resume {checkpoint} --max-epochs {args.max_epochs + 10}")
+    print(f"  load to use:    IrisClassifier.load_from_checkpoint({checkpoint!r})")
     print(f"Validation accuracy: {results['val_acc']:.3f}")
     return results
 

@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -26,7 +27,21 @@ def test_iris_example_trains_and_reports_where_it_wrote(tmp_path, capsys):
     assert results["val_acc"] > 0.8
     assert "Spy Report: Epoch 14 ended. Loss: " in out
     assert "TensorBoard logs:" in out and (tmp_path / "lightning_logs" / "version_0").is_dir()
-    assert (tmp_path / "iris-final.ckpt").is_file() and (tmp_path / "data" / "iris.npz").is_file()
+    assert (tmp_path / "iris.ckpt").is_file() and (tmp_path / "data" / "iris.npz").is_file()
+    assert f"--resume {tmp_path / 'iris.ckpt'}" in out
+
+
+def test_the_iris_checkpoint_resumes_training(tmp_path, capsys):
+    iris = load("iris")
+    common = ["--root-dir", str(tmp_path), "--no-progress-bar", "--accelerator", "cpu"]
+    iris.main([*common, "--max-epochs", "3"])
+    saved = torch.load(tmp_path / "iris.ckpt", weights_only=True)
+    assert saved["epoch"] == 3 and saved["optimizer_states"], "the demo's checkpoint must hold what fit resumes from"
+    capsys.readouterr()
+    iris.main([*common, "--max-epochs", "5", "--resume", str(tmp_path / "iris.ckpt")])
+    out = capsys.readouterr().out
+    assert "Epoch 3 ended" in out and "Epoch 4 ended" in out and "Epoch 2 ended" not in out
+    assert torch.load(tmp_path / "iris.ckpt", weights_only=True)["epoch"] == 5
 
 
 @pytest.mark.slow
