@@ -3,7 +3,8 @@
 ``parallelize(model, mesh)`` lays it out as Lightning's tensor-parallel example does: attention
 and feed-forward projections split column- then row-wise over ``mesh["tensor_parallel"]``, the
 embedding row-wise, the output column-wise with a sharded vocabulary (for ``loss_parallel``),
-then ``fully_shard`` over ``mesh["data_parallel"]`` per block and for the whole model.
+then (``compile_blocks``) each block through ``torch.compile``, then ``fully_shard`` over
+``mesh["data_parallel"]`` per block and for the whole model.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class Transformer(nn.Module):
         return self.output(self.norm(x))
 
 
-def parallelize(model: Transformer, mesh) -> Transformer:
+def parallelize(model: Transformer, mesh, compile_blocks: bool = False) -> Transformer:
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import Replicate, Shard
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
@@ -103,6 +104,9 @@ def parallelize(model: Transformer, mesh) -> Transformer:
     }
     for block in model.layers:
         parallelize_module(block, tp, plan)
+    if compile_blocks:  # as torchtitan does: each block compiled after its layout, before fully_shard
+        for index, block in enumerate(model.layers):
+            model.layers[index] = torch.compile(block)
     dp = mesh["data_parallel"]
     for block in model.layers:
         fully_shard(block, mesh=dp)

@@ -233,8 +233,6 @@ class FSDPStrategy(DTensorState, DDPStrategy):
 _EVALUATION_STEPS = ("validation_step", "test_step", "predict_step")
 
 
-
-
 def _gather_around(module: nn.Module, *methods: str) -> None:
     """Make each of ``module``'s ``methods`` gather and free the shards as its ``forward`` does."""
     from torch.distributed.fsdp import register_fsdp_forward_method

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from fulmen.strategies import direct_calls
+from fulmen.strategies.compile_check import check_compiled_tensor_parallel
 from fulmen.strategies.ddp import DDPStrategy
 from fulmen.strategies.dtensor_state import DTensorState
 from fulmen.strategies.fsdp import _gather_around
@@ -135,6 +136,7 @@ class ModelParallelStrategy(DTensorState, DDPStrategy):
                 raise MisconfigurationException("`parallelize_fn` must parallelise the module in place and return it.")
             inner = module = result if result is not None else inner
         self._check_parallelised(inner)
+        check_compiled_tensor_parallel(inner, self.root_device, self.tensor_parallel_size)
         materialize(inner, self.root_device)
         if not any(inner is known for known in self._sharded_modules):
             self._sharded_modules.append(inner)
