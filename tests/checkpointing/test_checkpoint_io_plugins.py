@@ -14,7 +14,7 @@ from fulmen.callbacks import ModelCheckpoint
 from fulmen.demos import BoringModel, RandomDataset
 from fulmen.lite import Lite
 from fulmen.plugins import AsyncCheckpointIO, CheckpointIO, TorchCheckpointIO
-from fulmen.strategies import DDPStrategy, SingleDeviceStrategy, select_strategy
+from fulmen.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy, SingleDeviceStrategy, select_strategy
 from fulmen.utilities.exceptions import CheckpointError, MisconfigurationException
 
 
@@ -122,7 +122,6 @@ def test_trainer_saves_loads_and_removes_through_a_plugin(tmp_path):
     assert list(tmp_path.glob("*.ckpt")) == []  # nothing reached the disk: the plugin kept them
     assert ("remove", saves[0]) in io.calls  # top-1: the first file was removed through the plugin too
     trainer.save_checkpoint(tmp_path / "manual.ckpt")
-    (tmp_path / "manual.ckpt").touch()  # the Trainer checks that a ckpt_path exists before asking the plugin
     resumed = _trainer(tmp_path, plugins=[io], max_epochs=3)
     resumed.fit(BoringModel(), DataLoader(RandomDataset(32, 4), batch_size=2), ckpt_path=str(tmp_path / "manual.ckpt"))
     assert ("load", str(tmp_path / "manual.ckpt")) in io.calls and resumed.global_step == 6
@@ -138,6 +137,9 @@ def test_async_plugin_and_checkpoint_io_on_strategies(tmp_path):
     io = Recording()
     assert SingleDeviceStrategy(checkpoint_io=io).checkpoint_io is io
     assert DDPStrategy(checkpoint_io=io).checkpoint_io is io
+    assert FSDPStrategy(checkpoint_io=io).checkpoint_io is io  # full-state single files go through it
+    assert ModelParallelStrategy(checkpoint_io=io).checkpoint_io is io
+    assert AsyncCheckpointIO(io).paths_are_files is False and AsyncCheckpointIO().paths_are_files is True
     assert isinstance(DDPStrategy().checkpoint_io, TorchCheckpointIO)
     with pytest.raises(MisconfigurationException, match="CheckpointIO was given twice"):
         select_strategy(accelerator="cpu", strategy=SingleDeviceStrategy(checkpoint_io=io), plugins=[Recording()])

@@ -23,6 +23,9 @@ class CheckpointIO(ABC):
 
     #: Whether ``save_checkpoint`` returns before the file is written (saves run in the background).
     asynchronous: bool = False
+    #: Whether a path names a file that fsspec can see; the Trainer then checks that ``ckpt_path``
+    #: exists before resuming, for a clearer error. A CheckpointIO storing elsewhere leaves it False.
+    paths_are_files: bool = False
 
     @abstractmethod
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
@@ -49,6 +52,8 @@ class TorchCheckpointIO(CheckpointIO):
     weights merged into one dict. ``weights_only=False`` is the explicit opt-in for a trusted file
     that holds types beyond fulmen's allowlist.
     """
+
+    paths_are_files = True
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
         from fulmen.checkpointing.atomic import atomic_save
@@ -98,6 +103,10 @@ class AsyncCheckpointIO(CheckpointIO):
     """
 
     asynchronous = True
+
+    @property
+    def paths_are_files(self) -> bool:  # type: ignore[override]
+        return self.checkpoint_io.paths_are_files
 
     def __init__(self, checkpoint_io: CheckpointIO | None = None) -> None:
         if checkpoint_io is not None and not isinstance(checkpoint_io, CheckpointIO):

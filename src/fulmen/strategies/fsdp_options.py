@@ -27,6 +27,7 @@ BASE_ARGUMENTS = (
     "parallel_devices",
     "cluster_environment",
     "precision",
+    "checkpoint_io",
     "process_group_backend",
     "timeout",
     "start_method",

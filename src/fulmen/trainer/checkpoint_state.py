@@ -178,7 +178,7 @@ def resolve_checkpoint_path(trainer: Trainer, ckpt_path: str | os.PathLike | Non
         if path is None:
             raise MisconfigurationException(f"`ckpt_path='hpc'`: no hpc_ckpt_N.ckpt in {trainer.default_root_dir!r}.")
         return path
-    if not remote.file_exists(ckpt_path):
+    if trainer.strategy.checkpoint_io.paths_are_files and not remote.file_exists(ckpt_path):
         raise remote.CheckpointNotFoundError(
             f"`ckpt_path={ckpt_path!r}` does not exist. Accepted: an existing checkpoint file, 'last', 'best', "
             "'hpc' or None."
