@@ -285,6 +285,21 @@ def needs_closure(optimizer: Optimizer) -> bool:
     return parameter is not None and parameter.default is inspect.Parameter.empty
 
 
+#: Packages whose optimizers run a given closure first thing in ``step`` and do nothing observable before it.
+_PLAIN_STEP_PACKAGES = ("torch.", "fulmen.", "deepspeed.")
+
+
+def steps_around_closure(optimizer: Optimizer) -> bool:
+    """Whether ``optimizer.step`` may do something a user sees before it runs the closure.
+
+    Lightning always trains inside ``optimizer.step(closure)``: a ``step`` override of the user's
+    (or a registered step pre-hook) runs before ``training_step``. torch's own optimizers run the
+    closure first, so for them calling the closure and then ``step()`` is the same, one frame shorter.
+    """
+    module = getattr(type(optimizer).step, "__module__", None) or ""
+    return not module.startswith(_PLAIN_STEP_PACKAGES) or bool(getattr(optimizer, "_optimizer_step_pre_hooks", None))
+
+
 def as_list(value: Any) -> list[Any]:
     if value is None:
         return []

@@ -23,6 +23,7 @@ from fulmen.module.optimizer import (
     needs_closure,
     parse_optimizers_config,
     scheduler_configs,
+    steps_around_closure,
 )
 from fulmen.strategies import Strategy
 from fulmen.strategies.precision import Precision
@@ -157,8 +158,9 @@ def setup_model(run: Run) -> None:
     run.plain_forward = type(strategy).forward_context is Strategy.forward_context and (
         type(strategy.precision).forward_context is Precision.forward_context
     )
+    optimizer = run.optimizers[0]
     run.step_with_closure = run.hooks.module["optimizer_step"] is not None or (
-        module.automatic_optimization and needs_closure(run.optimizers[0])
+        module.automatic_optimization and (needs_closure(optimizer) or steps_around_closure(optimizer))
     )
 
 
