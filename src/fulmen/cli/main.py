@@ -167,6 +167,8 @@ def _validate_fault_tolerance(args: argparse.Namespace) -> None:
             f"`--replica-groups` runs strategy='fault_tolerant', but --strategy={args.strategy!r} was given. "
             "Leave --strategy out."
         )
+    # torchft's lighthouse and managers log every quorum at info; read when its extension first loads.
+    os.environ.setdefault("RUST_LOG", "warn")
     try:
         import torchft  # noqa: F401
     except ImportError:

@@ -44,9 +44,9 @@ def run_replica_groups(
     min_replicas: int = 1,
 ) -> int:
     """Run the job; returns its exit status (0: every group that ended, ended well)."""
+    os.environ.setdefault("RUST_LOG", "warn")  # torchft logs every quorum at info (see cli.main)
     from torchft._torchft import LighthouseServer
 
-    os.environ.setdefault("RUST_LOG", "warn")  # torchft's lighthouse and managers log every quorum at info
     lighthouse = LighthouseServer(
         bind="127.0.0.1:0",
         min_replicas=min_replicas,

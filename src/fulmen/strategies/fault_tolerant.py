@@ -36,6 +36,8 @@ from fulmen.utilities.rank_zero import rank_zero_warn
 LIGHTHOUSE_ENV = "TORCHFT_LIGHTHOUSE"
 GROUP_ENV = "FULMEN_REPLICA_GROUP"
 NUM_GROUPS_ENV = "FULMEN_NUM_REPLICA_GROUPS"
+#: Gradients with fewer elements are averaged together in one flat buffer.
+_FLATTEN_BELOW = 1 << 16
 
 
 class FaultTolerantStrategy(Strategy):
@@ -83,6 +85,8 @@ class FaultTolerantStrategy(Strategy):
         self._transport: Any = None
         self._store: Any = None
         self._step_open = False
+        self._launched: dict[int, Any] = {}  # id(parameter) -> its all-reduce, started during backward
+        self._averaged = False
         self._participation = (0, 1)
         self._committed = True
         self._step_samples = 0
@@ -169,7 +173,18 @@ class FaultTolerantStrategy(Strategy):
     def setup_module(self, module: nn.Module) -> nn.Module:
         if module not in self.replica_state.modules:
             self.replica_state.modules.append(module)
+            for parameter in module.parameters():
+                if parameter.requires_grad and parameter.numel() >= _FLATTEN_BELOW:
+                    parameter.register_post_accumulate_grad_hook(self._gradient_ready)
         return module
+
+    def _gradient_ready(self, parameter: Tensor) -> None:
+        """A large gradient is complete: start averaging it while backward goes on (as DDP overlaps)."""
+        # After the step's first backward (Lite accumulating over several), the next backward averages
+        # the accumulated gradients again once it ends: averaging values that agree changes nothing.
+        if not self._step_open or self._averaged or parameter.grad is None or not parameter.grad.is_contiguous():
+            return
+        self._launched[id(parameter)] = self._manager.allreduce(parameter.grad)
 
     def setup_optimizer(self, optimizer: Optimizer) -> Optimizer:
         optimizer = unwrap_optimizer(optimizer)
@@ -253,16 +268,20 @@ class FaultTolerantStrategy(Strategy):
         self._step_samples = samples
 
     def backward(self, tensor: Tensor, module: nn.Module | None = None, *args: Any, **kwargs: Any) -> None:
+        """Backward, then the gradients averaged over the quorum: clipping after it sees the averages, as with DDP."""
         self.begin_step()
         super().backward(tensor, module, *args, **kwargs)
+        params = [p for m in self.replica_state.modules for p in m.parameters()]
+        self._average_gradients(params)
 
     def optimizer_step(self, optimizer: Optimizer, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
         """Run the closure, average gradients over the quorum, and step only if the step commits."""
         self.begin_step()
         output = closure() if closure is not None else None
         optimizer = unwrap_optimizer(optimizer)
-        self._average_gradients(optimizer)
-        self._step_open = False
+        if not self._averaged:  # a backward that did not go through the strategy
+            self._average_gradients([p for group in optimizer.param_groups for p in group["params"]])
+        self._step_open, self._averaged = False, False
         self._committed = bool(self._manager.should_commit())
         if self._committed:
             self.position.cursor += self._step_samples
@@ -276,19 +295,34 @@ class FaultTolerantStrategy(Strategy):
     def last_step_committed(self) -> bool:
         return self._committed
 
-    def _average_gradients(self, optimizer: Optimizer) -> None:
-        grads = [_local(p.grad) for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        for dtype_grads in _by_dtype(grads):
-            flat = torch.cat([g.reshape(-1) for g in dtype_grads])
-            self._manager.allreduce(flat).wait()
+    def _average_gradients(self, params: list[Tensor]) -> None:
+        """Every gradient in place: the large ones started during backward are waited for; the others are
+        started now, the small ones in one flat buffer (one collective instead of many)."""
+        works, launched = list(self._launched.values()), set(self._launched)
+        self._launched = {}
+        seen: set[int] = set()
+        grads = []
+        for p in params:
+            if p.grad is not None and id(p) not in launched and id(p) not in seen:
+                seen.add(id(p))
+                grads.append(_local(p.grad))
+        large = [g for g in grads if g.numel() >= _FLATTEN_BELOW and g.is_contiguous()]
+        small = [g for g in grads if g.numel() < _FLATTEN_BELOW or not g.is_contiguous()]
+        works += [self._manager.allreduce(grad) for grad in large]
+        flats = [(torch.cat([g.reshape(-1) for g in same]), same) for same in _by_dtype(small)]
+        works += [self._manager.allreduce(flat) for flat, _ in flats]
+        for work in works:
+            work.wait()
+        for flat, same in flats:
             offset = 0
-            for grad in dtype_grads:
+            for grad in same:
                 grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
                 offset += grad.numel()
+        self._averaged = True
 
     @contextlib.contextmanager
     def no_backward_sync(self, module: nn.Module, enabled: bool = True) -> Iterator[None]:
-        yield  # gradients are averaged at the optimizer step, never during backward
+        yield  # each backward averages what has accumulated so far, which keeps accumulation correct
 
     def _require_connected(self) -> None:
         if self._manager is None:

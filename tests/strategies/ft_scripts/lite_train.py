@@ -27,7 +27,8 @@ strategy = FaultTolerantStrategy(timeout=float(os.environ.get("FT_TIMEOUT", "20"
 lite = L.Lite(accelerator="cpu", strategy=strategy)
 lite.launch()
 torch.manual_seed(100 + group)  # different on purpose: step-0 sync must make them equal
-model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+# The 256x256 layer is large enough to be averaged while backward runs; the others after it.
+model = nn.Sequential(nn.Linear(4, 256), nn.Tanh(), nn.Linear(256, 256), nn.Tanh(), nn.Linear(256, 1))
 optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=5, gamma=0.7)
 model, optimizer = lite.setup(model, optimizer)
