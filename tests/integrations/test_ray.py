@@ -208,8 +208,10 @@ def test_lite_and_plain_trainers_inside_a_ray_worker(ray_cluster, tmp_path):
         assert record["all_reduce_sum"] == 3.0 and record["all_reduce_mean"] == 1.5
         assert record["ranks_agree"] and record["loaded_seen"] == 16 and record["loaded_equal"]
         # devices=1 disagrees with Ray's group of 2: the error says what to pass instead.
-        assert record["mismatch"].startswith("MisconfigurationException: A torch.distributed process group of 2")
-        assert "pass devices=2 and num_nodes=1" in record["mismatch"]
+        assert record["mismatch"].startswith(
+            "MisconfigurationException: This process was started as one of WORLD_SIZE=2"
+        )
+        assert "`devices=1` × `num_nodes=1` makes 1" in record["mismatch"]
         assert "strategy=RayDDPStrategy() and plugins=[RayLightningEnvironment()]" in record["mismatch"]
         # devices=2 agrees: the plain DDP Trainer joins Ray's group (each rank half the batches).
         assert record["joined_rank"] == rank and record["joined_batches"] == 4 and record["joined_ranks_agree"]

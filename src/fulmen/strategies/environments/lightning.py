@@ -59,11 +59,19 @@ class LightningEnvironment(ClusterEnvironment):
                 f"This process was started as one of WORLD_SIZE={world} processes (LOCAL_RANK is set), but "
                 f"`devices={num_devices}` × `num_nodes={num_nodes}` makes {num_devices * num_nodes}. Pass the "
                 "number of processes per node as `devices` (or devices='auto'), and the number of nodes as `num_nodes`."
+                + _RAY_ADVICE
             )
 
     def teardown(self) -> None:
         if "WORLD_SIZE" in os.environ:
             del os.environ["WORLD_SIZE"]
+
+
+#: Inside a Ray Train worker these variables come from Ray: its strategy and environment read them.
+_RAY_ADVICE = (
+    " Under Ray Train pass strategy=RayDDPStrategy() and plugins=[RayLightningEnvironment()] from "
+    "fulmen.integrations.ray, which take the job's shape from Ray."
+)
 
 
 def find_free_network_port() -> int:
