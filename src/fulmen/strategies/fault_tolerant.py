@@ -88,7 +88,7 @@ class FaultTolerantStrategy(Strategy):
         self._launched: dict[int, Any] = {}  # id(parameter) -> its all-reduce, started during backward
         self._averaged = False
         self._participation = (0, 1)
-        self._committed = True
+        self.last_step_committed = True
         self._step_samples = 0
         self._resume_skip = 0
         self._defer_rng = False
@@ -282,18 +282,14 @@ class FaultTolerantStrategy(Strategy):
         if not self._averaged:  # a backward that did not go through the strategy
             self._average_gradients([p for group in optimizer.param_groups for p in group["params"]])
         self._step_open, self._averaged = False, False
-        self._committed = bool(self._manager.should_commit())
-        if self._committed:
+        self.last_step_committed = bool(self._manager.should_commit())
+        if self.last_step_committed:
             self.position.cursor += self._step_samples
             self.precision.optimizer_step(optimizer, closure=_no_closure, **kwargs)
         else:
             optimizer.zero_grad(set_to_none=True)  # the gradients may hold a partial all-reduce
         self._step_samples = 0
         return output
-
-    @property
-    def last_step_committed(self) -> bool:
-        return self._committed
 
     def _average_gradients(self, params: list[Tensor]) -> None:
         """Every gradient in place: the large ones started during backward are waited for; the others are

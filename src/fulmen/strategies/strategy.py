@@ -215,12 +215,11 @@ class Strategy(ABC):
             optimizer = optimizer.inner
         return self.precision.optimizer_step(optimizer, closure=closure, **kwargs)
 
-    @property
-    def last_step_committed(self) -> bool:
-        """Whether the latest ``optimizer_step`` changed the weights. Always True, except where replica
-        groups vote on each step (``FaultTolerantStrategy``): a step that did not commit left the weights and
-        optimizer untouched, and the loops do not count it."""
-        return True
+    #: Whether the latest ``optimizer_step`` changed the weights. Always True, except where replica
+    #: groups vote on each step (``FaultTolerantStrategy`` sets it per step): a step that did not
+    #: commit left the weights and optimizer untouched, and the loops do not count it. A plain
+    #: attribute, not a property: the loops read it on every step.
+    last_step_committed: bool = True
 
     def register_replica_state(
         self, key: str, state_dict: Callable[[], Any], load_state_dict: Callable[[Any], None]
