@@ -181,8 +181,8 @@ def test_missing_lighthouse_and_group_are_named(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("FULMEN_REPLICA_GROUP", "0")
     monkeypatch.setenv("FULMEN_NUM_REPLICA_GROUPS", "2")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(MisconfigurationException, match="one process per replica group.*WORLD_SIZE=2"):
-        FaultTolerantStrategy().setup_environment()
+    with pytest.raises(MisconfigurationException, match=r"inner='single'.*WORLD_SIZE=2.*inner='ddp'"):
+        FaultTolerantStrategy(inner="single").setup_environment()
     monkeypatch.setenv("FULMEN_NUM_REPLICA_GROUPS", "two")
     with pytest.raises(MisconfigurationException, match="FULMEN_NUM_REPLICA_GROUPS"):
         strategy.num_replica_groups  # noqa: B018
@@ -201,7 +201,7 @@ def test_accumulation_is_refused() -> None:
         (["--replica-groups", "2", "--heartbeat-timeout", "0"], "--heartbeat-timeout=0"),
         (["--replica-groups", "2", "--strategy", "ddp"], "runs strategy='fault_tolerant'"),
         (["--replica-groups", "2", "--num-nodes", "2"], "starts every group on this machine"),
-        (["--replica-groups", "2", "--devices", "2"], "one process per replica group"),
+        (["--replica-groups", "2", "--devices", "two"], "--devices='two'"),
     ],
 )
 def test_cli_refuses_bad_fault_tolerance_flags(

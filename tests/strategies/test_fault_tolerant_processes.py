@@ -37,7 +37,8 @@ def _launch(tmp_path: Path, script: str, *flags: str, env: dict[str, str] | None
     return proc
 
 
-def _records(tmp_path: Path, group: int) -> list[dict]:
+def _records(tmp_path: Path, group: int | str) -> list[dict]:
+    """One process's records: ``group`` is the group (one process per group) or ``"<group>-<rank>"``."""
     path = tmp_path / f"steps-{group}.jsonl"
     if not path.exists():
         return []
@@ -53,8 +54,9 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _kill_group(tmp_path: Path, group: int, after_commits: int) -> tuple[int, float]:
-    """SIGKILL ``group``'s current process once it has committed ``after_commits`` steps; (pid, time)."""
+def _kill_group(tmp_path: Path, group: int | str, after_commits: int) -> tuple[int, float]:
+    """SIGKILL ``group``'s current process (``"<group>-<rank>"``: that rank's) once it has committed
+    ``after_commits`` steps; (pid, time)."""
 
     def ready() -> bool:
         return sum(r["committed"] for r in _records(tmp_path, group)) >= after_commits
@@ -81,20 +83,20 @@ def _output(proc: subprocess.Popen) -> str:
     return Path(proc.output_file.name).read_text()  # type: ignore[attr-defined]
 
 
-def _check_every_sample_once(tmp_path: Path, num_samples: int, epochs: int) -> None:
+def _check_every_sample_once(tmp_path: Path, num_samples: int, epochs: int, names=(0, 1)) -> None:
     per_epoch: dict[int, list[int]] = {}
-    for group in (0, 1):
-        for record in _records(tmp_path, group):
+    for name in names:
+        for record in _records(tmp_path, name):
             if record["committed"]:
                 per_epoch.setdefault(record["epoch"], []).extend(record["samples"])
-    # A step is recorded by every group of its quorum, each with its own share.
+    # A step is recorded by every process of every group of its quorum, each with its own share.
     assert sorted(per_epoch) == list(range(epochs))
     for epoch, samples in per_epoch.items():
         assert sorted(samples) == list(range(num_samples)), f"epoch {epoch}: {sorted(samples)}"
 
 
-def _check_equal_finals(tmp_path: Path) -> dict:
-    finals = [torch.load(tmp_path / f"final-{g}.pt", weights_only=False) for g in (0, 1)]
+def _check_equal_finals(tmp_path: Path, names=(0, 1)) -> dict:
+    finals = [torch.load(tmp_path / f"final-{name}.pt", weights_only=False) for name in names]
     for key in ("model",):
         for name, value in finals[0][key].items():
             assert torch.equal(value, finals[1][key][name]), name
@@ -190,3 +192,42 @@ def test_a_group_that_raises_ends_the_job_with_its_error(tmp_path: Path) -> None
     assert "RuntimeError: group 1 fails on purpose at step 3" in output
     assert "replica group 1 failed with exit code 1 (its error is above); stopping the other groups" in output
     assert "restarting" not in output
+
+
+@pytest.mark.parametrize("inner", ["fsdp", "ddp"])
+def test_trainer_two_groups_of_two_processes_one_killed_group_restarts_whole_and_heals(
+    tmp_path: Path, inner: str
+) -> None:
+    """2 groups x 2 processes (FSDP inside a group: hybrid sharding; or DDP): one process of group 1 is
+    killed, so its group is stopped and restarted whole; each rank heals from the same rank of group 0.
+    Long enough for the restarted group (two processes starting on two cores) to join before the end."""
+    epochs = 20
+    env = {"FT_EPOCHS": str(epochs), "FT_SLEEP": "0.15", "FT_INNER": inner}
+    proc = _launch(tmp_path, "trainer_train.py", "--devices", "2", env=env)
+    victim = f"1-{random.randint(0, 1)}"
+    try:
+        killed_pid, killed_at = _kill_group(tmp_path, victim, after_commits=random.randint(5, 12))
+        output = _finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output[-4000:]
+    assert "replica group 1 was killed by SIGKILL; restarting it (1 of 3 restarts)" in output
+    for rank in (0, 1):
+        survivor = _records(tmp_path, f"0-{rank}")
+        assert {r["pid"] for r in survivor} == {survivor[0]["pid"]}, "a survivor restarted"
+        after_kill = [r for r in survivor if r["time"] > killed_at and r["committed"]]
+        assert after_kill and after_kill[0]["time"] - killed_at < HEARTBEAT + 2.0
+        committed = [r for r in survivor if r["committed"]]
+        assert [r["global_step"] for r in committed] == list(range(1, len(committed) + 1))
+        records = _records(tmp_path, f"1-{rank}")  # in the order written: the first process's first
+        pids = {r["pid"] for r in records}
+        assert len(pids) == 2, f"rank {rank} of group 1 was not restarted with its group: {pids}"
+        restarted = [r for r in records if r["pid"] != records[0]["pid"]]
+        assert restarted and restarted[0]["global_step"] > 1, "the restarted group started over instead of healing"
+        final = _check_equal_finals(tmp_path, names=(f"0-{rank}", f"1-{rank}"))
+        assert final["progress"] == {"global_step": len(committed), "epoch": epochs}
+    assert killed_pid in {r["pid"] for r in _records(tmp_path, victim)}
+    _check_every_sample_once(tmp_path, 64, epochs, names=("0-0", "0-1", "1-0", "1-1"))
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == len(committed)

@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_replica_groups(
             args.script, script_args, args.replica_groups, args.max_restarts, args.heartbeat_timeout,
-            args.min_replicas,
+            args.min_replicas, processes,
         )  # fmt: skip
     if processes == 1 and args.num_nodes == 1:
         return _run_in_process(args.script, script_args)
@@ -155,12 +155,6 @@ def _validate_fault_tolerance(args: argparse.Namespace) -> None:
         raise MisconfigurationException(
             f"`--replica-groups` starts every group on this machine, but --num-nodes={args.num_nodes}. For groups on "
             "several machines, start each group with your own launcher (see docs/fault-tolerance.md)."
-        )
-    if args.devices not in (None, "1"):
-        raise MisconfigurationException(
-            f"`--replica-groups` runs one process per replica group in this release, but --devices={args.devices} "
-            "was given. Leave --devices out (several processes per group, DDP or FSDP inside it, are not supported "
-            "yet)."
         )
     if args.strategy not in (None, "fault_tolerant"):
         raise MisconfigurationException(

@@ -1,10 +1,13 @@
 """``fulmen run --replica-groups N``: a torchft lighthouse, N replica groups, and a restart for a group that dies.
 
 The lighthouse runs inside this process, bound to 127.0.0.1 on a free port. Each group is the
-script in its own process, told its place through ``TORCHFT_LIGHTHOUSE``, ``FULMEN_REPLICA_GROUP``
-and ``FULMEN_NUM_REPLICA_GROUPS``.
+script in ``processes`` processes (one per device, ``--devices K``), told its place through
+``TORCHFT_LIGHTHOUSE``, ``FULMEN_REPLICA_GROUP`` and ``FULMEN_NUM_REPLICA_GROUPS``; several
+processes of a group also get the variables torchrun would set (``RANK``, ``LOCAL_RANK``,
+``WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT`` on a free port of their own).
 
-A group killed by a signal is restarted (``--max-restarts`` times in all) and heals from the live
+A group one of whose processes is killed by a signal is stopped whole and restarted
+(``--max-restarts`` times in all) and heals from the live
 ones. A group that ends with an error (its script raised) ends the job with that error: restarting
 it would fail the same way. Once one group has finished, training is over: the others get
 ``FINISH_GRACE`` seconds to finish their last step, and no group is restarted any more.
@@ -15,6 +18,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,9 +34,20 @@ POLL_INTERVAL = 0.1
 @dataclass
 class _Group:
     index: int
-    proc: subprocess.Popen
+    procs: list[subprocess.Popen]
     starts: int = 1
     pids: list[int] = field(default_factory=list)
+
+    def ended(self) -> tuple[bool, int]:
+        """``(over, code)``: a process killed by a signal, one that failed, or all that finished well."""
+        codes = [proc.poll() for proc in self.procs]
+        killed = [code for code in codes if code is not None and code < 0]
+        if killed:  # checked first: the kill is what made the others fail (their peer vanished)
+            return True, killed[0]
+        failed = [code for code in codes if code is not None and code > 0]
+        if failed:
+            return True, failed[0]
+        return all(code == 0 for code in codes), 0
 
 
 def run_replica_groups(
@@ -42,6 +57,7 @@ def run_replica_groups(
     max_restarts: int = 3,
     heartbeat_timeout: float = 5.0,
     min_replicas: int = 1,
+    processes: int = 1,
 ) -> int:
     """Run the job; returns its exit status (0: every group that ended, ended well)."""
     os.environ.setdefault("RUST_LOG", "warn")  # torchft logs every quorum at info (see cli.main)
@@ -60,9 +76,9 @@ def run_replica_groups(
     if sys.platform.startswith("linux"):
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # every group is on this machine: gloo over loopback
     command = [sys.executable, script, *script_args]
-    running = {g: _Group(g, _start(command, env, g, 0)) for g in range(groups)}
+    running = {g: _Group(g, _start(command, env, g, 0, processes)) for g in range(groups)}
     for group in running.values():
-        group.pids.append(group.proc.pid)
+        group.pids.extend(proc.pid for proc in group.procs)
     restarts_left = max_restarts
     finished_at: float | None = None
     status = 0
@@ -70,10 +86,11 @@ def run_replica_groups(
         while running:
             time.sleep(POLL_INTERVAL)
             for index, group in list(running.items()):
-                code = group.proc.poll()
-                if code is None:
+                over, code = group.ended()
+                if not over:
                     continue
                 del running[index]
+                _stop(group.procs)  # the rest of a group that lost a process cannot go on
                 if code == 0:
                     finished_at = finished_at or time.monotonic()
                     continue
@@ -91,9 +108,9 @@ def run_replica_groups(
                 restarts_left -= 1
                 print(f"fulmen run: replica group {index} {how}; restarting it ({max_restarts - restarts_left} of "
                       f"{max_restarts} restarts).", file=sys.stderr, flush=True)  # fmt: skip
-                group.proc = _start(command, env, index, group.starts)
+                group.procs = _start(command, env, index, group.starts, processes)
                 group.starts += 1
-                group.pids.append(group.proc.pid)
+                group.pids.extend(proc.pid for proc in group.procs)
                 running[index] = group
             if finished_at is not None and running and time.monotonic() - finished_at > FINISH_GRACE:
                 print(f"fulmen run: groups {sorted(running)} had not finished {FINISH_GRACE:.0f} s after the first "
@@ -104,25 +121,40 @@ def run_replica_groups(
         return 130
     finally:
         for group in running.values():
-            _stop(group.proc)
+            _stop(group.procs)
         lighthouse.shutdown()
 
 
-def _start(command: list[str], env: dict[str, str], index: int, restart: int) -> subprocess.Popen:
+def _start(command: list[str], env: dict[str, str], index: int, restart: int, processes: int) -> list[subprocess.Popen]:
     group_env = {**env, "FULMEN_REPLICA_GROUP": str(index), "FULMEN_REPLICA_GROUP_RESTART": str(restart)}
-    # Its own session: stopping a group is one signal to its process group (with any children it
-    # started); and it dies with this launcher, even when the launcher is killed.
+    if processes > 1:  # the group's own process group: a new port each start, so no old socket is in the way
+        group_env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(processes),
+                         LOCAL_WORLD_SIZE=str(processes), NODE_RANK="0", GROUP_RANK="0")  # fmt: skip
+    # Each process in its own session: stopping it is one signal to its process group (with any
+    # children it started); and it dies with this launcher, even when the launcher is killed.
     preexec = functools.partial(_die_with_parent, os.getpid())
-    return subprocess.Popen(command, env=group_env, start_new_session=True, preexec_fn=preexec)
+    procs = []
+    for rank in range(processes):
+        rank_env = {**group_env, "RANK": str(rank), "LOCAL_RANK": str(rank)} if processes > 1 else group_env
+        procs.append(subprocess.Popen(command, env=rank_env, start_new_session=True, preexec_fn=preexec))
+    return procs
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait()
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    for proc in procs:
+        proc.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _how_it_ended(code: int) -> str:

@@ -13,6 +13,7 @@ from fulmen.strategies.dp import DataParallelStrategy
 from fulmen.strategies.fsdp import FSDPStrategy
 from fulmen.strategies.layer_sync import LayerSync, TorchSyncBatchNorm
 from fulmen.strategies.model_parallel import ModelParallelStrategy
+from fulmen.strategies.optimizer_rebuild import rebind_scheduler
 from fulmen.strategies.parallel import ParallelStrategy
 from fulmen.strategies.resolver import select_strategy
 from fulmen.strategies.resumable_sampler import ResumableSampler, make_resumable, resumable_sampler
@@ -42,6 +43,7 @@ __all__ = [
     "has_len",
     "make_resumable",
     "prepare_dataloader",
+    "rebind_scheduler",
     "rebuild_dataloader",
     "resumable_sampler",
     "select_strategy",

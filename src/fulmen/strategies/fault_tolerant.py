@@ -1,6 +1,8 @@
 """``strategy="fault_tolerant"``: replica groups that keep training when one dies, on torchft.
 
-Each replica group is one process here. Every step asks torchft's lighthouse for a quorum of
+A replica group is one process, or several that train together as with ``DDPStrategy`` or
+``FSDPStrategy`` (``inner="ddp"`` / ``"fsdp"``: FSDP inside a group, the groups replicating each
+other, is hybrid sharding). Every step asks torchft's lighthouse for a quorum of
 the live groups (``begin_step``), averages the gradients across the quorum through torchft's
 Manager, and commits the optimizer step only if every group of the quorum got there
 (``should_commit``). A group that died and restarted joins the next quorum and receives a live
@@ -8,12 +10,15 @@ peer's state (see ``ft_state``) before its first step, so that its weights equal
 
 Gradients go through ``manager.allreduce`` rather than torchft's DDP wrapper: on gloo that
 wrapper ends the surviving process when the peer dies inside an all-reduce, while the Manager
-records the failure and lets the step fail to commit.
+records the failure and lets the step fail to commit. With several processes per group, each
+process averages its gradients (its shards, under FSDP) with the process of the same rank in the
+other groups, after the inner strategy has reduced them inside the group.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -24,6 +29,8 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from fulmen.strategies.accelerators import Accelerator
+from fulmen.strategies.ddp import DDPStrategy
+from fulmen.strategies.fsdp import FSDPStrategy
 from fulmen.strategies.ft_data import EpochPosition, ExactlyOnceLoader
 from fulmen.strategies.ft_state import ReplicaState
 from fulmen.strategies.precision import Precision
@@ -36,6 +43,8 @@ from fulmen.utilities.rank_zero import rank_zero_warn
 LIGHTHOUSE_ENV = "TORCHFT_LIGHTHOUSE"
 GROUP_ENV = "FULMEN_REPLICA_GROUP"
 NUM_GROUPS_ENV = "FULMEN_NUM_REPLICA_GROUPS"
+#: What runs inside a replica group, by ``inner=`` name (None: one process, no inner strategy).
+INNER_STRATEGIES = ("single", "ddp", "fsdp")
 #: Gradients with fewer elements are averaged together in one flat buffer.
 _FLATTEN_BELOW = 1 << 16
 
@@ -51,7 +60,17 @@ class FaultTolerantStrategy(Strategy):
         replica_group: this group's index; default ``$FULMEN_REPLICA_GROUP``.
         num_replica_groups: how many groups the job has when none is dead; default ``$FULMEN_NUM_REPLICA_GROUPS``.
         host: the address this process's servers listen on and advertise (loopback by default).
+        inner: what runs inside a group: ``"single"`` (one process), ``"ddp"`` or ``"fsdp"`` (several
+            processes, one per device, as ``DDPStrategy`` / ``FSDPStrategy``; ``"fsdp"`` across
+            groups is hybrid sharding). Default: ``"ddp"`` when the process is one of several
+            (``WORLD_SIZE`` > 1, as ``fulmen run --replica-groups N --devices K`` starts them), else ``"single"``.
+        **inner_kwargs: passed to the inner strategy (e.g. ``auto_wrap_policy`` for ``"fsdp"``).
     """
+
+    def __new__(cls, *args: Any, inner: str | None = None, **kwargs: Any) -> FaultTolerantStrategy:
+        if cls is FaultTolerantStrategy:  # the class that runs the chosen inner strategy inside each group
+            cls = _WITH_INNER.get(_inner_name(inner), FaultTolerantStrategy)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -62,18 +81,27 @@ class FaultTolerantStrategy(Strategy):
         replica_group: int | None = None,
         num_replica_groups: int | None = None,
         host: str = "127.0.0.1",
+        inner: str | None = None,
         accelerator: Accelerator | None = None,
         precision: Precision | None = None,
+        **inner_kwargs: Any,
     ) -> None:
-        super().__init__(accelerator=accelerator, precision=precision)
+        self.inner = _inner_name(inner)
+        if self.inner == "single" and inner_kwargs:
+            raise MisconfigurationException(
+                f"FaultTolerantStrategy got {sorted(inner_kwargs)}, which are options of an inner strategy, but "
+                "inner='single' has none. Pass inner='ddp' or inner='fsdp' with them."
+            )
+        super().__init__(accelerator=accelerator, precision=precision, **inner_kwargs)
         if isinstance(min_replicas, bool) or not isinstance(min_replicas, int) or min_replicas < 1:
             raise invalid_argument("min_replicas", min_replicas, "a positive int")
         for name, value in (("timeout", timeout), ("quorum_timeout", quorum_timeout)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            if not _is_seconds(value):
                 raise invalid_argument(name, value, "a positive number of seconds")
         self.min_replicas = min_replicas
-        self.timeout = float(timeout)
-        self.quorum_timeout = float(quorum_timeout)
+        # A timedelta, as the inner strategies keep theirs (the group's process group waits as long).
+        self.timeout = timedelta(seconds=float(timeout))
+        self.quorum_timeout = timedelta(seconds=float(quorum_timeout))
         self.host = host
         self._lighthouse = lighthouse
         self._replica_group = replica_group
@@ -96,6 +124,8 @@ class FaultTolerantStrategy(Strategy):
     # ----------------------------------------------------------------------------------- where
     @property
     def root_device(self) -> torch.device:
+        if self.inner != "single":
+            return super().root_device  # this process's device among the group's
         if self._parallel_devices:
             return self._parallel_devices[0]
         return torch.device("cpu")
@@ -110,8 +140,8 @@ class FaultTolerantStrategy(Strategy):
 
     @property
     def is_global_zero(self) -> bool:
-        """The group that is rank 0 of the latest quorum: the one live group that writes checkpoints and logs."""
-        return self._manager is not None and self._participation[0] == 0
+        """Rank 0 of the group that is rank 0 of the latest quorum: the one live group writes checkpoints and logs."""
+        return self._manager is not None and self._participation[0] == 0 and self.global_rank == 0
 
     # ----------------------------------------------------------------------------------- setup
     def setup_environment(self) -> None:
@@ -131,6 +161,7 @@ class FaultTolerantStrategy(Strategy):
 
         from fulmen.strategies.ft_transport import HostCheckpointTransport
 
+        _quiet_flight_recorder_warning()
         lighthouse = self._lighthouse or os.environ.get(LIGHTHOUSE_ENV)
         if not lighthouse:
             raise MisconfigurationException(
@@ -140,14 +171,19 @@ class FaultTolerantStrategy(Strategy):
             )
         group, _ = self.replica_group, self.num_replica_groups
         processes = int(os.environ.get("WORLD_SIZE", "1"))
-        if processes != 1:
+        if processes != 1 and self.inner == "single":
             raise MisconfigurationException(
-                f"`strategy='fault_tolerant'` runs one process per replica group, but this process is one of "
-                f"WORLD_SIZE={processes}. Start each group as one process (`fulmen run --replica-groups N script.py`)."
+                f"FaultTolerantStrategy(inner='single') runs one process per replica group, but this process is one "
+                f"of WORLD_SIZE={processes}. Use inner='ddp' or inner='fsdp' for several processes per group."
             )
-        timeout = timedelta(seconds=self.timeout)
-        # The group's own store, where torchft's Manager finds its server (one process: this one).
-        self._store = TCPStore(self.host, 0, is_master=True, wait_for_workers=False)
+        timeout = self.timeout
+        if self.inner == "single":
+            # The group's own store, where torchft's Manager finds its server (one process: this one).
+            self._store = TCPStore(self.host, 0, is_master=True, wait_for_workers=False)
+            store_addr, store_port = self.host, self._store.port
+        else:  # the group's process group store (its rank 0 hosts it), joined in setup_environment
+            store_addr = self.cluster_environment.main_address
+            store_port = self.cluster_environment.main_port
         self._transport = HostCheckpointTransport(self.host, timeout)
         with _manager_server_bound_to(self.host):
             self._manager = Manager(
@@ -157,12 +193,12 @@ class FaultTolerantStrategy(Strategy):
                 min_replica_size=self.min_replicas,
                 use_async_quorum=False,  # heal before the step's forward, with a consistent snapshot
                 timeout=timeout,
-                quorum_timeout=timedelta(seconds=self.quorum_timeout),
+                quorum_timeout=self.quorum_timeout,
                 connect_timeout=timeout,
-                rank=0,
-                world_size=1,
-                store_addr=self.host,
-                store_port=self._store.port,
+                rank=self.global_rank,
+                world_size=self.world_size,
+                store_addr=store_addr,
+                store_port=store_port,
                 lighthouse_addr=lighthouse,
                 replica_id=f"fulmen_group_{group}",
                 hostname=self.host,
@@ -171,8 +207,11 @@ class FaultTolerantStrategy(Strategy):
             )
 
     def setup_module(self, module: nn.Module) -> nn.Module:
+        module = super().setup_module(module)  # the inner strategy's wrapper or shards
         if module not in self.replica_state.modules:
             self.replica_state.modules.append(module)
+            if self.inner != "single":
+                return module  # the inner strategy reduces inside the group during backward: average after it
             for parameter in module.parameters():
                 if parameter.requires_grad and parameter.numel() >= _FLATTEN_BELOW:
                     parameter.register_post_accumulate_grad_hook(self._gradient_ready)
@@ -187,7 +226,7 @@ class FaultTolerantStrategy(Strategy):
         self._launched[id(parameter)] = self._manager.allreduce(parameter.grad)
 
     def setup_optimizer(self, optimizer: Optimizer) -> Optimizer:
-        optimizer = unwrap_optimizer(optimizer)
+        optimizer = unwrap_optimizer(super().setup_optimizer(optimizer))
         if optimizer not in self.replica_state.optimizers:
             self.replica_state.optimizers.append(optimizer)
         return optimizer
@@ -218,6 +257,8 @@ class FaultTolerantStrategy(Strategy):
             dataloader,
             self.position,
             self.num_replica_groups,
+            group_rank=self.global_rank,
+            group_size=self.world_size,
             quorum=self.begin_step,
             on_assigned=self._assign,
             seed=global_seed(),
@@ -332,7 +373,37 @@ class FaultTolerantStrategy(Strategy):
         super().teardown()
 
     def __repr__(self) -> str:
-        return f"FaultTolerantStrategy(min_replicas={self.min_replicas}, precision={self.precision!r})"
+        return (
+            f"FaultTolerantStrategy(inner={self.inner!r}, min_replicas={self.min_replicas}, "
+            f"precision={self.precision!r})"
+        )
+
+
+class FaultTolerantDDPStrategy(FaultTolerantStrategy, DDPStrategy):
+    """``FaultTolerantStrategy(inner="ddp")``: DDP inside each replica group."""
+
+
+class FaultTolerantFSDPStrategy(FaultTolerantStrategy, FSDPStrategy):
+    """``FaultTolerantStrategy(inner="fsdp")``: FSDP2 inside each replica group, the groups replicating
+    each other (hybrid sharding whose replicas can fail and heal)."""
+
+
+_WITH_INNER: dict[str, type[FaultTolerantStrategy]] = {
+    "ddp": FaultTolerantDDPStrategy,
+    "fsdp": FaultTolerantFSDPStrategy,
+}
+
+
+def _inner_name(inner: str | None) -> str:
+    if inner is None:
+        return "ddp" if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else "single"
+    if inner not in INNER_STRATEGIES:
+        raise invalid_argument("inner", inner, INNER_STRATEGIES)
+    return inner
+
+
+def _is_seconds(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and value > 0
 
 
 def _no_closure() -> None:
@@ -365,6 +436,17 @@ def _from_env(name: str, value: int | None, variable: str) -> int:
         return int(text)
     except ValueError:
         raise invalid_argument(variable, text, "an int") from None
+
+
+def _quiet_flight_recorder_warning() -> None:
+    """torchft warns at every new quorum that it cannot reset NCCL's flight recorder; a build without
+    NCCL (the CPU one) has none to reset, so the line says nothing there."""
+    if not torch.distributed.is_nccl_available():
+        logging.getLogger("torchft.manager").addFilter(_not_flight_recorder)  # added once: the same function
+
+
+def _not_flight_recorder(record: logging.LogRecord) -> bool:
+    return "NCCL flight recorder" not in record.getMessage()
 
 
 @contextlib.contextmanager

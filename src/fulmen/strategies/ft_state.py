@@ -5,16 +5,23 @@ position from the exactly-once loader; random states from the process; anything 
 end or the user registers under a name (the Trainer's loop counters and LR schedulers, a Lite
 loop's own progress). After loading, the group is indistinguishable from its peer at the
 start of the same step, so from then on their weights stay ``torch.equal``.
+
+With several processes per group (FSDP inside it), each process heals from the process of the
+same rank in a live group, and sharded values travel as their local shards (a ``DTensor``
+carries its process group, which means nothing in another process); the receiver lays them out
+again on its own mesh.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
 
@@ -39,8 +46,8 @@ class ReplicaState:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "modules": [module.state_dict() for module in self.modules],
-            "optimizers": [optimizer.state_dict() for optimizer in self.optimizers],
+            "modules": [_shards_of(module.state_dict()) for module in self.modules],
+            "optimizers": [_shards_of(optimizer.state_dict()) for optimizer in self.optimizers],
             "rng": _capture_rng(),
             "extras": {key: get() for key, (get, _) in self._extras.items()},
         }
@@ -53,9 +60,10 @@ class ReplicaState:
                 "must run the same script with the same setup."
             )
         for module, module_state in zip(self.modules, state["modules"]):
-            module.load_state_dict(module_state)
+            current = module.state_dict()
+            module.load_state_dict({key: _laid_out(value, current.get(key)) for key, value in module_state.items()})
         for optimizer, optimizer_state in zip(self.optimizers, state["optimizers"]):
-            optimizer.load_state_dict(optimizer_state)
+            optimizer.load_state_dict(_optimizer_laid_out(optimizer, optimizer_state))
         for key, value in state["extras"].items():
             if key in self._extras:
                 self._extras[key][1](value)
@@ -66,6 +74,47 @@ class ReplicaState:
         if self.pending_rng is not None:
             _restore_rng(self.pending_rng)
             self.pending_rng = None
+
+
+@dataclass
+class LocalShard:
+    """A ``DTensor``'s local part, as sent to the process of the same rank in another group."""
+
+    local: Tensor
+
+
+def _shards_of(value: Any) -> Any:
+    """``value`` (a state dict) with every ``DTensor`` replaced by its ``LocalShard``."""
+    if isinstance(value, DTensor):
+        return LocalShard(value.to_local())
+    if isinstance(value, dict):
+        return {key: _shards_of(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_shards_of(item) for item in value)
+    return value
+
+
+def _laid_out(value: Any, like: Any) -> Any:
+    """A received ``LocalShard`` as a ``DTensor`` laid out as ``like`` (this process's own value)."""
+    if not isinstance(value, LocalShard):
+        return value
+    if not isinstance(like, DTensor):
+        raise RuntimeError(
+            "The live replica group sent a sharded value where this group holds an unsharded one: every group "
+            "must run the same script with the same strategy."
+        )
+    return DTensor.from_local(value.local, like.device_mesh, like.placements, shape=like.shape, stride=like.stride())
+
+
+def _optimizer_laid_out(optimizer: Optimizer, state: dict[str, Any]) -> dict[str, Any]:
+    """The optimizer's received state with each shard laid out as its parameter (states are keyed by
+    the parameter's position over the param groups, as ``Optimizer.state_dict`` numbers them)."""
+    params = [param for group in optimizer.param_groups for param in group["params"]]
+    per_param = {
+        index: {key: _laid_out(value, params[index]) for key, value in values.items()}
+        for index, values in state["state"].items()
+    }
+    return {**state, "state": per_param}
 
 
 def _capture_rng() -> dict[str, Any]:

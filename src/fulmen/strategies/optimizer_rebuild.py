@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 from torch.optim import Optimizer
@@ -53,3 +54,25 @@ def _accepted(build: Callable[..., Optimizer], defaults: dict) -> dict:
         return defaults
     names = {p.name for p in parameters}
     return {key: value for key, value in defaults.items() if key in names}
+
+
+def rebind_scheduler(scheduler: Any, old: Optimizer, new: Optimizer) -> None:
+    """Point an LR scheduler built on ``old`` at ``new``, its rebuild (same class, same groups).
+
+    The Trainer calls ``configure_optimizers`` before the engine shards the module, so a scheduler
+    built there holds the optimizer that was replaced; without this it would change the learning
+    rates of an optimizer that no longer steps. The rebuilt groups carry ``lr`` and ``initial_lr``.
+    """
+    if getattr(scheduler, "optimizer", None) is not old:
+        return
+    scheduler.optimizer = new
+    step = new.step
+    if not hasattr(step, "_wrapped_by_lr_sched"):  # torch's schedulers check that the optimizer stepped first
+
+        def counted_step(*args: Any, **kwargs: Any) -> Any:
+            new._opt_called = True  # type: ignore[attr-defined]
+            return step(*args, **kwargs)
+
+        counted_step._wrapped_by_lr_sched = True  # type: ignore[attr-defined]
+        new.step = counted_step  # type: ignore[method-assign]
+    new._opt_called = getattr(old, "_opt_called", False)  # type: ignore[attr-defined]

@@ -25,7 +25,7 @@ from fulmen.module.optimizer import (
     scheduler_configs,
     steps_around_closure,
 )
-from fulmen.strategies import Strategy
+from fulmen.strategies import Strategy, rebind_scheduler, unwrap_optimizer
 from fulmen.strategies.precision import Precision
 from fulmen.trainer.dispatch import Hooks
 from fulmen.trainer.run import StepRouter
@@ -63,6 +63,16 @@ def replace_optimizers(run: Run, optimizers: Sequence[Optimizer]) -> None:
     """``trainer.optimizers = [...]`` during a call: the module's ``self.optimizers()`` hands out the new ones."""
     run.optimizers = list(optimizers)
     run.lightning_optimizers = lightning_optimizers(run)
+
+
+def _follow_rebuilt_optimizers(run: Run, before: Sequence[Optimizer]) -> None:
+    """A sharding engine (FSDP) rebuilt the optimizers over its shards: the LR schedulers from
+    ``configure_optimizers`` follow them (a rebuild keeps the class; DeepSpeed's own optimizer wraps instead)."""
+    for old, new in zip(before, run.optimizers):
+        new = unwrap_optimizer(new)
+        if new is not old and type(new) is type(old):
+            for config in run.lr_scheduler_configs:
+                rebind_scheduler(config.scheduler, old, new)
 
 
 def check_loop_configuration(run: Run) -> None:
@@ -149,6 +159,7 @@ def setup_model(run: Run) -> None:
     )
     router = StepRouter(module)
     wrapped, run.optimizers = strategy.setup_module_and_optimizers(router, optimizers)
+    _follow_rebuilt_optimizers(run, optimizers)
     # A strategy may wrap in place (FSDP's fully_shard swaps the class): its hooks run on forward too.
     if wrapped is not router or type(wrapped) is not StepRouter:
         # A module sharded by an earlier fit comes back as the router that fit sharded.

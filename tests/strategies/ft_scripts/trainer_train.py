@@ -1,8 +1,10 @@
 """The Trainer on strategy='fault_tolerant' (from `fulmen run --replica-groups`), recording each batch as one JSON line.
 
-Env: FT_OUT, FT_EPOCHS, FT_SLEEP. Writes ``steps-<group>.jsonl`` from on_train_batch_end (pid, epoch,
-committed, samples, global_step) and ``final-<group>.pt``; ModelCheckpoint(save_last=True) writes into
-``FT_OUT/checkpoints`` from whichever group is rank 0 of the quorum.
+Env: FT_OUT, FT_EPOCHS, FT_SLEEP, FT_INNER (the strategy inside a group when it has several processes).
+Writes ``steps-<group>.jsonl`` from on_train_batch_end (pid, epoch, committed, samples, global_step) and
+``final-<group>.pt``; ModelCheckpoint(save_last=True) writes into ``FT_OUT/checkpoints`` from whichever
+group is rank 0 of the quorum. A group of several processes writes ``steps-<group>-<rank>.jsonl`` and
+``final-<group>-<rank>.pt`` (the local shards, under FSDP).
 """
 
 import json
@@ -15,9 +17,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import fulmen as L
 from fulmen.callbacks import ModelCheckpoint
+from fulmen.strategies import FaultTolerantStrategy
 
 out = os.environ["FT_OUT"]
 group = int(os.environ["FULMEN_REPLICA_GROUP"])
+rank = int(os.environ.get("RANK", "0"))
+name = f"{group}-{rank}" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else str(group)
 pause = float(os.environ.get("FT_SLEEP", "0.05"))
 
 
@@ -25,8 +30,8 @@ class Model(L.LightningModule):
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(100 + group)  # different on purpose: step-0 sync makes them equal
-        self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
-        self.log_file = open(os.path.join(out, f"steps-{group}.jsonl"), "a", buffering=1)  # noqa: SIM115
+        self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+        self.log_file = open(os.path.join(out, f"steps-{name}.jsonl"), "a", buffering=1)  # noqa: SIM115
 
     def training_step(self, batch, batch_idx):
         x, ids = batch
@@ -35,7 +40,8 @@ class Model(L.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         strategy = self.trainer.strategy
-        record = {"group": group, "pid": os.getpid(), "epoch": self.trainer.current_epoch, "batch_idx": batch_idx,
+        record = {"group": group, "rank": rank, "pid": os.getpid(), "epoch": self.trainer.current_epoch,
+                  "batch_idx": batch_idx,
                   "committed": strategy.last_step_committed, "samples": self.ids,
                   "global_step": self.trainer.global_step, "participants": strategy._participation[1],
                   "lr": self.trainer.optimizers[0].param_groups[0]["lr"], "time": time.time()}  # fmt: skip
@@ -52,8 +58,10 @@ ids = torch.arange(64, dtype=torch.float32)
 data = TensorDataset(torch.randn(64, 4, generator=torch.Generator().manual_seed(0)), ids)
 model = Model()
 checkpoints = ModelCheckpoint(dirpath=os.path.join(out, "checkpoints"), save_last=True, every_n_train_steps=4)
+inner = os.environ.get("FT_INNER")
 trainer = L.Trainer(
     accelerator="cpu",
+    strategy=FaultTolerantStrategy(inner=inner, timeout=20, quorum_timeout=60) if inner else "fault_tolerant",
     max_epochs=int(os.environ.get("FT_EPOCHS", "3")),
     callbacks=[checkpoints],
     logger=False,
@@ -62,8 +70,17 @@ trainer = L.Trainer(
     num_sanity_val_steps=0,
 )
 trainer.fit(model, DataLoader(data, batch_size=4, shuffle=True))
+
+
+def local(state):
+    """A DTensor's local shard (FSDP): each rank compares its own part with the same rank in the other group."""
+    if hasattr(state, "to_local"):
+        return state.to_local()
+    return {k: local(v) for k, v in state.items()} if isinstance(state, dict) else state
+
+
 optimizer = trainer.optimizers[0]
-torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+torch.save({"model": local(model.state_dict()), "optimizer": local(optimizer.state_dict()),
             "scheduler": trainer.lr_scheduler_configs[0].scheduler.state_dict(),
             "progress": {"global_step": trainer.global_step, "epoch": trainer.current_epoch}},
-           os.path.join(out, f"final-{group}.pt"))  # fmt: skip
+           os.path.join(out, f"final-{name}.pt"))  # fmt: skip
