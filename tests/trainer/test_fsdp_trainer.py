@@ -26,3 +26,5 @@ def test_fsdp_fit_with_validation_on_two_processes(tmp_path):
         # 1 sanity batch + 1 validation batch (16 samples / 2 ranks / 8) per epoch.
         assert result["validation_batches"] == 3
         assert math.isfinite(result["val_loss"])
+        # The step scheduler halved the learning rate of the optimizer that steps (FSDP's rebuild) 4 times.
+        assert result["lr"] == pytest.approx(0.1 * 0.5**4)

@@ -7,6 +7,8 @@ import json
 import os
 import sys
 
+import torch
+
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 
 from tests.trainer.helpers import BoringModel, loader  # noqa: E402
@@ -21,6 +23,12 @@ class Counts(BoringModel):
         self.validation_batches += 1
         return super().validation_step(batch, batch_idx)
 
+    def configure_optimizers(self):
+        # FSDP rebuilds this optimizer over its shards: the scheduler must follow it.
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
+        halve = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": halve, "interval": "step"}}
+
 
 if __name__ == "__main__":
     trainer = Trainer(
@@ -33,6 +41,7 @@ if __name__ == "__main__":
         "global_step": trainer.global_step,
         "validation_batches": model.validation_batches,
         "val_loss": float(trainer.callback_metrics["val_loss"]),
+        "lr": trainer.optimizers[0].param_groups[0]["lr"],
     }
     with open(os.path.join(sys.argv[1], f"rank_{trainer.global_rank}.json"), "w") as f:
         json.dump(result, f)
