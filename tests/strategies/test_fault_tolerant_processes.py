@@ -231,3 +231,26 @@ def test_trainer_two_groups_of_two_processes_one_killed_group_restarts_whole_and
     _check_every_sample_once(tmp_path, 64, epochs, names=("0-0", "0-1", "1-0", "1-1"))
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert checkpoint["global_step"] == len(committed)
+
+
+def test_a_job_that_lost_every_group_resumes_from_disk_with_the_exactly_once_position(tmp_path: Path) -> None:
+    """The first run stops mid-epoch (every group gone); the second resumes from `last.ckpt`: the
+    epoch it was in goes on with the samples it had not fed, so each sample is in one committed step."""
+    first = _launch(tmp_path, "trainer_train.py", env={"FT_EPOCHS": "3", "FT_MAX_STEPS": "10", "FT_EVERY": "1"})
+    output = _finish(first, timeout=90)
+    assert first.returncode == 0, output[-4000:]
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    # 8 steps of 2 groups x 4 samples per epoch: step 10 is two steps into epoch 1.
+    assert checkpoint["global_step"] == 10
+    assert checkpoint["strategy_progress"]["data_position"] == {"epoch": 1, "cursor": 16, "steps": 2}
+    pids = {name: {r["pid"] for r in _records(tmp_path, name)} for name in (0, 1)}
+
+    second = _launch(tmp_path, "trainer_train.py", env={"FT_EPOCHS": "3", "FT_RESUME": "1"})
+    output = _finish(second, timeout=90)
+    assert second.returncode == 0, output[-4000:]
+    for name in (0, 1):
+        resumed = [r for r in _records(tmp_path, name) if r["pid"] not in pids[name]]
+        assert [(r["epoch"], r["global_step"]) for r in resumed][:2] == [(1, 11), (1, 12)]
+    _check_every_sample_once(tmp_path, 64, 3)
+    final = _check_equal_finals(tmp_path)
+    assert final["progress"] == {"global_step": 24, "epoch": 3}

@@ -21,6 +21,8 @@ A fulmen checkpoint is one dict (``torch.save``d, loaded with ``weights_only=Tru
                                              # (ResumableSampler.state_dict); absent when not resumable
         "optimizer_states": [...], "lr_schedulers": [...],
         "precision": {...},                  # the GradScaler's state under 16-mixed
+        "strategy_progress": {...},          # Strategy.progress_state_dict(); fault_tolerant: the
+                                             # exactly-once data position; absent when empty
         "callbacks": {state_key: state},
         "datamodule": {...},                 # LightningDataModule.state_dict()
         "hparams_name", "hyper_parameters",

@@ -248,6 +248,15 @@ class FaultTolerantStrategy(Strategy):
     ) -> None:
         self.replica_state.register(key, state_dict, load_state_dict)
 
+    def progress_state_dict(self) -> dict[str, Any]:
+        """The exactly-once position (the same on every live group), for a job resumed from disk."""
+        return {"data_position": self.position.state_dict()}
+
+    def load_progress_state_dict(self, state: dict[str, Any]) -> None:
+        if "data_position" in state:
+            self.position.load_state_dict(state["data_position"])
+            self._resume_skip = self.position.steps  # the loop replays that many batches to resume mid-epoch
+
     def exactly_once(self, dataloader: Any) -> ExactlyOnceLoader:
         """``dataloader``'s dataset, each sample in exactly one committed step per epoch (see ``ft_data``)."""
         from fulmen.strategies.dataloaders import global_seed

@@ -235,6 +235,14 @@ class Strategy(ABC):
         Only fault-tolerant strategies have replica groups; the others have nothing to do.
         """
 
+    def progress_state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the strategy's own progress, for a resumed fit; empty for most
+        (``FaultTolerantStrategy``: where the epoch's exactly-once order stands)."""
+        return {}
+
+    def load_progress_state_dict(self, state: dict[str, Any]) -> None:
+        """Take back what ``progress_state_dict`` saved: a fit resumed from a checkpoint, before its loop."""
+
     def process_train_dataloader(self, dataloader: Any) -> Any:
         """The training loader as this strategy feeds it; the same object except where replica groups
         assign each step's samples (``FaultTolerantStrategy``: every sample once per epoch across failures)."""

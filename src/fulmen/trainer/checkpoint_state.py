@@ -63,6 +63,9 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, A
         precision_state = strategy.precision.state_dict()
         if precision_state:
             checkpoint["precision"] = precision_state
+        progress = strategy.progress_state_dict()
+        if progress:
+            checkpoint["strategy_progress"] = progress
     if module.__dict__.get("_hparams_name") is not None or module.hparams:
         checkpoint["hparams_name"] = module.__dict__.get("_hparams_name")
         checkpoint["hyper_parameters"] = dict(module.hparams)
@@ -132,6 +135,8 @@ def restore_checkpoint(run: Run, checkpoint: dict[str, Any], fn: TrainerFn) -> N
             callback.load_state_dict(states[callback.state_key])
     if checkpoint.get("precision"):
         strategy.precision.load_state_dict(checkpoint["precision"])
+    if checkpoint.get("strategy_progress"):
+        strategy.load_progress_state_dict(checkpoint["strategy_progress"])
     trainer.state.load_state_dict(checkpoint["loops"])
     max_epochs = run.config.max_epochs
     if max_epochs is not None and max_epochs != -1 and trainer.current_epoch > max_epochs:

@@ -1,6 +1,7 @@
 """The Trainer on strategy='fault_tolerant' (from `fulmen run --replica-groups`), recording each batch as one JSON line.
 
-Env: FT_OUT, FT_EPOCHS, FT_SLEEP, FT_INNER (the strategy inside a group when it has several processes).
+Env: FT_OUT, FT_EPOCHS, FT_SLEEP, FT_INNER (the strategy inside a group when it has several processes),
+FT_MAX_STEPS, FT_EVERY (ModelCheckpoint's every_n_train_steps, 4), FT_RESUME (fit from ``ckpt_path="last"``).
 Writes ``steps-<group>.jsonl`` from on_train_batch_end (pid, epoch, committed, samples, global_step) and
 ``final-<group>.pt``; ModelCheckpoint(save_last=True) writes into ``FT_OUT/checkpoints`` from whichever
 group is rank 0 of the quorum. A group of several processes writes ``steps-<group>-<rank>.jsonl`` and
@@ -57,19 +58,24 @@ class Model(L.LightningModule):
 ids = torch.arange(64, dtype=torch.float32)
 data = TensorDataset(torch.randn(64, 4, generator=torch.Generator().manual_seed(0)), ids)
 model = Model()
-checkpoints = ModelCheckpoint(dirpath=os.path.join(out, "checkpoints"), save_last=True, every_n_train_steps=4)
+checkpoints = ModelCheckpoint(
+    dirpath=os.path.join(out, "checkpoints"), save_last=True, every_n_train_steps=int(os.environ.get("FT_EVERY", "4"))
+)
 inner = os.environ.get("FT_INNER")
 trainer = L.Trainer(
     accelerator="cpu",
     strategy=FaultTolerantStrategy(inner=inner, timeout=20, quorum_timeout=60) if inner else "fault_tolerant",
     max_epochs=int(os.environ.get("FT_EPOCHS", "3")),
+    max_steps=int(os.environ.get("FT_MAX_STEPS", "-1")),
     callbacks=[checkpoints],
     logger=False,
     enable_progress_bar=False,
     enable_model_summary=False,
     num_sanity_val_steps=0,
 )
-trainer.fit(model, DataLoader(data, batch_size=4, shuffle=True))
+trainer.fit(
+    model, DataLoader(data, batch_size=4, shuffle=True), ckpt_path="last" if os.environ.get("FT_RESUME") else None
+)
 
 
 def local(state):
