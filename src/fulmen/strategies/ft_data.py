@@ -1,21 +1,28 @@
 """Every sample exactly once across failures: the epoch's order is fixed; each committed step takes its next slice.
 
 torchft alone shards data by replica group, so a dead group's shard is skipped. Here the
-position in the epoch (``cursor``) is one number that every group holds identically (it travels
-with the healed state) and that advances only when a step commits. A step's slice is split
-among the groups of that step's quorum; a step that does not commit leaves the cursor where it
-was, so the next step takes the same samples again.
+position in the epoch (``cursor``) is one number that every process of every group holds
+identically (it travels with the healed state) and that advances only when a step commits. A
+step's slice is split among the groups of that step's quorum, and each group's part among the
+group's own processes; a step that does not commit leaves the cursor where it was, so the next
+step takes the same samples again.
 
-An epoch has a fixed number of steps (``N // (groups * batch_size)`` for the configured number of
-groups, at least one), so that the loops can count them; the last one takes whatever is left,
-which includes the tail that does not fill a step and the slices of steps that did not commit, so
-that every group of a quorum always has at least one sample. If that last step does not commit either, the
-epoch is not over: its samples come in one more step (which a loop that counts its batches
-takes as the first batch of its next epoch).
+An epoch has a fixed number of steps (``N // (groups * group_size * batch_size)`` for the
+configured number of groups, at least one), so that the loops can count them; the last one takes
+whatever is left, which includes the tail that does not fill a step and the slices of steps that
+did not commit, so that every process of a quorum always has at least one sample. If that last
+step does not commit either, the epoch is not over: its samples come in one more step (which a
+loop that counts its batches takes as the first batch of its next epoch).
+
+Which samples a step needs is known only once its quorum is. With ``num_workers > 0`` worker
+processes load the batches predicted for the coming steps (the same quorum, every step
+committing); a step whose assignment differs from the prediction is loaded in this process and
+the prediction starts over. The assignment is always the quorum's: a wrong guess costs time only.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -67,9 +74,14 @@ class ExactlyOnceLoader:
 
     ``quorum()`` opens the step and returns ``(rank, participants)`` of this group in it;
     ``on_assigned(size)`` tells the strategy how many samples the step takes in all (the cursor
-    advances by that much if it commits). Batches are loaded in this process with the loader's
-    ``collate_fn``: which samples a step needs is known only once its quorum is. ``skip_first``:
-    a loop resumed mid-epoch by healing replays that many batches first (they come as None).
+    advances by that much if it commits). ``group_rank``/``group_size``: this process's rank among
+    its group's processes, and their number (each takes its part of the group's share).
+    ``skip_first``: a loop resumed mid-epoch by healing replays that many batches first (they come
+    as None).
+
+    With the loader's ``num_workers > 0``, its workers (``collate_fn``, ``pin_memory``,
+    ``prefetch_factor``, ...) load the predicted batches; ``prefetched`` and ``loaded_in_process``
+    count where the batches came from.
     """
 
     def __init__(
@@ -81,16 +93,26 @@ class ExactlyOnceLoader:
         on_assigned: Callable[[int], None],
         seed: int = 0,
         skip_first: int = 0,
+        group_rank: int = 0,
+        group_size: int = 1,
     ) -> None:
         if dataloader.batch_size is None:
             raise ValueError(
                 "Exactly-once sampling needs a DataLoader with a batch_size (it takes a slice of the epoch's "
                 "order per step); this one has batch_size=None."
             )
-        if len(dataloader.dataset) < num_groups:  # type: ignore[arg-type]
+        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+            raise ValueError(f"group_size={group_size!r} must be a positive int (processes per replica group).")
+        if isinstance(group_rank, bool) or not isinstance(group_rank, int) or not 0 <= group_rank < group_size:
+            raise ValueError(
+                f"group_rank={group_rank!r} must be an int in 0..{group_size - 1} (group_size={group_size})."
+            )
+        num_samples = len(dataloader.dataset)  # type: ignore[arg-type]
+        if num_samples < num_groups * group_size:
             raise ValueError(
                 f"Exactly-once sampling splits each step among up to {num_groups} replica groups, but the dataset "
-                f"has {len(dataloader.dataset)} samples: give it at least one per group."  # type: ignore[arg-type]
+                f"has {num_samples} samples: it needs at least one per process, {num_groups} groups x "
+                f"{group_size} processes = {num_groups * group_size}."
             )
         self.dataloader = dataloader
         self.dataset = dataloader.dataset
@@ -99,20 +121,30 @@ class ExactlyOnceLoader:
         self.shuffle = isinstance(dataloader.sampler, RandomSampler)
         self.position = position
         self.num_groups = num_groups
+        self.group_rank = group_rank
+        self.group_size = group_size
         self.seed = seed
         self._quorum = quorum
         self._on_assigned = on_assigned
         self._skip_first = skip_first
-        #: The sample indices of the batch most recently handed out (for tests and logging).
+        #: The sample indices of the batch most recently handed out (this process's part; for tests and logging).
         self.last_indices: list[int] = []
+        #: Batches that came from the worker processes, and batches loaded in this process.
+        self.prefetched = 0
+        self.loaded_in_process = 0
 
     @property
     def num_samples(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     @property
+    def step_size(self) -> int:
+        """Samples in a step of the configured number of groups (the last step of an epoch takes more)."""
+        return self.num_groups * self.group_size * self.batch_size
+
+    @property
     def steps_per_epoch(self) -> int:
-        return max(self.num_samples // (self.num_groups * self.batch_size), 1)
+        return max(self.num_samples // self.step_size, 1)
 
     def __len__(self) -> int:
         return self.steps_per_epoch
@@ -134,21 +166,119 @@ class ExactlyOnceLoader:
             # checkpoint): the batches it replays to get there are done already, so they are None.
             for _ in range(min(skip, position.steps)):
                 yield None
-        order_epoch, order = -1, []
-        while position.cursor < self.num_samples:
-            rank, participants = self._quorum()  # may heal: the position can move here
-            if position.epoch != order_epoch:
-                order_epoch = position.epoch
-                order = epoch_order(self.num_samples, self.shuffle, self.seed, order_epoch)
-            last = position.steps >= self.steps_per_epoch - 1
-            start, stop = step_slice(position.cursor, self.num_samples, self.num_groups * self.batch_size, last)
-            first, end = share(start, stop, rank, participants)
-            self._on_assigned(stop - start)
-            position.steps += 1
-            self.last_indices = order[first:end]
-            yield self.collate_fn([self.dataset[i] for i in self.last_indices])
+        workers = _Workers(self.dataloader) if self.dataloader.num_workers > 0 else None
+        try:
+            order_epoch, order = -1, []
+            while position.cursor < self.num_samples:
+                rank, participants = self._quorum()  # may heal: the position can move here
+                if position.epoch != order_epoch:
+                    order_epoch = position.epoch
+                    order = epoch_order(self.num_samples, self.shuffle, self.seed, order_epoch)
+                cursor, steps = position.cursor, position.steps
+                stop, indices = self._assignment(order, cursor, steps, rank, participants)
+                self._on_assigned(stop - cursor)
+                position.steps += 1
+                self.last_indices = indices
+                if workers is None:
+                    yield self._load(indices)
+                elif workers.expects(indices):
+                    self.prefetched += 1
+                    yield workers.next()
+                elif not workers.started:  # the first step of this pass: predict from it, as a DataLoader would
+                    workers.start(self._predictions(order, cursor, steps, rank, participants))
+                    self.prefetched += 1
+                    yield workers.next()
+                else:  # the quorum changed, a step did not commit or healing moved the position
+                    workers.close()
+                    if stop < self.num_samples:  # the workers load the coming steps while this one loads here
+                        workers.start(self._predictions(order, stop, steps + 1, rank, participants))
+                    yield self._load(indices)
+        finally:  # also when the loop abandons this iterator: no worker outlives it
+            if workers is not None:
+                workers.close()
         self._next_epoch()
+
+    def _assignment(
+        self, order: list[int], cursor: int, steps: int, rank: int, participants: int
+    ) -> tuple[int, list[int]]:
+        """Where the step's slice ends, and this process's indices of it: its group's share, then its part."""
+        last = steps >= self.steps_per_epoch - 1
+        start, stop = step_slice(cursor, self.num_samples, self.step_size, last)
+        first, end = share(start, stop, rank, participants)
+        first, end = share(first, end, self.group_rank, self.group_size)
+        return stop, order[first:end]
+
+    def _predictions(
+        self, order: list[int], cursor: int, steps: int, rank: int, participants: int
+    ) -> Iterator[list[int]]:
+        """The indices of the coming steps if nothing changes: the same quorum, every step committing.
+        They end with the epoch (``order`` is this epoch's)."""
+        while cursor < self.num_samples:
+            cursor, indices = self._assignment(order, cursor, steps, rank, participants)
+            steps += 1
+            yield indices
+
+    def _load(self, indices: list[int]) -> Any:
+        """The batch loaded here, as a DataLoader's worker would (``__getitems__`` where the dataset has it)."""
+        self.loaded_in_process += 1
+        getitems = getattr(self.dataset, "__getitems__", None)
+        samples = getitems(indices) if getitems else [self.dataset[i] for i in indices]
+        return self.collate_fn(samples)
 
     def _next_epoch(self) -> None:
         position = self.position
         position.epoch, position.cursor, position.steps = position.epoch + 1, 0, 0
+
+
+class _Workers:
+    """A DataLoader with the wrapped one's worker settings over predicted index lists, and those lists in order."""
+
+    def __init__(self, dataloader: DataLoader) -> None:
+        self.dataset = dataloader.dataset
+        # Batches must arrive in the predicted order (`in_order=True`, the default): each is
+        # matched against the step's indices, so the wrapped loader's `in_order=False` is not used.
+        self.options = {
+            "num_workers": dataloader.num_workers,
+            "collate_fn": dataloader.collate_fn,
+            "pin_memory": dataloader.pin_memory,
+            "prefetch_factor": dataloader.prefetch_factor,
+            "worker_init_fn": dataloader.worker_init_fn,
+            "multiprocessing_context": dataloader.multiprocessing_context,
+            "timeout": dataloader.timeout,
+            "generator": dataloader.generator,
+        }
+        #: The index lists handed to the workers and not taken yet, oldest first.
+        self.predicted: deque[list[int]] = deque()
+        self.started = False
+        self._batches: Iterator[Any] | None = None
+
+    def start(self, predictions: Iterator[list[int]]) -> None:
+        """Drop what the workers loaded so far and have new ones load ``predictions``."""
+        self.close()
+        self.started = True
+        self._batches = iter(DataLoader(self.dataset, batch_sampler=self._recorded(predictions), **self.options))
+
+    def _recorded(self, predictions: Iterator[list[int]]) -> Iterator[list[int]]:
+        for indices in predictions:  # the DataLoader draws these as it hands them to its workers
+            self.predicted.append(indices)
+            yield indices
+
+    def expects(self, indices: list[int]) -> bool:
+        """Whether the workers' next batch is of exactly ``indices``."""
+        return self._batches is not None and bool(self.predicted) and self.predicted[0] == indices
+
+    def next(self) -> Any:
+        assert self._batches is not None
+        batch = next(self._batches)  # draws the next prediction, if any, before returning
+        self.predicted.popleft()
+        if not self.predicted:  # the predictions are all taken: the workers have nothing left to do
+            self.close()
+        return batch
+
+    def close(self) -> None:
+        """Shut the workers down now rather than whenever the iterator is collected."""
+        batches, self._batches = self._batches, None
+        self.predicted.clear()
+        shutdown = getattr(batches, "_shutdown_workers", None)  # torch's multiprocessing iterator
+        if shutdown is not None:
+            shutdown()
