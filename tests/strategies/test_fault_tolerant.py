@@ -161,6 +161,9 @@ def test_resolver_builds_fault_tolerant_by_name() -> None:
         ({"min_replicas": 0}, "min_replicas"),
         ({"timeout": -1}, "timeout"),
         ({"quorum_timeout": "soon"}, "quorum_timeout"),
+        ({"quorum_retries": -1}, "quorum_retries=-1"),
+        ({"inner": "deepspeed"}, "inner='deepspeed'.*'single', 'ddp', 'fsdp'"),
+        ({"auto_wrap_policy": {torch.nn.Linear}}, r"\['auto_wrap_policy'\].*inner='fsdp'"),
     ],
 )
 def test_invalid_options_name_the_argument(kwargs: dict, message: str) -> None:
@@ -213,3 +216,17 @@ def test_cli_refuses_bad_fault_tolerance_flags(
         main(["run", str(script), *flags])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_inner_strategy_runs_inside_each_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fulmen.strategies import DDPStrategy, FSDPStrategy
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert type(FaultTolerantStrategy()) is FaultTolerantStrategy
+    monkeypatch.setenv("WORLD_SIZE", "2")  # one of several processes of a group: DDP inside it by default
+    strategy = FaultTolerantStrategy(timeout=7)
+    assert isinstance(strategy, DDPStrategy) and strategy.inner == "ddp"
+    assert strategy.timeout.total_seconds() == 7  # the group's process group waits as long
+    sharded = FaultTolerantStrategy(inner="fsdp", auto_wrap_policy={torch.nn.Linear})
+    assert isinstance(sharded, FSDPStrategy) and isinstance(sharded, FaultTolerantStrategy)
+    assert "inner='fsdp'" in repr(sharded)

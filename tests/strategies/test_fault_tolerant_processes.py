@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -254,3 +256,44 @@ def test_a_job_that_lost_every_group_resumes_from_disk_with_the_exactly_once_pos
     _check_every_sample_once(tmp_path, 64, 3)
     final = _check_equal_finals(tmp_path)
     assert final["progress"] == {"global_step": 24, "epoch": 3}
+
+
+def test_groups_of_your_own_launcher_train_through_a_lighthouse_restart(tmp_path: Path) -> None:
+    """Groups started without `fulmen run` (the variables set by hand) and a lighthouse of their own,
+    killed and started again on its address while they train: no group restarts, training goes on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    binary = shutil.which("torchft_lighthouse", path=str(Path(sys.executable).parent)) or "torchft_lighthouse"
+    lighthouse_command = [binary, "--bind", f"127.0.0.1:{port}", "--min_replicas", "1",
+                          "--heartbeat_timeout_ms", "1000", "--join_timeout_ms", "1000"]  # fmt: skip
+    env = {**os.environ, "RUST_LOG": "warn", "GLOO_SOCKET_IFNAME": "lo", "FT_OUT": str(tmp_path),
+           "FT_EPOCHS": "10", "FT_SLEEP": "0.1", "TORCHFT_LIGHTHOUSE": f"http://127.0.0.1:{port}",
+           "FULMEN_NUM_REPLICA_GROUPS": "2"}  # fmt: skip
+    processes = [subprocess.Popen(lighthouse_command, env=env)]
+    try:
+        for group in (0, 1):
+            output = open(tmp_path / f"output-{group}.txt", "w")  # noqa: SIM115 (closed with the process)
+            group_env = {**env, "FULMEN_REPLICA_GROUP": str(group)}
+            command = [sys.executable, str(SCRIPTS / "lite_train.py")]
+            processes.append(subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=group_env))
+        _wait_for(lambda: sum(r["committed"] for r in _records(tmp_path, 0)) >= 8, 60, "8 commits")
+        processes[0].kill()
+        processes[0].wait()
+        killed_at = time.time()
+        time.sleep(1.0)
+        processes[0] = subprocess.Popen(lighthouse_command, env=env)
+        for group in (1, 2):
+            processes[group].wait(timeout=150)
+            assert processes[group].returncode == 0, (tmp_path / f"output-{group - 1}.txt").read_text()[-3000:]
+    finally:
+        for proc in processes:
+            proc.kill()
+            proc.wait()
+    for group in (0, 1):
+        records = _records(tmp_path, group)
+        assert {r["pid"] for r in records} == {records[0]["pid"]}, "a group restarted"
+        after = [r for r in records if r["time"] > killed_at and r["committed"]]
+        assert after and after[0]["participants"] == 2
+    _check_every_sample_once(tmp_path, 64, 10)
+    _check_equal_finals(tmp_path)

@@ -56,6 +56,8 @@ class FaultTolerantStrategy(Strategy):
         min_replicas: fewest groups a step needs to commit.
         timeout: seconds an all-reduce, a commit vote or a state transfer may take.
         quorum_timeout: seconds to wait for a quorum (a group restarting takes this long at most to join).
+        quorum_retries: times a quorum request is tried again when the lighthouse does not answer (a
+            lighthouse restarted on the same address while the groups train is reached again).
         lighthouse: the lighthouse's address (``http://host:port``); default ``$TORCHFT_LIGHTHOUSE``.
         replica_group: this group's index; default ``$FULMEN_REPLICA_GROUP``.
         num_replica_groups: how many groups the job has when none is dead; default ``$FULMEN_NUM_REPLICA_GROUPS``.
@@ -77,6 +79,7 @@ class FaultTolerantStrategy(Strategy):
         min_replicas: int = 1,
         timeout: float = 60.0,
         quorum_timeout: float = 120.0,
+        quorum_retries: int = 3,
         lighthouse: str | None = None,
         replica_group: int | None = None,
         num_replica_groups: int | None = None,
@@ -95,6 +98,9 @@ class FaultTolerantStrategy(Strategy):
         super().__init__(accelerator=accelerator, precision=precision, **inner_kwargs)
         if isinstance(min_replicas, bool) or not isinstance(min_replicas, int) or min_replicas < 1:
             raise invalid_argument("min_replicas", min_replicas, "a positive int")
+        if isinstance(quorum_retries, bool) or not isinstance(quorum_retries, int) or quorum_retries < 0:
+            raise invalid_argument("quorum_retries", quorum_retries, "an int >= 0")
+        self.quorum_retries = quorum_retries
         for name, value in (("timeout", timeout), ("quorum_timeout", quorum_timeout)):
             if not _is_seconds(value):
                 raise invalid_argument(name, value, "a positive number of seconds")
@@ -194,6 +200,7 @@ class FaultTolerantStrategy(Strategy):
                 use_async_quorum=False,  # heal before the step's forward, with a consistent snapshot
                 timeout=timeout,
                 quorum_timeout=self.quorum_timeout,
+                quorum_retries=self.quorum_retries,
                 connect_timeout=timeout,
                 rank=self.global_rank,
                 world_size=self.world_size,
