@@ -297,3 +297,27 @@ def test_groups_of_your_own_launcher_train_through_a_lighthouse_restart(tmp_path
         assert after and after[0]["participants"] == 2
     _check_every_sample_once(tmp_path, 64, 10)
     _check_equal_finals(tmp_path)
+
+
+def test_a_group_restarted_after_the_others_finished_never_trains_alone_from_scratch(tmp_path: Path) -> None:
+    """Group 1 dies two steps before the end; group 0 finishes before group 1 is back. The restarted group
+    finds nobody to heal from: it waits `quorum_timeout`, then fails without training (it would start
+    over from scratch and, as rank 0 of its own quorum, overwrite the job's checkpoints), and the job,
+    whose training had finished, succeeds."""
+    env = {"FT_EPOCHS": "4", "FT_SLEEP": "0.05", "FT_QUORUM_TIMEOUT": "4"}
+    proc = _launch(tmp_path, "lite_train.py", env=env)
+    try:
+        killed_pid, _ = _kill_group(tmp_path, 1, after_commits=30)  # of 32
+        output = _finish(proc, timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output[-4000:]
+    assert "replica group 1 was killed by SIGKILL; restarting it (1 of 3 restarts)" in output
+    assert "no live replica group joined it within quorum_timeout=4s" in output
+    assert "restarted replica group 1 ended with exit code 1 after training had finished" in output
+    assert {r["pid"] for r in _records(tmp_path, 1)} == {killed_pid}, "the restarted group trained"
+    survivor = _records(tmp_path, 0)
+    final = torch.load(tmp_path / "final-0.pt", weights_only=False)
+    assert final["progress"]["global_step"] == sum(r["committed"] for r in survivor)
+    assert not (tmp_path / "final-1.pt").exists()

@@ -10,7 +10,8 @@ A group one of whose processes is killed by a signal is stopped whole and restar
 (``--max-restarts`` times in all) and heals from the live
 ones. A group that ends with an error (its script raised) ends the job with that error: restarting
 it would fail the same way. Once one group has finished, training is over: the others get
-``FINISH_GRACE`` seconds to finish their last step, and no group is restarted any more.
+``FINISH_GRACE`` seconds to finish their last step, and no group is restarted any more; a group
+restarted before that which then finds nobody to heal from fails without failing the job.
 """
 
 from __future__ import annotations
@@ -93,6 +94,10 @@ def run_replica_groups(
                 _stop(group.procs)  # the rest of a group that lost a process cannot go on
                 if code == 0:
                     finished_at = finished_at or time.monotonic()
+                    continue
+                if code > 0 and finished_at is not None and group.starts > 1:
+                    print(f"fulmen run: restarted replica group {index} ended with exit code {code} after training "
+                          "had finished (nothing was left to heal it from).", file=sys.stderr, flush=True)  # fmt: skip
                     continue
                 if code > 0:
                     print(f"fulmen run: replica group {index} failed with exit code {code} (its error is above); "

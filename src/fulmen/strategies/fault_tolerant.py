@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
@@ -43,8 +44,12 @@ from fulmen.utilities.rank_zero import rank_zero_warn
 LIGHTHOUSE_ENV = "TORCHFT_LIGHTHOUSE"
 GROUP_ENV = "FULMEN_REPLICA_GROUP"
 NUM_GROUPS_ENV = "FULMEN_NUM_REPLICA_GROUPS"
+#: Set by ``fulmen run`` to how many times this group was restarted (0: its first start).
+RESTART_ENV = "FULMEN_REPLICA_GROUP_RESTART"
 #: What runs inside a replica group, by ``inner=`` name (None: one process, no inner strategy).
 INNER_STRATEGIES = ("single", "ddp", "fsdp")
+#: Seconds between a lone restarted group's quorum requests.
+_PEER_POLL = 0.2
 #: Gradients with fewer elements are averaged together in one flat buffer.
 _FLATTEN_BELOW = 1 << 16
 
@@ -126,6 +131,8 @@ class FaultTolerantStrategy(Strategy):
         self._step_samples = 0
         self._resume_skip = 0
         self._defer_rng = False
+        # A restarted group must heal from a live one before it trains (see _wait_for_a_peer).
+        self._awaiting_peer = int(os.environ.get(RESTART_ENV, "0") or 0) > 0
 
     # ----------------------------------------------------------------------------------- where
     @property
@@ -315,11 +322,30 @@ class FaultTolerantStrategy(Strategy):
         if not self._step_open:
             self._require_connected()
             self._manager.start_quorum()
+            if self._awaiting_peer:
+                self._wait_for_a_peer()
             self._participation = (self._manager.participating_rank() or 0, max(self._manager.num_participants(), 1))
             self._step_open = True
         if not self._defer_rng:
             self.replica_state.apply_pending_rng()
         return self._participation
+
+    def _wait_for_a_peer(self) -> None:
+        """A restarted group alone in its quorum has nobody to heal from: the others have finished, died, or
+        are away from the quorum (a long validation). Training on alone would start over from scratch and,
+        as rank 0 of its quorum, overwrite the job's checkpoints; so it asks again until a live group joins
+        it (and heals it), or fails once ``quorum_timeout`` has passed."""
+        deadline = time.monotonic() + self.quorum_timeout.total_seconds()
+        while self._manager.num_participants() < 2 and not self.replica_state.healed:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"Replica group {self.replica_group} was restarted, but no live replica group joined it within "
+                    f"quorum_timeout={self.quorum_timeout.total_seconds():.0f}s to heal it: the others have finished "
+                    "or died. Resume the job from its last checkpoint (`ckpt_path='last'`)."
+                )
+            time.sleep(_PEER_POLL)
+            self._manager.start_quorum()
+        self._awaiting_peer = False
 
     def _assign(self, samples: int) -> None:
         self._step_samples = samples

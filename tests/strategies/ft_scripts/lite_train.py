@@ -1,7 +1,8 @@
 """A Lite loop on strategy='fault_tolerant' that records every step as one JSON line (read by the tests).
 
 Env: FT_OUT (a directory), FT_EPOCHS, FT_SLEEP (seconds per step, so that a test can kill mid-run),
-FT_RAISE_GROUP / FT_RAISE_AT (that group raises once it has committed that many steps).
+FT_RAISE_GROUP / FT_RAISE_AT (that group raises once it has committed that many steps), FT_TIMEOUT,
+FT_QUORUM_TIMEOUT (the strategy's timeouts).
 Writes ``steps-<group>.jsonl`` (one line per step: pid, epoch, committed, samples, manager step) and, at the
 end, ``final-<group>.pt`` (weights, optimizer and scheduler state, progress).
 """
@@ -23,7 +24,9 @@ epochs = int(os.environ.get("FT_EPOCHS", "3"))
 pause = float(os.environ.get("FT_SLEEP", "0.05"))
 group = int(os.environ["FULMEN_REPLICA_GROUP"])
 
-strategy = FaultTolerantStrategy(timeout=float(os.environ.get("FT_TIMEOUT", "20")), quorum_timeout=60)
+strategy = FaultTolerantStrategy(
+    timeout=float(os.environ.get("FT_TIMEOUT", "20")), quorum_timeout=float(os.environ.get("FT_QUORUM_TIMEOUT", "60"))
+)
 lite = L.Lite(accelerator="cpu", strategy=strategy)
 lite.launch()
 torch.manual_seed(100 + group)  # different on purpose: step-0 sync must make them equal
