@@ -191,9 +191,45 @@ def test_missing_lighthouse_and_group_are_named(monkeypatch: pytest.MonkeyPatch)
         strategy.num_replica_groups  # noqa: B018
 
 
-def test_accumulation_is_refused() -> None:
-    with pytest.raises(MisconfigurationException, match="accumulate_grad_batches=4"):
-        FaultTolerantStrategy().configure_training(accumulate_grad_batches=4)
+def test_accumulating_steps_take_consecutive_slices_and_an_uncommitted_step_gives_them_all_back() -> None:
+    """Gradients accumulated over 3 batches: one quorum and one commit per step of 3 batches."""
+    position = EpochPosition()
+    plan = iter([True, False, True, True])  # the second step does not commit
+    state = {"pending": 0, "open": False, "commits": True, "in_step": 0}
+
+    def quorum() -> tuple[int, int]:
+        if not state["open"]:  # the step's first batch opens it; the others join the open step
+            state.update(open=True, commits=next(plan))
+        return 0, 1
+
+    def assign(samples: int) -> None:
+        state["pending"] += samples
+
+    data = DataLoader(TensorDataset(torch.arange(24)), batch_size=2)
+    loader = ExactlyOnceLoader(data, position, 1, quorum, assign, pending=lambda: state["pending"])
+    assert len(loader) == 12
+    batches, committed = [], []
+    for index, (batch,) in enumerate(loader):
+        batches.append(batch.tolist())
+        state["in_step"] += 1
+        if state["in_step"] == 3 or index == len(loader) - 1:  # the optimizer step
+            if state["commits"]:
+                position.cursor += state["pending"]
+                committed.extend(sum(batches[-state["in_step"] :], []))
+            state.update(pending=0, open=False, in_step=0)
+    assert batches[:9] == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9], [10, 11], [6, 7], [8, 9], [10, 11]]
+    assert batches[9:] == [[12, 13], [14, 15], list(range(16, 24))]  # the last batch takes the rest
+    assert sorted(committed) == list(range(24))
+    assert position.epoch == 1 and position.cursor == 0
+
+
+def test_accumulation_is_accepted_and_accumulating_backwards_are_not_averaged() -> None:
+    strategy = FaultTolerantStrategy()
+    strategy.configure_training(accumulate_grad_batches=4)
+    module = nn.Linear(2, 2)
+    with strategy.no_backward_sync(module):
+        assert strategy._sync_off
+    assert not strategy._sync_off
 
 
 @pytest.mark.parametrize(

@@ -126,6 +126,7 @@ class FaultTolerantStrategy(Strategy):
         self._step_open = False
         self._launched: dict[int, Any] = {}  # id(parameter) -> its all-reduce, started during backward
         self._averaged = False
+        self._sync_off = False  # inside no_backward_sync: gradients accumulate without being averaged
         self._participation = (0, 1)
         self.last_step_committed = True
         self._step_samples = 0
@@ -235,7 +236,9 @@ class FaultTolerantStrategy(Strategy):
         """A large gradient is complete: start averaging it while backward goes on (as DDP overlaps)."""
         # After the step's first backward (Lite accumulating over several), the next backward averages
         # the accumulated gradients again once it ends: averaging values that agree changes nothing.
-        if not self._step_open or self._averaged or parameter.grad is None or not parameter.grad.is_contiguous():
+        if not self._step_open or self._averaged or self._sync_off:
+            return
+        if parameter.grad is None or not parameter.grad.is_contiguous():
             return
         self._launched[id(parameter)] = self._manager.allreduce(parameter.grad)
 
@@ -244,18 +247,6 @@ class FaultTolerantStrategy(Strategy):
         if optimizer not in self.replica_state.optimizers:
             self.replica_state.optimizers.append(optimizer)
         return optimizer
-
-    def configure_training(
-        self,
-        accumulate_grad_batches: int = 1,
-        gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: Any = None,
-    ) -> None:
-        if accumulate_grad_batches != 1:
-            raise MisconfigurationException(
-                f"`accumulate_grad_batches={accumulate_grad_batches}` is not supported with strategy='fault_tolerant': "
-                "each optimizer step is one quorum step. Use 1 and a larger batch size."
-            )
 
     def register_replica_state(
         self, key: str, state_dict: Callable[[], Any], load_state_dict: Callable[[Any], None]
@@ -284,6 +275,7 @@ class FaultTolerantStrategy(Strategy):
             group_size=self.world_size,
             quorum=self.begin_step,
             on_assigned=self._assign,
+            pending=self._pending,
             seed=global_seed(),
             skip_first=skip,
         )
@@ -348,12 +340,18 @@ class FaultTolerantStrategy(Strategy):
         self._awaiting_peer = False
 
     def _assign(self, samples: int) -> None:
-        self._step_samples = samples
+        self._step_samples += samples  # several batches when gradients accumulate over them
+
+    def _pending(self) -> int:
+        """Samples the open step has taken so far (its earlier batches, when gradients accumulate)."""
+        return self._step_samples
 
     def backward(self, tensor: Tensor, module: nn.Module | None = None, *args: Any, **kwargs: Any) -> None:
         """Backward, then the gradients averaged over the quorum: clipping after it sees the averages, as with DDP."""
         self.begin_step()
         super().backward(tensor, module, *args, **kwargs)
+        if self._sync_off:  # an accumulating backward: the step's last one averages the sum
+            return
         params = [p for m in self.replica_state.modules for p in m.parameters()]
         self._average_gradients(params)
 
@@ -401,7 +399,21 @@ class FaultTolerantStrategy(Strategy):
 
     @contextlib.contextmanager
     def no_backward_sync(self, module: nn.Module, enabled: bool = True) -> Iterator[None]:
-        yield  # each backward averages what has accumulated so far, which keeps accumulation correct
+        """Backwards inside only add to the gradients (across groups, and inside the group through the
+        inner strategy); the step's last backward, or the optimizer step, averages the sum. A backward
+        outside averages what has accumulated so far, which is correct too (averaging is linear)."""
+        if not enabled:
+            yield
+            return
+        self._sync_off = True
+        try:
+            if self.inner == "single":
+                yield
+            else:
+                with super().no_backward_sync(module, enabled):
+                    yield
+        finally:
+            self._sync_off = False
 
     def _require_connected(self) -> None:
         if self._manager is None:

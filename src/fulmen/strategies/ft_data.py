@@ -95,6 +95,7 @@ class ExactlyOnceLoader:
         skip_first: int = 0,
         group_rank: int = 0,
         group_size: int = 1,
+        pending: Callable[[], int] | None = None,
     ) -> None:
         if dataloader.batch_size is None:
             raise ValueError(
@@ -127,6 +128,7 @@ class ExactlyOnceLoader:
         self._quorum = quorum
         self._on_assigned = on_assigned
         self._skip_first = skip_first
+        self._pending = pending or _nothing_pending
         #: The sample indices of the batch most recently handed out (this process's part; for tests and logging).
         self.last_indices: list[int] = []
         #: Batches that came from the worker processes, and batches loaded in this process.
@@ -169,12 +171,13 @@ class ExactlyOnceLoader:
         workers = _Workers(self.dataloader) if self.dataloader.num_workers > 0 else None
         try:
             order_epoch, order = -1, []
-            while position.cursor < self.num_samples:
+            while position.cursor + self._pending() < self.num_samples:
                 rank, participants = self._quorum()  # may heal: the position can move here
                 if position.epoch != order_epoch:
                     order_epoch = position.epoch
                     order = epoch_order(self.num_samples, self.shuffle, self.seed, order_epoch)
-                cursor, steps = position.cursor, position.steps
+                # An open step's earlier batches (accumulating gradients) took the samples before these.
+                cursor, steps = position.cursor + self._pending(), position.steps
                 stop, indices = self._assignment(order, cursor, steps, rank, participants)
                 self._on_assigned(stop - cursor)
                 position.steps += 1
@@ -226,6 +229,9 @@ class ExactlyOnceLoader:
         return self.collate_fn(samples)
 
     def _next_epoch(self) -> None:
+        if self.position.cursor < self.num_samples:
+            return  # the iteration ended inside a step that has not committed yet: the epoch goes on
+
         position = self.position
         position.epoch, position.cursor, position.steps = position.epoch + 1, 0, 0
 
@@ -282,3 +288,7 @@ class _Workers:
         shutdown = getattr(batches, "_shutdown_workers", None)  # torch's multiprocessing iterator
         if shutdown is not None:
             shutdown()
+
+
+def _nothing_pending() -> int:
+    return 0

@@ -1,7 +1,8 @@
 """The Trainer on strategy='fault_tolerant' (from `fulmen run --replica-groups`), recording each batch as one JSON line.
 
 Env: FT_OUT, FT_EPOCHS, FT_SLEEP, FT_INNER (the strategy inside a group when it has several processes),
-FT_MAX_STEPS, FT_EVERY (ModelCheckpoint's every_n_train_steps, 4), FT_RESUME (fit from ``ckpt_path="last"``).
+FT_MAX_STEPS, FT_EVERY (ModelCheckpoint's every_n_train_steps, 4), FT_RESUME (fit from ``ckpt_path="last"``),
+FT_ACCUMULATE (accumulate_grad_batches; a step's record then holds the samples of all its batches).
 Writes ``steps-<group>.jsonl`` from on_train_batch_end (pid, epoch, committed, samples, global_step) and
 ``final-<group>.pt``; ModelCheckpoint(save_last=True) writes into ``FT_OUT/checkpoints`` from whichever
 group is rank 0 of the quorum. A group of several processes writes ``steps-<group>-<rank>.jsonl`` and
@@ -25,6 +26,7 @@ group = int(os.environ["FULMEN_REPLICA_GROUP"])
 rank = int(os.environ.get("RANK", "0"))
 name = f"{group}-{rank}" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else str(group)
 pause = float(os.environ.get("FT_SLEEP", "0.05"))
+accumulate = int(os.environ.get("FT_ACCUMULATE", "1"))
 
 
 class Model(L.LightningModule):
@@ -32,21 +34,25 @@ class Model(L.LightningModule):
         super().__init__()
         torch.manual_seed(100 + group)  # different on purpose: step-0 sync makes them equal
         self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+        self.window: list[int] = []  # the samples of the optimizer step's batches so far
         self.log_file = open(os.path.join(out, f"steps-{name}.jsonl"), "a", buffering=1)  # noqa: SIM115
 
     def training_step(self, batch, batch_idx):
         x, ids = batch
-        self.ids = ids.long().tolist()
+        self.window += ids.long().tolist()
         return self.net(x).pow(2).mean()
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
+        if (batch_idx + 1) % accumulate and batch_idx + 1 < self.trainer.num_training_batches:
+            return  # an accumulating batch: recorded with its step's last batch
         strategy = self.trainer.strategy
         record = {"group": group, "rank": rank, "pid": os.getpid(), "epoch": self.trainer.current_epoch,
                   "batch_idx": batch_idx,
-                  "committed": strategy.last_step_committed, "samples": self.ids,
+                  "committed": strategy.last_step_committed, "samples": self.window,
                   "global_step": self.trainer.global_step, "participants": strategy._participation[1],
                   "lr": self.trainer.optimizers[0].param_groups[0]["lr"], "time": time.time()}  # fmt: skip
         self.log_file.write(json.dumps(record) + "\n")
+        self.window = []
         time.sleep(pause)
 
     def configure_optimizers(self):
@@ -67,6 +73,7 @@ trainer = L.Trainer(
     strategy=FaultTolerantStrategy(inner=inner, timeout=20, quorum_timeout=60) if inner else "fault_tolerant",
     max_epochs=int(os.environ.get("FT_EPOCHS", "3")),
     max_steps=int(os.environ.get("FT_MAX_STEPS", "-1")),
+    accumulate_grad_batches=accumulate,
     callbacks=[checkpoints],
     logger=False,
     enable_progress_bar=False,
