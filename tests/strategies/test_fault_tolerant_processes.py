@@ -148,9 +148,12 @@ def test_trainer_group_zero_killed_heals_counts_committed_steps_and_checkpoints(
     tmp_path: Path, accumulate: int
 ) -> None:
     """Group 0 hosts the quorum's rendezvous store and writes the checkpoints: group 1 takes both over.
-    With gradients accumulated over 2 batches, a step is one quorum and one commit for both."""
+    With gradients accumulated over 2 batches, a step is one quorum and one commit for both; that run
+    also loads its batches in 2 DataLoader workers per group."""
     epochs = 8 * accumulate
-    env = {"FT_EPOCHS": str(epochs), "FT_SLEEP": str(0.15 / accumulate), "FT_ACCUMULATE": str(accumulate)}
+    workers = 0 if accumulate == 1 else 2
+    env = {"FT_EPOCHS": str(epochs), "FT_SLEEP": str(0.15 / accumulate), "FT_ACCUMULATE": str(accumulate),
+           "FT_WORKERS": str(workers)}  # fmt: skip
     proc = _launch(tmp_path, "trainer_train.py", env=env)
     try:
         killed_pid, killed_at = _kill_group(tmp_path, 0, after_commits=random.randint(6, 20))
@@ -176,6 +179,12 @@ def test_trainer_group_zero_killed_heals_counts_committed_steps_and_checkpoints(
     # Written by whichever group was rank 0 of the quorum: the job's checkpoint is the final state.
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert checkpoint["global_step"] == len(committed)
+    counts = json.loads((tmp_path / "loader-1.json").read_text())  # where the survivor's batches came from
+    assert counts["prefetched"] + counts["loaded_in_process"] == epochs * 8
+    if workers:  # from the workers, but for a batch or two at each change of quorum (the kill, the rejoin)
+        assert counts["loaded_in_process"] <= 4, counts
+    else:
+        assert counts["prefetched"] == 0, counts
 
 
 def test_max_restarts_used_up_ends_the_job(tmp_path: Path) -> None:

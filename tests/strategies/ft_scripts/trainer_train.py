@@ -2,7 +2,8 @@
 
 Env: FT_OUT, FT_EPOCHS, FT_SLEEP, FT_INNER (the strategy inside a group when it has several processes),
 FT_MAX_STEPS, FT_EVERY (ModelCheckpoint's every_n_train_steps, 4), FT_RESUME (fit from ``ckpt_path="last"``),
-FT_ACCUMULATE (accumulate_grad_batches; a step's record then holds the samples of all its batches).
+FT_ACCUMULATE (accumulate_grad_batches; a step's record then holds the samples of all its batches),
+FT_WORKERS (the training DataLoader's num_workers; the loader's counts go into ``loader-<name>.json``).
 Writes ``steps-<group>.jsonl`` from on_train_batch_end (pid, epoch, committed, samples, global_step) and
 ``final-<group>.pt``; ModelCheckpoint(save_last=True) writes into ``FT_OUT/checkpoints`` from whichever
 group is rank 0 of the quorum. A group of several processes writes ``steps-<group>-<rank>.jsonl`` and
@@ -80,9 +81,12 @@ trainer = L.Trainer(
     enable_model_summary=False,
     num_sanity_val_steps=0,
 )
-trainer.fit(
-    model, DataLoader(data, batch_size=4, shuffle=True), ckpt_path="last" if os.environ.get("FT_RESUME") else None
-)
+workers = int(os.environ.get("FT_WORKERS", "0"))
+loader = DataLoader(data, batch_size=4, shuffle=True, num_workers=workers)
+trainer.fit(model, loader, ckpt_path="last" if os.environ.get("FT_RESUME") else None)
+fed = trainer.train_dataloader
+with open(os.path.join(out, f"loader-{name}.json"), "w") as f:
+    json.dump({"prefetched": fed.prefetched, "loaded_in_process": fed.loaded_in_process}, f)
 
 
 def local(state):
