@@ -266,3 +266,13 @@ def test_inner_strategy_runs_inside_each_group(monkeypatch: pytest.MonkeyPatch) 
     sharded = FaultTolerantStrategy(inner="fsdp", auto_wrap_policy={torch.nn.Linear})
     assert isinstance(sharded, FSDPStrategy) and isinstance(sharded, FaultTolerantStrategy)
     assert "inner='fsdp'" in repr(sharded)
+
+
+def test_each_group_gets_its_own_gpus_when_there_are_enough() -> None:
+    from fulmen.cli.replica_groups import group_gpus
+
+    gpus = ["0", "1", "2", "3"]
+    assert [group_gpus(g, 2, gpus) for g in (0, 1)] == ["0,1", "2,3"]
+    assert [group_gpus(g, 1, ["4", "6"]) for g in (0, 1)] == ["4", "6"]  # of CUDA_VISIBLE_DEVICES
+    assert group_gpus(1, 2, ["0", "1", "2"]) is None  # too few: the groups share what there is
+    assert group_gpus(0, 1, []) is None  # no GPU

@@ -132,6 +132,9 @@ def run_replica_groups(
 
 def _start(command: list[str], env: dict[str, str], index: int, restart: int, processes: int) -> list[subprocess.Popen]:
     group_env = {**env, "FULMEN_REPLICA_GROUP": str(index), "FULMEN_REPLICA_GROUP_RESTART": str(restart)}
+    gpus = group_gpus(index, processes, _visible_gpus(env))
+    if gpus is not None:
+        group_env["CUDA_VISIBLE_DEVICES"] = gpus
     if processes > 1:  # the group's own process group: a new port each start, so no old socket is in the way
         group_env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(processes),
                          LOCAL_WORLD_SIZE=str(processes), NODE_RANK="0", GROUP_RANK="0")  # fmt: skip
@@ -154,6 +157,27 @@ def _stop(procs: list[subprocess.Popen]) -> None:
                 pass
     for proc in procs:
         proc.wait()
+
+
+def group_gpus(index: int, processes: int, available: list[str]) -> str | None:
+    """The GPUs group ``index`` sees (``CUDA_VISIBLE_DEVICES``): its own ``processes`` of them, so that
+    groups on one machine never share a device; None when there are too few to give each its own."""
+    first = index * processes
+    if first + processes > len(available):
+        return None
+    return ",".join(available[first : first + processes])
+
+
+def _visible_gpus(env: dict[str, str]) -> list[str]:
+    """The GPUs this launcher may hand out: ``CUDA_VISIBLE_DEVICES`` if set, else every device torch sees."""
+    if env.get("FULMEN_ACCELERATOR") == "cpu":
+        return []
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [device.strip() for device in visible.split(",") if device.strip()]
+    import torch
+
+    return [str(device) for device in range(torch.cuda.device_count())]
 
 
 def _free_port() -> int:
