@@ -187,6 +187,20 @@ def test_trainer_group_zero_killed_heals_counts_committed_steps_and_checkpoints(
         assert counts["prefetched"] == 0, counts
 
 
+def test_a_group_that_starts_late_is_waited_for_so_that_every_group_trains_from_the_first_step(tmp_path: Path) -> None:
+    """Group 1 starts 3 s after group 0 (more than the lighthouse waits for stragglers): without waiting
+    for it, group 0 would train this short job alone and group 1 would then train it again alone."""
+    env = {"FT_EPOCHS": "2", "FT_START_DELAY_1": "3"}
+    proc = _launch(tmp_path, "trainer_train.py", env=env)
+    output = _finish(proc, timeout=90)
+    assert proc.returncode == 0, output[-4000:]
+    for group in (0, 1):
+        records = _records(tmp_path, group)
+        assert len(records) == 16 and all(r["committed"] and r["participants"] == 2 for r in records)
+    _check_every_sample_once(tmp_path, 64, 2)
+    _check_equal_finals(tmp_path)
+
+
 def test_max_restarts_used_up_ends_the_job(tmp_path: Path) -> None:
     proc = _launch(tmp_path, "lite_train.py", "--max-restarts", "0", env={"FT_EPOCHS": "50", "FT_SLEEP": "0.05"})
     try:

@@ -132,8 +132,7 @@ class FaultTolerantStrategy(Strategy):
         self._step_samples = 0
         self._resume_skip = 0
         self._defer_rng = False
-        # A restarted group must heal from a live one before it trains (see _wait_for_a_peer).
-        self._awaiting_peer = int(os.environ.get(RESTART_ENV, "0") or 0) > 0
+        self._first_quorum = True  # before it, the groups wait for each other (see _wait_for_peers)
 
     # ----------------------------------------------------------------------------------- where
     @property
@@ -314,30 +313,47 @@ class FaultTolerantStrategy(Strategy):
         if not self._step_open:
             self._require_connected()
             self._manager.start_quorum()
-            if self._awaiting_peer:
-                self._wait_for_a_peer()
+            if self._first_quorum:
+                self._first_quorum = False
+                self._wait_for_peers()
             self._participation = (self._manager.participating_rank() or 0, max(self._manager.num_participants(), 1))
             self._step_open = True
         if not self._defer_rng:
             self.replica_state.apply_pending_rng()
         return self._participation
 
-    def _wait_for_a_peer(self) -> None:
-        """A restarted group alone in its quorum has nobody to heal from: the others have finished, died, or
-        are away from the quorum (a long validation). Training on alone would start over from scratch and,
-        as rank 0 of its quorum, overwrite the job's checkpoints; so it asks again until a live group joins
-        it (and heals it), or fails once ``quorum_timeout`` has passed."""
+    def _wait_for_peers(self) -> None:
+        """The first quorum of this process: it asks again (every ``_PEER_POLL`` s, up to ``quorum_timeout``)
+        until the groups it must train with are in it.
+
+        - A first start waits for every group, unless the others have trained already (it then healed
+          from them): a group that started late would otherwise train alone, and a short job could end
+          before the others join.
+        - A restarted group waits for one live group to heal from. Alone, it would start over from
+          scratch and, as rank 0 of its own quorum, overwrite the job's checkpoints; if none comes (the
+          others have finished or died), it fails.
+        """
+        restarted = int(os.environ.get(RESTART_ENV, "0") or 0) > 0
+        wanted = 2 if restarted else self.num_replica_groups
         deadline = time.monotonic() + self.quorum_timeout.total_seconds()
-        while self._manager.num_participants() < 2 and not self.replica_state.healed:
+        while self._manager.num_participants() < wanted:
+            if self.replica_state.healed if restarted else self._manager.current_step() > 0:
+                return  # joined groups that were ahead: healed from them
             if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"Replica group {self.replica_group} was restarted, but no live replica group joined it within "
-                    f"quorum_timeout={self.quorum_timeout.total_seconds():.0f}s to heal it: the others have finished "
-                    "or died. Resume the job from its last checkpoint (`ckpt_path='last'`)."
+                if restarted:
+                    raise RuntimeError(
+                        f"Replica group {self.replica_group} was restarted, but no live replica group joined it "
+                        f"within quorum_timeout={self.quorum_timeout.total_seconds():.0f}s to heal it: the others "
+                        "have finished or died. Resume the job from its last checkpoint (`ckpt_path='last'`)."
+                    )
+                rank_zero_warn(
+                    f"Replica group {self.replica_group} starts with {self._manager.num_participants()} of "
+                    f"{wanted} replica groups: the others did not join within quorum_timeout="
+                    f"{self.quorum_timeout.total_seconds():.0f}s (they join, and heal, when they come)."
                 )
+                return
             time.sleep(_PEER_POLL)
             self._manager.start_quorum()
-        self._awaiting_peer = False
 
     def _assign(self, samples: int) -> None:
         self._step_samples += samples  # several batches when gradients accumulate over them

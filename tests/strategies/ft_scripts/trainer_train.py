@@ -3,7 +3,8 @@
 Env: FT_OUT, FT_EPOCHS, FT_SLEEP, FT_INNER (the strategy inside a group when it has several processes),
 FT_MAX_STEPS, FT_EVERY (ModelCheckpoint's every_n_train_steps, 4), FT_RESUME (fit from ``ckpt_path="last"``),
 FT_ACCUMULATE (accumulate_grad_batches; a step's record then holds the samples of all its batches),
-FT_WORKERS (the training DataLoader's num_workers; the loader's counts go into ``loader-<name>.json``).
+FT_WORKERS (the training DataLoader's num_workers; the loader's counts go into ``loader-<name>.json``),
+FT_START_DELAY_<group> (seconds that group sleeps before it starts).
 Writes ``steps-<group>.jsonl`` from on_train_batch_end (pid, epoch, committed, samples, global_step) and
 ``final-<group>.pt``; ModelCheckpoint(save_last=True) writes into ``FT_OUT/checkpoints`` from whichever
 group is rank 0 of the quorum. A group of several processes writes ``steps-<group>-<rank>.jsonl`` and
@@ -28,6 +29,7 @@ rank = int(os.environ.get("RANK", "0"))
 name = f"{group}-{rank}" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else str(group)
 pause = float(os.environ.get("FT_SLEEP", "0.05"))
 accumulate = int(os.environ.get("FT_ACCUMULATE", "1"))
+time.sleep(float(os.environ.get(f"FT_START_DELAY_{group}", "0")))
 
 
 class Model(L.LightningModule):
