@@ -39,12 +39,24 @@ def _launch(tmp_path: Path, script: str, *flags: str, env: dict[str, str] | None
     return proc
 
 
-def _records(tmp_path: Path, group: int | str) -> list[dict]:
-    """One process's records: ``group`` is the group (one process per group) or ``"<group>-<rank>"``."""
+def _lines(tmp_path: Path, group: int | str) -> list[dict]:
     path = tmp_path / f"steps-{group}.jsonl"
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _records(tmp_path: Path, group: int | str) -> list[dict]:
+    """One process's step records: ``group`` is the group (one process per group) or ``"<group>-<rank>"``."""
+    return [record for record in _lines(tmp_path, group) if record.get("kind") != "pending"]
+
+
+def _unrecorded(tmp_path: Path, group: int | str) -> list[dict]:
+    """The steps a killed process voted on but never recorded: its last ``pending`` line, if no record followed."""
+    last: dict[int, dict | None] = {}
+    for line in _lines(tmp_path, group):
+        last[line["pid"]] = line if line.get("kind") == "pending" else None
+    return [line for line in last.values() if line is not None]
 
 
 def _wait_for(predicate, timeout: float, what: str) -> None:
@@ -87,10 +99,19 @@ def _output(proc: subprocess.Popen) -> str:
 
 def _check_every_sample_once(tmp_path: Path, num_samples: int, epochs: int, names=(0, 1)) -> None:
     per_epoch: dict[int, list[int]] = {}
+    records = {name: _records(tmp_path, name) for name in names}
     for name in names:
-        for record in _records(tmp_path, name):
+        for record in records[name]:
             if record["committed"]:
                 per_epoch.setdefault(record["epoch"], []).extend(record["samples"])
+        # Killed after its vote, before its record: its samples count if another group committed that step with it.
+        for pending in _unrecorded(tmp_path, name):
+            if any(
+                r["group"] != pending["group"] and r["committed"] and r["participants"] >= 2
+                and (r["epoch"], r["global_step"]) == (pending["epoch"], pending["global_step"] + 1)
+                for other in names for r in records[other]
+            ):  # fmt: skip
+                per_epoch.setdefault(pending["epoch"], []).extend(pending["samples"])
     # A step is recorded by every process of every group of its quorum, each with its own share.
     assert sorted(per_epoch) == list(range(epochs))
     for epoch, samples in per_epoch.items():

@@ -3,7 +3,8 @@
 Env: FT_OUT (a directory), FT_EPOCHS, FT_SLEEP (seconds per step, so that a test can kill mid-run),
 FT_RAISE_GROUP / FT_RAISE_AT (that group raises once it has committed that many steps), FT_TIMEOUT,
 FT_QUORUM_TIMEOUT (the strategy's timeouts).
-Writes ``steps-<group>.jsonl`` (one line per step: pid, epoch, committed, samples, manager step) and, at the
+Writes ``steps-<group>.jsonl`` (one line per step: pid, epoch, committed, samples, manager step; and a
+``"kind": "pending"`` line with the step's samples before its commit vote) and, at the
 end, ``final-<group>.pt`` (weights, optimizer and scheduler state, progress).
 """
 
@@ -49,6 +50,11 @@ while loader.epoch < epochs:
         optimizer.zero_grad()
         loss = model(x).pow(2).mean()
         lite.backward(loss)
+        # Before the commit vote: a group killed between its vote and its record still tells which samples
+        # it fed to a step that the others committed.
+        pending = {"kind": "pending", "group": group, "pid": os.getpid(), "epoch": epoch,
+                   "samples": sample_ids.long().tolist(), "global_step": progress["global_step"]}  # fmt: skip
+        log.write(json.dumps(pending) + "\n")
         optimizer.step()
         committed = strategy.last_step_committed
         if committed:

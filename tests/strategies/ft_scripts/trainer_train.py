@@ -45,6 +45,13 @@ class Model(L.LightningModule):
         self.window += ids.long().tolist()
         return self.net(x).pow(2).mean()
 
+    def on_before_optimizer_step(self, optimizer):
+        # Before the commit vote: a group killed between its vote and its record still tells which samples
+        # it fed to a step that the others committed.
+        pending = {"kind": "pending", "group": group, "rank": rank, "pid": os.getpid(), "samples": self.window,
+                   "epoch": self.trainer.current_epoch, "global_step": self.trainer.global_step}  # fmt: skip
+        self.log_file.write(json.dumps(pending) + "\n")
+
     def on_train_batch_end(self, outputs, batch, batch_idx):
         if (batch_idx + 1) % accumulate and batch_idx + 1 < self.trainer.num_training_batches:
             return  # an accumulating batch: recorded with its step's last batch
