@@ -223,9 +223,10 @@ def test_accumulating_steps_take_consecutive_slices_and_an_uncommitted_step_give
     assert position.epoch == 1 and position.cursor == 0
 
 
-def test_accumulation_is_accepted_and_accumulating_backwards_are_not_averaged() -> None:
+def test_trainer_accumulation_is_refused_and_accumulating_backwards_are_not_averaged() -> None:
     strategy = FaultTolerantStrategy()
-    strategy.configure_training(accumulate_grad_batches=4)
+    with pytest.raises(MisconfigurationException, match="accumulate_grad_batches=4"):
+        strategy.configure_training(accumulate_grad_batches=4)
     module = nn.Linear(2, 2)
     with strategy.no_backward_sync(module):
         assert strategy._sync_off

@@ -164,17 +164,12 @@ def test_lite_group_killed_twice_heals_and_every_sample_once(tmp_path: Path) -> 
     _check_every_sample_once(tmp_path, 64, epochs)
 
 
-@pytest.mark.parametrize("accumulate", [1, 2])
-def test_trainer_group_zero_killed_heals_counts_committed_steps_and_checkpoints(
-    tmp_path: Path, accumulate: int
-) -> None:
+@pytest.mark.parametrize("workers", [0, 2])
+def test_trainer_group_zero_killed_heals_counts_committed_steps_and_checkpoints(tmp_path: Path, workers: int) -> None:
     """Group 0 hosts the quorum's rendezvous store and writes the checkpoints: group 1 takes both over.
-    With gradients accumulated over 2 batches, a step is one quorum and one commit for both; that run
-    also loads its batches in 2 DataLoader workers per group."""
-    epochs = 8 * accumulate
-    workers = 0 if accumulate == 1 else 2
-    env = {"FT_EPOCHS": str(epochs), "FT_SLEEP": str(0.15 / accumulate), "FT_ACCUMULATE": str(accumulate),
-           "FT_WORKERS": str(workers)}  # fmt: skip
+    Also with the batches loaded in 2 DataLoader workers per group."""
+    epochs = 8
+    env = {"FT_EPOCHS": str(epochs), "FT_SLEEP": "0.15", "FT_WORKERS": str(workers)}
     proc = _launch(tmp_path, "trainer_train.py", env=env)
     try:
         killed_pid, killed_at = _kill_group(tmp_path, 0, after_commits=random.randint(6, 20))

@@ -247,6 +247,20 @@ class FaultTolerantStrategy(Strategy):
             self.replica_state.optimizers.append(optimizer)
         return optimizer
 
+    def configure_training(
+        self,
+        accumulate_grad_batches: int = 1,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: Any = None,
+    ) -> None:
+        if accumulate_grad_batches != 1:
+            # The Trainer counts an epoch's batches from the loader's length, and an epoch whose last step
+            # did not commit feeds the rest in one more batch: a window of several batches could end open.
+            raise MisconfigurationException(
+                f"`accumulate_grad_batches={accumulate_grad_batches}` is not supported with strategy='fault_tolerant' "
+                "in the Trainer: each optimizer step is one quorum step. Use 1 and a larger batch size."
+            )
+
     def register_replica_state(
         self, key: str, state_dict: Callable[[], Any], load_state_dict: Callable[[Any], None]
     ) -> None:

@@ -162,6 +162,12 @@ class ExactlyOnceLoader:
         position = self.position
         if position.cursor >= self.num_samples:  # the loop stopped at the last step's batch, before the end
             self._next_epoch()
+        if self._pending():
+            raise RuntimeError(
+                "This pass over the exactly-once loader starts inside a step that has not been stepped: the last "
+                "pass ended while gradients were accumulating. Call optimizer.step() at the last batch of every "
+                "pass (the loop ends early when an epoch's last step did not commit and its rest comes in one batch)."
+            )
         skip, self._skip_first = self._skip_first, 0
         if 0 < position.steps < self.steps_per_epoch:
             # Healed before the loop, which resumes this epoch at batch `steps` (as from a mid-epoch

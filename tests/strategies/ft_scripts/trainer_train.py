@@ -2,7 +2,6 @@
 
 Env: FT_OUT, FT_EPOCHS, FT_SLEEP, FT_INNER (the strategy inside a group when it has several processes),
 FT_MAX_STEPS, FT_EVERY (ModelCheckpoint's every_n_train_steps, 4), FT_RESUME (fit from ``ckpt_path="last"``),
-FT_ACCUMULATE (accumulate_grad_batches; a step's record then holds the samples of all its batches),
 FT_WORKERS (the training DataLoader's num_workers; the loader's counts go into ``loader-<name>.json``),
 FT_START_DELAY_<group> (seconds that group sleeps before it starts).
 Writes ``steps-<group>.jsonl`` from on_train_batch_end (pid, epoch, committed, samples, global_step) and
@@ -28,7 +27,6 @@ group = int(os.environ["FULMEN_REPLICA_GROUP"])
 rank = int(os.environ.get("RANK", "0"))
 name = f"{group}-{rank}" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else str(group)
 pause = float(os.environ.get("FT_SLEEP", "0.05"))
-accumulate = int(os.environ.get("FT_ACCUMULATE", "1"))
 time.sleep(float(os.environ.get(f"FT_START_DELAY_{group}", "0")))
 
 
@@ -37,7 +35,7 @@ class Model(L.LightningModule):
         super().__init__()
         torch.manual_seed(100 + group)  # different on purpose: step-0 sync makes them equal
         self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
-        self.window: list[int] = []  # the samples of the optimizer step's batches so far
+        self.window: list[int] = []  # the samples of this step's batch
         self.log_file = open(os.path.join(out, f"steps-{name}.jsonl"), "a", buffering=1)  # noqa: SIM115
 
     def training_step(self, batch, batch_idx):
@@ -53,8 +51,6 @@ class Model(L.LightningModule):
         self.log_file.write(json.dumps(pending) + "\n")
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        if (batch_idx + 1) % accumulate and batch_idx + 1 < self.trainer.num_training_batches:
-            return  # an accumulating batch: recorded with its step's last batch
         strategy = self.trainer.strategy
         record = {"group": group, "rank": rank, "pid": os.getpid(), "epoch": self.trainer.current_epoch,
                   "batch_idx": batch_idx,
@@ -83,7 +79,6 @@ trainer = L.Trainer(
     strategy=FaultTolerantStrategy(inner=inner, timeout=20, quorum_timeout=60) if inner else "fault_tolerant",
     max_epochs=int(os.environ.get("FT_EPOCHS", "3")),
     max_steps=int(os.environ.get("FT_MAX_STEPS", "-1")),
-    accumulate_grad_batches=accumulate,
     callbacks=[checkpoints],
     logger=False,
     enable_progress_bar=False,
