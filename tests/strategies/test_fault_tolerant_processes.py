@@ -82,6 +82,21 @@ def _kill_group(tmp_path: Path, group: int | str, after_commits: int) -> tuple[i
     return pid, time.time()
 
 
+def _run_killing(
+    tmp_path: Path, script: str, victim: int | str, after_commits: int, *flags: str, env: dict, timeout: float = 120
+) -> tuple[str, int, int, float]:
+    """Run the job, SIGKILL ``victim`` once it has committed ``after_commits`` steps, wait for the end:
+    (output, exit status, the killed pid, when it was killed)."""
+    proc = _launch(tmp_path, script, *flags, env=env)
+    try:
+        killed_pid, killed_at = _kill_group(tmp_path, victim, after_commits)
+        output = _finish(proc, timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return output, proc.returncode, killed_pid, killed_at
+
+
 def _finish(proc: subprocess.Popen, timeout: float = 120) -> str:
     try:
         proc.wait(timeout=timeout)
@@ -170,14 +185,10 @@ def test_trainer_group_zero_killed_heals_counts_committed_steps_and_checkpoints(
     Also with the batches loaded in 2 DataLoader workers per group."""
     epochs = 8
     env = {"FT_EPOCHS": str(epochs), "FT_SLEEP": "0.15", "FT_WORKERS": str(workers)}
-    proc = _launch(tmp_path, "trainer_train.py", env=env)
-    try:
-        killed_pid, killed_at = _kill_group(tmp_path, 0, after_commits=random.randint(6, 20))
-        output = _finish(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, output[-4000:]
+    output, status, killed_pid, killed_at = _run_killing(
+        tmp_path, "trainer_train.py", 0, random.randint(6, 20), env=env
+    )
+    assert status == 0, output[-4000:]
     survivor = _records(tmp_path, 1)
     assert {r["pid"] for r in survivor} == {survivor[0]["pid"]}, "the survivor restarted"
     after_kill = [r for r in survivor if r["time"] > killed_at and r["committed"]]
@@ -218,14 +229,9 @@ def test_a_group_that_starts_late_is_waited_for_so_that_every_group_trains_from_
 
 
 def test_max_restarts_used_up_ends_the_job(tmp_path: Path) -> None:
-    proc = _launch(tmp_path, "lite_train.py", "--max-restarts", "0", env={"FT_EPOCHS": "50", "FT_SLEEP": "0.05"})
-    try:
-        _kill_group(tmp_path, 1, after_commits=3)
-        output = _finish(proc, timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 1
+    env = {"FT_EPOCHS": "50", "FT_SLEEP": "0.05"}
+    output, status, _, _ = _run_killing(tmp_path, "lite_train.py", 1, 3, "--max-restarts", "0", env=env, timeout=60)
+    assert status == 1
     assert "replica group 1 was killed by SIGKILL, and --max-restarts=0 restarts are used up" in output
     assert not (tmp_path / "final-0.pt").exists()  # the survivor was stopped too
 
@@ -246,15 +252,11 @@ def test_trainer_two_groups_of_two_processes_one_killed_group_restarts_whole_and
     Long enough for the restarted group (two processes starting on two cores) to join before the end."""
     epochs = 20
     env = {"FT_EPOCHS": str(epochs), "FT_SLEEP": "0.15", "FT_INNER": "fsdp"}
-    proc = _launch(tmp_path, "trainer_train.py", "--devices", "2", env=env)
     victim = f"1-{random.randint(0, 1)}"
-    try:
-        killed_pid, killed_at = _kill_group(tmp_path, victim, after_commits=random.randint(5, 12))
-        output = _finish(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, output[-4000:]
+    output, status, killed_pid, killed_at = _run_killing(
+        tmp_path, "trainer_train.py", victim, random.randint(5, 12), "--devices", "2", env=env
+    )
+    assert status == 0, output[-4000:]
     assert "replica group 1 was killed by SIGKILL; restarting it (1 of 3 restarts)" in output
     for rank in (0, 1):
         survivor = _records(tmp_path, f"0-{rank}")
@@ -346,14 +348,8 @@ def test_a_group_restarted_after_the_others_finished_never_trains_alone_from_scr
     over from scratch and, as rank 0 of its own quorum, overwrite the job's checkpoints), and the job,
     whose training had finished, succeeds."""
     env = {"FT_EPOCHS": "4", "FT_SLEEP": "0.05", "FT_QUORUM_TIMEOUT": "4"}
-    proc = _launch(tmp_path, "lite_train.py", env=env)
-    try:
-        killed_pid, _ = _kill_group(tmp_path, 1, after_commits=30)  # of 32
-        output = _finish(proc, timeout=90)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, output[-4000:]
+    output, status, killed_pid, _ = _run_killing(tmp_path, "lite_train.py", 1, 30, env=env, timeout=90)  # of 32
+    assert status == 0, output[-4000:]
     assert "replica group 1 was killed by SIGKILL; restarting it (1 of 3 restarts)" in output
     assert "no live replica group joined it within quorum_timeout=4s" in output
     assert "restarted replica group 1 ended with exit code 1 after training had finished" in output

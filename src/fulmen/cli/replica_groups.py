@@ -19,12 +19,12 @@ from __future__ import annotations
 import functools
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 
+from fulmen.strategies.environments.lightning import find_free_network_port
 from fulmen.strategies.launchers.subprocess_script import _die_with_parent
 
 #: Seconds the other groups get to finish once one group has ended successfully.
@@ -136,7 +136,7 @@ def _start(command: list[str], env: dict[str, str], index: int, restart: int, pr
     if gpus is not None:
         group_env["CUDA_VISIBLE_DEVICES"] = gpus
     if processes > 1:  # the group's own process group: a new port each start, so no old socket is in the way
-        group_env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(processes),
+        group_env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(find_free_network_port()), WORLD_SIZE=str(processes),
                          LOCAL_WORLD_SIZE=str(processes), NODE_RANK="0", GROUP_RANK="0")  # fmt: skip
     # Each process in its own session: stopping it is one signal to its process group (with any
     # children it started); and it dies with this launcher, even when the launcher is killed.
@@ -179,11 +179,6 @@ def _visible_gpus(env: dict[str, str]) -> list[str]:
 
     return [str(device) for device in range(torch.cuda.device_count())]
 
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _how_it_ended(code: int) -> str:
