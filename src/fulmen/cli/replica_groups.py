@@ -180,7 +180,6 @@ def _visible_gpus(env: dict[str, str]) -> list[str]:
     return [str(device) for device in range(torch.cuda.device_count())]
 
 
-
 def _how_it_ended(code: int) -> str:
     if code < 0:
         try:
