@@ -10,10 +10,12 @@ through Lite. Three runs:
   (restarted by ``fulmen run``, healing from group 0).
 
 Throughput is the global samples of committed steps per second, read from group 0 / rank 0's
-step times (the first steps warm up). Goals: fault-free fault_tolerant >= 0.9x ddp; with one kill
-per 30 s >= 0.85x fault-free.
+step times (the first steps warm up). The two fault-free runs alternate over ``--rounds`` rounds and
+the ratio is the median of each round's ratio: a shared 2-core machine drifts by more than the
+difference measured. Goals: fault-free fault_tolerant >= 0.9x ddp; with one kill per 30 s >= 0.85x
+fault-free.
 
-    python benchmarks/bench_fault_tolerance.py [--steps 300] [--kill-seconds 95] [--kill-every 30]
+    python benchmarks/bench_fault_tolerance.py [--steps 300] [--rounds 3] [--kill-seconds 95] [--kill-every 30]
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -126,38 +129,51 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=300, help="committed steps of the fault-free runs")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating ddp / fault_tolerant rounds")
     parser.add_argument("--kill-seconds", type=float, default=95.0, help="about how long the run with kills lasts")
     parser.add_argument("--kill-every", type=float, default=30.0)
     args = parser.parse_args()
     if args.worker is not None:
         worker(args.worker, args.steps)
         return
+    fault_free = {
+        "ddp": ["--devices", "2", "--strategy", "ddp", "--accelerator", "cpu"],
+        "fault_tolerant": ["--replica-groups", "2", "--heartbeat-timeout", "1"],
+    }
     with tempfile.TemporaryDirectory() as folder:
-        results = {}
-        for name, flags in (
-            ("ddp", ["--devices", "2", "--strategy", "ddp", "--accelerator", "cpu"]),
-            ("fault_tolerant", ["--replica-groups", "2", "--heartbeat-timeout", "1"]),
-        ):
-            out = Path(folder) / name.replace(" ", "_")
-            out.mkdir()
-            os.environ["FT_BENCH_OUT"] = str(out)
-            results[name] = _run(out, flags, args.steps)
+        rounds: dict[str, list[dict]] = {name: [] for name in fault_free}
+        for index in range(args.rounds):
+            order = list(fault_free) if index % 2 == 0 else list(reversed(fault_free))  # no fixed neighbour
+            for name in order:
+                rounds[name].append(_run(_fresh(Path(folder) / f"{name}_{index}"), fault_free[name], args.steps))
+        ratios = [f["samples_per_s"] / d["samples_per_s"] for f, d in zip(rounds["fault_tolerant"], rounds["ddp"])]
+        results = {name: _median_run(runs) for name, runs in rounds.items()}
         step_seconds = results["fault_tolerant"]["seconds"] / max(args.steps - WARMUP - 1, 1)
         kill_steps = int(args.kill_seconds / step_seconds)
-        out = Path(folder) / "kills"
-        out.mkdir()
-        os.environ["FT_BENCH_OUT"] = str(out)
-        flags = ["--replica-groups", "2", "--heartbeat-timeout", "1", "--max-restarts", "100"]
-        results["fault_tolerant, kills"] = _run(out, flags, kill_steps, kill_every=args.kill_every)
+        flags = [*fault_free["fault_tolerant"], "--max-restarts", "100"]
+        results["fault_tolerant, kills"] = _run(_fresh(Path(folder) / "kills"), flags, kill_steps, args.kill_every)
 
-    ddp, ft, kills = (results[k]["samples_per_s"] for k in ("ddp", "fault_tolerant", "fault_tolerant, kills"))
+    ft, kills = (results[k]["samples_per_s"] for k in ("fault_tolerant", "fault_tolerant, kills"))
+    ratio = statistics.median(ratios)
     print(f"\nCommitted samples/s, 2 CPU processes, MLP {DEPTH}x{WIDTH}, batch {BATCH} per process")
     for name, result in results.items():
         extra = f", {result['kills']} kills" if result["kills"] else ""
         print(f"  {name:<24} {result['samples_per_s']:9.1f} samples/s  ({result['seconds']:.1f} s{extra})")
     print(f"  step time (fault_tolerant): {step_seconds * 1000:.1f} ms")
-    print(f"  fault_tolerant / ddp:       {ft / ddp:6.3f}x  goal >= 0.90  {'OK' if ft / ddp >= 0.9 else 'MISSED'}")
+    print(f"  fault_tolerant / ddp per round: {', '.join(f'{r:.3f}x' for r in ratios)}")
+    print(f"  fault_tolerant / ddp:       {ratio:6.3f}x  goal >= 0.90  {'OK' if ratio >= 0.9 else 'MISSED'}  (median)")
     print(f"  kills / fault-free:         {kills / ft:6.3f}x  goal >= 0.85  {'OK' if kills / ft >= 0.85 else 'MISSED'}")
+
+
+def _fresh(out: Path) -> Path:
+    """An empty folder for one run; the workers find it through ``FT_BENCH_OUT`` (the kill looks for it too)."""
+    out.mkdir()
+    os.environ["FT_BENCH_OUT"] = str(out)
+    return out
+
+
+def _median_run(runs: list[dict]) -> dict:
+    return sorted(runs, key=lambda run: run["samples_per_s"])[len(runs) // 2]
 
 
 if __name__ == "__main__":

@@ -213,3 +213,64 @@ def test_group_arguments_are_checked() -> None:
         len(ExactlyOnceLoader(DataLoader(_Recorded(20), batch_size=2), EpochPosition(), 2, print, print, 0, 0, 1, 2))
         == 2
     )
+
+
+_KILLED_TRAINING_PROCESS = """
+import os, sys, time
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+from fulmen.strategies.ft_data import EpochPosition, ExactlyOnceLoader
+
+out = sys.argv[1]
+
+def record_worker(worker_id):  # the loader's own worker_init_fn still runs
+    with open(os.path.join(out, f"worker-{worker_id}.pid"), "w") as file:
+        file.write(str(os.getpid()))
+
+data = DataLoader(TensorDataset(torch.arange(64)), batch_size=2, num_workers=2, worker_init_fn=record_worker)
+loader = ExactlyOnceLoader(data, EpochPosition(), 1, lambda: (0, 1), lambda samples: None)
+batches = iter(loader)  # kept: an abandoned iterator shuts its workers down
+next(batches)
+open(os.path.join(out, "ready"), "w").close()
+time.sleep(60)
+"""
+
+
+def test_prefetching_workers_die_at_once_with_a_killed_training_process(tmp_path) -> None:
+    """Their copies of its sockets would otherwise keep the cross-group connections open until the workers
+    notice (every 5 s), and the surviving groups would stall that long."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    training = subprocess.Popen([sys.executable, "-c", _KILLED_TRAINING_PROCESS, str(tmp_path)])
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "ready").exists():
+            assert training.poll() is None and time.monotonic() < deadline, "the training process did not start"
+            time.sleep(0.05)
+        workers = [int((tmp_path / f"worker-{index}.pid").read_text()) for index in range(2)]
+        assert all(_alive(pid) for pid in workers)
+        training.kill()
+        training.wait()
+        killed_at = time.monotonic()
+        while any(_alive(pid) for pid in workers) and time.monotonic() - killed_at < 10:
+            time.sleep(0.02)
+        assert time.monotonic() - killed_at < 1.0, "the workers outlived the training process"
+    finally:
+        if training.poll() is None:
+            training.kill()
+        for pid in workers if "workers" in locals() else []:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its reaper counts as dead)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 
 from fulmen.strategies.environments.lightning import find_free_network_port
-from fulmen.strategies.launchers.subprocess_script import _die_with_parent
+from fulmen.utilities.processes import die_with_parent
 
 #: Seconds the other groups get to finish once one group has ended successfully.
 FINISH_GRACE = 60.0
@@ -140,7 +140,7 @@ def _start(command: list[str], env: dict[str, str], index: int, restart: int, pr
                          LOCAL_WORLD_SIZE=str(processes), NODE_RANK="0", GROUP_RANK="0")  # fmt: skip
     # Each process in its own session: stopping it is one signal to its process group (with any
     # children it started); and it dies with this launcher, even when the launcher is killed.
-    preexec = functools.partial(_die_with_parent, os.getpid())
+    preexec = functools.partial(die_with_parent, os.getpid())
     procs = []
     for rank in range(processes):
         rank_env = {**group_env, "RANK": str(rank), "LOCAL_RANK": str(rank)} if processes > 1 else group_env

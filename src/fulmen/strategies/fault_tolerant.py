@@ -8,6 +8,11 @@ Manager, and commits the optimizer step only if every group of the quorum got th
 (``should_commit``). A group that died and restarted joins the next quorum and receives a live
 peer's state (see ``ft_state``) before its first step, so that its weights equal the others'.
 
+The next step's quorum is asked for as soon as a step's commit vote is in, in a background
+thread, while the optimizer steps and the loop does its bookkeeping; the next batch waits for it.
+The RPCs to the lighthouse then cost no step time. What it heals (sent or received) waits for that
+next batch too, so the state that travels is always the one at a step boundary (see ``ft_state``).
+
 Gradients go through ``manager.allreduce`` rather than torchft's DDP wrapper: on gloo that
 wrapper ends the surviving process when the peer dies inside an all-reduce, while the Manager
 records the failure and lets the step fail to commit. With several processes per group, each
@@ -20,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -118,6 +124,7 @@ class FaultTolerantStrategy(Strategy):
         self._replica_group = replica_group
         self._num_replica_groups = num_replica_groups
         self.replica_state = ReplicaState()
+        self.replica_state.boundary_timeout = float(timeout)
         self.position = EpochPosition()
         self.replica_state.register("data", self.position.state_dict, self.position.load_state_dict)
         self._manager: Any = None
@@ -133,6 +140,7 @@ class FaultTolerantStrategy(Strategy):
         self._resume_skip = 0
         self._defer_rng = False
         self._first_quorum = True  # before it, the groups wait for each other (see _wait_for_peers)
+        self._next_quorum: _Background | None = None  # the next step's quorum, asked for after a commit vote
 
     # ----------------------------------------------------------------------------------- where
     @property
@@ -326,7 +334,12 @@ class FaultTolerantStrategy(Strategy):
         """
         if not self._step_open:
             self._require_connected()
-            self._manager.start_quorum()
+            self.replica_state.at_step_boundary()  # what the quorum heals may be read or written from here on
+            if self._next_quorum is not None:
+                self._next_quorum, next_quorum = None, self._next_quorum
+                next_quorum.result()
+            else:
+                self._manager.start_quorum()
             if self._first_quorum:
                 self._first_quorum = False
                 self._wait_for_peers()
@@ -394,6 +407,7 @@ class FaultTolerantStrategy(Strategy):
             self._average_gradients([p for group in optimizer.param_groups for p in group["params"]])
         self._step_open, self._averaged = False, False
         self.last_step_committed = bool(self._manager.should_commit())
+        self._ask_next_quorum()
         if self.last_step_committed:
             self.position.cursor += self._step_samples
             self.precision.optimizer_step(optimizer, closure=_no_closure, **kwargs)
@@ -401,6 +415,13 @@ class FaultTolerantStrategy(Strategy):
             optimizer.zero_grad(set_to_none=True)  # the gradients may hold a partial all-reduce
         self._step_samples = 0
         return output
+
+    def _ask_next_quorum(self) -> None:
+        """Start the next step's quorum in the background (torchft's own thread pool holds the previous
+        step's future until this call, so a thread of ours runs it); ``begin_step`` waits for it."""
+        self.replica_state.leave_step_boundary()
+        device = self.root_device
+        self._next_quorum = _Background(self._manager.start_quorum, device if device.type == "cuda" else None)
 
     def _average_gradients(self, params: list[Tensor]) -> None:
         """Every gradient in place: the large ones started during backward are waited for; the others are
@@ -451,6 +472,10 @@ class FaultTolerantStrategy(Strategy):
 
     # -------------------------------------------------------------------------------- teardown
     def teardown(self) -> None:
+        if self._next_quorum is not None:  # asked for after the last step: let it end (peers may heal from it)
+            self.replica_state.at_step_boundary()
+            self._next_quorum.join(self.timeout.total_seconds())
+            self._next_quorum = None
         if self._manager is not None:
             self._manager.shutdown(wait=False)
             self._manager = None
@@ -476,6 +501,32 @@ _WITH_INNER: dict[str, type[FaultTolerantStrategy]] = {
     "ddp": FaultTolerantDDPStrategy,
     "fsdp": FaultTolerantFSDPStrategy,
 }
+
+
+class _Background:
+    """``function()`` in a daemon thread; ``result()`` waits for it and raises what it raised."""
+
+    def __init__(self, function: Callable[[], Any], device: torch.device | None = None) -> None:
+        self._function, self._device = function, device
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="fulmen-ft-next-quorum", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            if self._device is not None:
+                torch.cuda.set_device(self._device)
+            self._function()
+        except BaseException as error:  # raised in the training thread by result()
+            self._error = error
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def result(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 def _inner_name(inner: str | None) -> str:

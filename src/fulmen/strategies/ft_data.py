@@ -22,6 +22,7 @@ the prediction starts over. The assignment is always the quorum's: a wrong guess
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -29,6 +30,8 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, RandomSampler
+
+from fulmen.utilities.processes import worker_dies_with
 
 
 @dataclass
@@ -254,7 +257,7 @@ class _Workers:
             "collate_fn": dataloader.collate_fn,
             "pin_memory": dataloader.pin_memory,
             "prefetch_factor": dataloader.prefetch_factor,
-            "worker_init_fn": dataloader.worker_init_fn,
+            "worker_init_fn": _DieWithTrainingProcess(os.getpid(), dataloader.worker_init_fn),
             "multiprocessing_context": dataloader.multiprocessing_context,
             "timeout": dataloader.timeout,
             "generator": dataloader.generator,
@@ -294,6 +297,24 @@ class _Workers:
         shutdown = getattr(batches, "_shutdown_workers", None)  # torch's multiprocessing iterator
         if shutdown is not None:
             shutdown()
+
+
+class _DieWithTrainingProcess:
+    """A worker's init: die with the training process, then the loader's own ``worker_init_fn``.
+
+    A forked worker holds copies of the training process's sockets (the cross-group all-reduce's among
+    them). When the training process is killed, its peers would see those connections open until the
+    worker noticed (DataLoader workers look every 5 s), and stall that long instead of failing the
+    step at once. (A forkserver's worker is the forkserver's child and dies with it anyway.)
+    """
+
+    def __init__(self, training_pid: int, user_init: Callable[[int], None] | None) -> None:
+        self.training_pid, self.user_init = training_pid, user_init
+
+    def __call__(self, worker_id: int) -> None:
+        worker_dies_with(self.training_pid)
+        if self.user_init is not None:
+            self.user_init(worker_id)
 
 
 def _nothing_pending() -> int:

@@ -15,6 +15,7 @@ again on its own mesh.
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,13 @@ class ReplicaState:
         #: The peer's random states, kept until the step's first batch (``apply_pending_rng``): what runs
         #: between healing and that batch (a sanity check) must not draw from them.
         self.pending_rng: dict[str, Any] | None = None
+        # Set while the loop is between steps with its bookkeeping done (the optimizer has stepped, the
+        # counters and schedulers have moved): the next quorum runs in the background while they do, and
+        # what it sends or loads waits for this. ``boundary_timeout`` bounds the wait (a loop that ended
+        # without teardown): by then the training thread is past every step's writes.
+        self._boundary = threading.Event()
+        self._boundary.set()
+        self.boundary_timeout = 60.0
 
     def register(self, key: str, state_dict: Callable[[], Any], load_state_dict: Callable[[Any], None]) -> None:
         """Heal ``key`` too: ``state_dict()`` on a live group, ``load_state_dict(value)`` on the restarted one."""
@@ -44,7 +52,14 @@ class ReplicaState:
             raise TypeError(f"register_replica_state({key!r}, ...): state_dict and load_state_dict must be callables")
         self._extras[key] = (state_dict, load_state_dict)
 
+    def at_step_boundary(self) -> None:
+        self._boundary.set()
+
+    def leave_step_boundary(self) -> None:
+        self._boundary.clear()
+
     def state_dict(self) -> dict[str, Any]:
+        self._boundary.wait(self.boundary_timeout)
         return {
             "modules": [_shards_of(module.state_dict()) for module in self.modules],
             "optimizers": [_shards_of(optimizer.state_dict()) for optimizer in self.optimizers],
@@ -53,6 +68,7 @@ class ReplicaState:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._boundary.wait(self.boundary_timeout)
         if len(state["modules"]) != len(self.modules) or len(state["optimizers"]) != len(self.optimizers):
             raise RuntimeError(
                 f"The live replica group sent {len(state['modules'])} module(s) and {len(state['optimizers'])} "

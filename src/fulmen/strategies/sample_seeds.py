@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from fulmen.strategies.launchers.subprocess_script import _die_with_parent
+from fulmen.utilities.processes import worker_dies_with
 
 _MASK64 = (1 << 64) - 1
 
@@ -84,7 +84,7 @@ class SeedSamples:
         self.parent_pid = os.getpid()
 
     def __call__(self, worker_id: int) -> None:
-        _die_with_parent(self.parent_pid)
+        worker_dies_with(self.parent_pid)
         if self.user_init is not None:
             self.user_init(worker_id)
         info = torch.utils.data.get_worker_info()

@@ -31,6 +31,7 @@ from typing import Any
 from fulmen.strategies.environments.cluster_environment import ClusterEnvironment
 from fulmen.strategies.launchers.launcher import Launcher
 from fulmen.utilities.exceptions import DistributedError
+from fulmen.utilities.processes import die_with_parent
 
 #: Set in children so that a re-run script does not launch again.
 CHILD_FLAG = "FULMEN_LAUNCHED_CHILD"
@@ -91,7 +92,7 @@ class SubprocessScriptLauncher(Launcher):
         os.environ["LOCAL_RANK"] = "0"
         os.environ["WORLD_SIZE"] = str(self.num_processes * self.num_nodes)
         command = _script_command()
-        preexec = functools.partial(_die_with_parent, os.getpid())
+        preexec = functools.partial(die_with_parent, os.getpid())  # children die with the launcher, even killed
         procs = []
         for local_rank in range(1, self.num_processes):
             child_env = {**os.environ, "LOCAL_RANK": str(local_rank), CHILD_FLAG: "1"}
@@ -254,17 +255,3 @@ def _script_command() -> list[str]:
         return [sys.executable, "-m", module, *sys.argv[1:]]
     script = os.path.abspath(sys.argv[0])
     return [sys.executable, script, *sys.argv[1:]]
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Children die with the launcher, even when it is killed with SIGKILL (Linux only)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: the watcher still stops them on errors
-        return
-    if os.getppid() != parent_pid:  # the parent died before the request took effect
-        os._exit(1)
