@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
 import torch
 from torch import nn
@@ -277,3 +280,74 @@ def test_each_group_gets_its_own_gpus_when_there_are_enough() -> None:
     assert [group_gpus(g, 1, ["4", "6"]) for g in (0, 1)] == ["4", "6"]  # of CUDA_VISIBLE_DEVICES
     assert group_gpus(1, 2, ["0", "1", "2"]) is None  # too few: the groups share what there is
     assert group_gpus(0, 1, []) is None  # no GPU
+
+
+class _OneGroupManager:
+    """torchft's Manager for one group alone, whose commit votes follow ``commits`` (then always commit)."""
+
+    def __init__(self, commits: list[bool]) -> None:
+        self.commits = iter(commits)
+        self.quorums = 0
+
+    def start_quorum(self) -> None:
+        self.quorums += 1
+
+    def participating_rank(self) -> int:
+        return 0
+
+    def num_participants(self) -> int:
+        return 1
+
+    def current_step(self) -> int:
+        return 0
+
+    def allreduce(self, tensor: torch.Tensor) -> Any:
+        return SimpleNamespace(wait=lambda: None)
+
+    def should_commit(self) -> bool:
+        return next(self.commits, True)
+
+    def shutdown(self, wait: bool = True) -> None:
+        pass
+
+
+def test_trainer_epoch_whose_last_step_does_not_commit_takes_one_more_batch(tmp_path) -> None:
+    """4 steps per epoch; epoch 0's last step does not commit: its samples come in a 5th batch of the same
+    epoch, and max_epochs=2 still trains every sample of both epochs once."""
+    import fulmen as L
+
+    class Recorder(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.Linear(1, 1)
+            self.batches: list[tuple[int, list[int], bool]] = []
+
+        def training_step(self, batch, batch_idx):
+            (ids,) = batch
+            self.current_ids = ids.tolist()
+            return self.layer(ids.float().unsqueeze(1)).pow(2).mean()
+
+        def on_train_batch_end(self, outputs, batch, batch_idx):
+            self.batches.append((self.current_epoch, self.current_ids, self.trainer.strategy.last_step_committed))
+
+        def configure_optimizers(self):
+            optimizer = torch.optim.SGD(self.parameters(), lr=0.01)
+            return [optimizer], [torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)]
+
+    strategy = FaultTolerantStrategy(replica_group=0, num_replica_groups=1, lighthouse="http://127.0.0.1:1")
+    strategy._manager = _OneGroupManager([True, True, True, False])
+    model = Recorder()
+    data = DataLoader(TensorDataset(torch.arange(16)), batch_size=4, shuffle=True)
+    trainer = L.Trainer(
+        strategy=strategy, accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(model, data)
+    per_epoch = [[b for b in model.batches if b[0] == epoch] for epoch in (0, 1)]
+    assert [len(batches) for batches in per_epoch] == [5, 4]
+    assert [committed for _, _, committed in per_epoch[0]] == [True, True, True, False, True]
+    assert per_epoch[0][3][1] == per_epoch[0][4][1]  # the uncommitted step's samples, again
+    for batches in per_epoch:
+        assert sorted(i for _, ids, committed in batches if committed for i in ids) == list(range(16))
+    assert trainer.global_step == 8 and trainer.current_epoch == 2
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.01 * 0.5**2)  # stepped once per epoch

@@ -85,6 +85,10 @@ class ExactlyOnceLoader:
     With the loader's ``num_workers > 0``, its workers (``collate_fn``, ``pin_memory``,
     ``prefetch_factor``, ...) load the predicted batches; ``prefetched`` and ``loaded_in_process``
     count where the batches came from.
+
+    An epoch's length is its steps only if they all commit: when its last step does not, its
+    samples come in one more batch. ``last_of_epoch`` says whether the batch just yielded ends the
+    epoch if its step commits; the Trainer reads it instead of counting ``len()`` batches.
     """
 
     def __init__(
@@ -134,6 +138,7 @@ class ExactlyOnceLoader:
         self._pending = pending or _nothing_pending
         #: The sample indices of the batch most recently handed out (this process's part; for tests and logging).
         self.last_indices: list[int] = []
+        self.last_of_epoch = False
         #: Batches that came from the worker processes, and batches loaded in this process.
         self.prefetched = 0
         self.loaded_in_process = 0
@@ -175,6 +180,7 @@ class ExactlyOnceLoader:
         if 0 < position.steps < self.steps_per_epoch:
             # Healed before the loop, which resumes this epoch at batch `steps` (as from a mid-epoch
             # checkpoint): the batches it replays to get there are done already, so they are None.
+            self.last_of_epoch = False
             for _ in range(min(skip, position.steps)):
                 yield None
         workers = _Workers(self.dataloader) if self.dataloader.num_workers > 0 else None
@@ -191,6 +197,7 @@ class ExactlyOnceLoader:
                 self._on_assigned(stop - cursor)
                 position.steps += 1
                 self.last_indices = indices
+                self.last_of_epoch = stop >= self.num_samples
                 if workers is None:
                     yield self._load(indices)
                 elif workers.expects(indices):

@@ -29,6 +29,10 @@ def iterate(loader: Any, limit: int | float, epoch: int = 0) -> Iterator[tuple[i
         set_sampler_epoch(loader, epoch)
     if limit == 0:
         return
+    if limit != math.inf and _ends_its_own_epochs(loader, limit):
+        for batch_idx, batch in enumerate(loader):
+            yield batch_idx, batch, loader.last_of_epoch
+        return
     if limit != math.inf:
         last = int(limit) - 1
         for batch_idx, batch in enumerate(itertools.islice(loader, int(limit))):
@@ -57,6 +61,12 @@ def iterate_from(iterator: Iterator[Any], start: int, limit: int | float) -> Ite
     last = int(limit) - 1
     for batch_idx, batch in zip(range(start, int(limit)), iterator):
         yield batch_idx, batch, batch_idx == last
+
+
+def _ends_its_own_epochs(loader: Any, limit: int | float) -> bool:
+    """``strategy="fault_tolerant"``'s exactly-once loader, unlimited: an epoch whose last step did not
+    commit has one more batch than ``len()``, and the loader flags each epoch's last batch itself."""
+    return hasattr(loader, "last_of_epoch") and limit >= len(loader)
 
 
 def _batches(loader: CombinedLoader) -> Iterator[Any]:

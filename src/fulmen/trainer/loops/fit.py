@@ -141,8 +141,10 @@ def train_epoch(run: Run, loop: FitLoop) -> None:
                     _step_schedulers(run, plan.epoch_schedulers, state.current_epoch, plateau=False)
                 break
             outputs = batch_step(run, plan, batch, batch_idx, stepping)
-            # fault_tolerant: a step the replica groups did not commit steps no scheduler and is not counted.
-            stepping = stepping and run.strategy.last_step_committed
+            # fault_tolerant: a step the replica groups did not commit steps no scheduler and is not counted;
+            # if it was the epoch's last, its samples come in one more batch, which ends the epoch instead.
+            if not run.strategy.last_step_committed:
+                stepping = is_last = run.is_last_batch = False
 
         if stepping and plan.step_schedulers:
             _step_schedulers(run, plan.step_schedulers, state.batches_that_stepped, plateau=False)
