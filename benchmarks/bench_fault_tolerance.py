@@ -1,7 +1,8 @@
 """Committed samples per second of ``strategy="fault_tolerant"`` (torchft): against plain DDP, and under failures.
 
-Two CPU processes (one thread each, gloo on loopback) train an MLP whose step takes about 50 ms,
-through Lite. Three runs:
+Two CPU processes (one thread each, gloo on loopback) train an MLP through Lite, with a batch that
+makes a step about 50 ms (``--batch 256``; at ``--batch 64`` a step is about 25 ms, and torchft's
+fixed per-step cost weighs twice as much). Three runs:
 
 - ``ddp``: ``fulmen run --devices 2 --strategy ddp``, each process a DDP rank;
 - ``fault_tolerant``: ``fulmen run --replica-groups 2 --heartbeat-timeout 1``, each process a
@@ -15,7 +16,8 @@ the ratio is the median of each round's ratio: a shared 2-core machine drifts by
 difference measured. Goals: fault-free fault_tolerant >= 0.9x ddp; with one kill per 30 s >= 0.85x
 fault-free.
 
-    python benchmarks/bench_fault_tolerance.py [--steps 300] [--rounds 3] [--kill-seconds 95] [--kill-every 30]
+    python benchmarks/bench_fault_tolerance.py [--steps 300] [--batch 256] [--rounds 3]
+        [--kill-seconds 95] [--kill-every 30]
 """
 
 from __future__ import annotations
@@ -31,11 +33,11 @@ import tempfile
 import time
 from pathlib import Path
 
-WIDTH, DEPTH, BATCH, SAMPLES = 1024, 2, 64, 4096
+WIDTH, DEPTH = 1024, 2
 WARMUP = 5
 
 
-def worker(out: str, steps: int) -> None:
+def worker(out: str, steps: int, batch: int) -> None:
     """One process of either run: trains until ``steps`` steps have committed; rank/group 0 records them."""
     import torch
     from torch import nn
@@ -50,14 +52,14 @@ def worker(out: str, steps: int) -> None:
     torch.manual_seed(0)
     net = nn.Sequential(*[m for _ in range(DEPTH) for m in (nn.Linear(WIDTH, WIDTH), nn.ReLU())])
     model, optimizer = lite.setup(net, torch.optim.SGD(net.parameters(), lr=1e-4))
-    data = TensorDataset(torch.randn(SAMPLES, WIDTH))
+    data = TensorDataset(torch.randn(32 * batch, WIDTH))  # 16 steps per epoch
     fault_tolerant = os.environ.get("FULMEN_REPLICA_GROUP") is not None
     if fault_tolerant:
-        loader = strategy.exactly_once(DataLoader(data, batch_size=BATCH, shuffle=True))
+        loader = strategy.exactly_once(DataLoader(data, batch_size=batch, shuffle=True))
         groups = strategy.num_replica_groups
         writer = strategy.replica_group == 0
     else:
-        loader = lite.setup_dataloaders(DataLoader(data, batch_size=BATCH, shuffle=True))
+        loader = lite.setup_dataloaders(DataLoader(data, batch_size=batch, shuffle=True))
         groups = lite.world_size
         writer = lite.global_rank == 0
     progress = {"step": 0}
@@ -71,14 +73,14 @@ def worker(out: str, steps: int) -> None:
             if strategy.last_step_committed:
                 progress["step"] += 1
                 if log is not None:
-                    log.write(json.dumps({"time": time.time(), "samples": BATCH * groups, "pid": os.getpid()}) + "\n")
+                    log.write(json.dumps({"time": time.time(), "samples": batch * groups, "pid": os.getpid()}) + "\n")
             if progress["step"] >= steps:
                 break
 
 
-def _run(out: Path, fulmen_flags: list[str], steps: int, kill_every: float | None = None) -> dict:
+def _run(out: Path, fulmen_flags: list[str], steps: int, batch: int, kill_every: float | None = None) -> dict:
     command = [sys.executable, "-m", "fulmen.cli.main", "run", __file__, *fulmen_flags, "--",
-               "--worker", str(out), "--steps", str(steps)]  # fmt: skip
+               "--worker", str(out), "--steps", str(steps), "--batch", str(batch)]  # fmt: skip
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1"}
     with open(out / "output.txt", "w") as output:
         proc = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
@@ -129,12 +131,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=300, help="committed steps of the fault-free runs")
+    parser.add_argument("--batch", type=int, default=256, help="samples per process and step (256: ~50 ms steps)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating ddp / fault_tolerant rounds")
     parser.add_argument("--kill-seconds", type=float, default=95.0, help="about how long the run with kills lasts")
     parser.add_argument("--kill-every", type=float, default=30.0)
     args = parser.parse_args()
     if args.worker is not None:
-        worker(args.worker, args.steps)
+        worker(args.worker, args.steps, args.batch)
         return
     fault_free = {
         "ddp": ["--devices", "2", "--strategy", "ddp", "--accelerator", "cpu"],
@@ -145,17 +148,19 @@ def main() -> None:
         for index in range(args.rounds):
             order = list(fault_free) if index % 2 == 0 else list(reversed(fault_free))  # no fixed neighbour
             for name in order:
-                rounds[name].append(_run(_fresh(Path(folder) / f"{name}_{index}"), fault_free[name], args.steps))
+                out = _fresh(Path(folder) / f"{name}_{index}")
+                rounds[name].append(_run(out, fault_free[name], args.steps, args.batch))
         ratios = [f["samples_per_s"] / d["samples_per_s"] for f, d in zip(rounds["fault_tolerant"], rounds["ddp"])]
         results = {name: _median_run(runs) for name, runs in rounds.items()}
         step_seconds = results["fault_tolerant"]["seconds"] / max(args.steps - WARMUP - 1, 1)
         kill_steps = int(args.kill_seconds / step_seconds)
         flags = [*fault_free["fault_tolerant"], "--max-restarts", "100"]
-        results["fault_tolerant, kills"] = _run(_fresh(Path(folder) / "kills"), flags, kill_steps, args.kill_every)
+        out = _fresh(Path(folder) / "kills")
+        results["fault_tolerant, kills"] = _run(out, flags, kill_steps, args.batch, args.kill_every)
 
     ft, kills = (results[k]["samples_per_s"] for k in ("fault_tolerant", "fault_tolerant, kills"))
     ratio = statistics.median(ratios)
-    print(f"\nCommitted samples/s, 2 CPU processes, MLP {DEPTH}x{WIDTH}, batch {BATCH} per process")
+    print(f"\nCommitted samples/s, 2 CPU processes, MLP {DEPTH}x{WIDTH}, batch {args.batch} per process")
     for name, result in results.items():
         extra = f", {result['kills']} kills" if result["kills"] else ""
         print(f"  {name:<24} {result['samples_per_s']:9.1f} samples/s  ({result['seconds']:.1f} s{extra})")
