@@ -9,9 +9,9 @@ Manager, and commits the optimizer step only if every group of the quorum got th
 peer's state (see ``ft_state``) before its first step, so that its weights equal the others'.
 
 The next step's quorum is asked for as soon as a step's commit vote is in, in a background
-thread, while the optimizer steps and the loop does its bookkeeping; the next batch waits for it.
-The RPCs to the lighthouse then cost no step time. What it heals (sent or received) waits for that
-next batch too, so the state that travels is always the one at a step boundary (see ``ft_state``).
+thread, while the optimizer steps and the loop does its bookkeeping; the next batch waits for what
+is left of it. What it heals (sent or received) waits for that next batch too, so the state that
+travels is always the one at a step boundary (see ``ft_state``).
 
 Gradients go through ``manager.allreduce`` rather than torchft's DDP wrapper: on gloo that
 wrapper ends the surviving process when the peer dies inside an all-reduce, while the Manager

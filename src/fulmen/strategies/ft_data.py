@@ -312,7 +312,7 @@ class _DieWithTrainingProcess:
     A forked worker holds copies of the training process's sockets (the cross-group all-reduce's among
     them). When the training process is killed, its peers would see those connections open until the
     worker noticed (DataLoader workers look every 5 s), and stall that long instead of failing the
-    step at once. (A forkserver's worker is the forkserver's child and dies with it anyway.)
+    step at once.
     """
 
     def __init__(self, training_pid: int, user_init: Callable[[int], None] | None) -> None:
