@@ -27,7 +27,7 @@ def run_failing(script: str, out_dir: Path, *args: str, timeout: float, env: dic
     start = time.monotonic()
     proc = run_python(script, str(out_dir), *args, timeout=timeout, env=env)
     pids = {int(p.name.split("_")[1]): int(p.read_text()) for p in out_dir.glob("pid_*")}
-    survivors = _wait_until_gone(list(pids.values()), seconds=5.0)
+    survivors = wait_until_gone(list(pids.values()), seconds=5.0)
     elapsed = time.monotonic() - start
     for pid in survivors:  # ours: the script's ranks, by the pids they wrote
         os.kill(pid, signal.SIGKILL)
@@ -50,7 +50,8 @@ def alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def _wait_until_gone(pids: list[int], seconds: float) -> list[int]:
+def wait_until_gone(pids: list[int], seconds: float) -> list[int]:
+    """The pids of ``pids`` still alive after up to ``seconds``."""
     # A rank killed by the kernel (PR_SET_PDEATHSIG) ends a moment after its parent.
     deadline = time.monotonic() + seconds
     while True:

@@ -7,12 +7,18 @@ step commits (the cursor then advances by the step's samples, as ``FaultTolerant
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from fulmen.strategies.ft_data import EpochPosition, ExactlyOnceLoader
+from tests.processes import alive, wait_until_gone
 
 
 class _Recorded(Dataset):
@@ -220,6 +226,7 @@ import os, sys, time
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 from fulmen.strategies.ft_data import EpochPosition, ExactlyOnceLoader
+from tests.processes import alive, wait_until_gone
 
 out = sys.argv[1]
 
@@ -239,12 +246,7 @@ time.sleep(60)
 def test_prefetching_workers_die_at_once_with_a_killed_training_process(tmp_path) -> None:
     """Their copies of its sockets would otherwise keep the cross-group connections open until the workers
     notice (every 5 s), and the surviving groups would stall that long."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
+    workers: list[int] = []
     training = subprocess.Popen([sys.executable, "-c", _KILLED_TRAINING_PROCESS, str(tmp_path)])
     try:
         deadline = time.monotonic() + 60
@@ -252,25 +254,13 @@ def test_prefetching_workers_die_at_once_with_a_killed_training_process(tmp_path
             assert training.poll() is None and time.monotonic() < deadline, "the training process did not start"
             time.sleep(0.05)
         workers = [int((tmp_path / f"worker-{index}.pid").read_text()) for index in range(2)]
-        assert all(_alive(pid) for pid in workers)
+        assert all(alive(pid) for pid in workers)
         training.kill()
         training.wait()
-        killed_at = time.monotonic()
-        while any(_alive(pid) for pid in workers) and time.monotonic() - killed_at < 10:
-            time.sleep(0.02)
-        assert time.monotonic() - killed_at < 1.0, "the workers outlived the training process"
+        assert wait_until_gone(workers, seconds=1.0) == [], "the workers outlived the training process"
     finally:
         if training.poll() is None:
             training.kill()
-        for pid in workers if "workers" in locals() else []:
-            if _alive(pid):
+        for pid in workers:
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie waiting for its reaper counts as dead)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False

@@ -123,8 +123,7 @@ class FaultTolerantStrategy(Strategy):
         self._lighthouse = lighthouse
         self._replica_group = replica_group
         self._num_replica_groups = num_replica_groups
-        self.replica_state = ReplicaState()
-        self.replica_state.boundary_timeout = float(timeout)
+        self.replica_state = ReplicaState(boundary_timeout=float(timeout))
         self.position = EpochPosition()
         self.replica_state.register("data", self.position.state_dict, self.position.load_state_dict)
         self._manager: Any = None
@@ -262,8 +261,8 @@ class FaultTolerantStrategy(Strategy):
         gradient_clip_algorithm: Any = None,
     ) -> None:
         if accumulate_grad_batches != 1:
-            # The Trainer counts an epoch's batches from the loader's length, and an epoch whose last step
-            # did not commit feeds the rest in one more batch: a window of several batches could end open.
+            # An epoch whose last step did not commit takes one more batch than len(loader), so windows
+            # counted in batches would no longer line up with steps: one could end open.
             raise MisconfigurationException(
                 f"`accumulate_grad_batches={accumulate_grad_batches}` is not supported with strategy='fault_tolerant' "
                 "in the Trainer: each optimizer step is one quorum step. Use 1 and a larger batch size."

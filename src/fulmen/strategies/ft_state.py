@@ -29,7 +29,7 @@ from torch.optim import Optimizer
 class ReplicaState:
     """The registry of healed state: ``state_dict`` on the sender, ``load_state_dict`` on the receiver."""
 
-    def __init__(self) -> None:
+    def __init__(self, boundary_timeout: float = 60.0) -> None:
         self.modules: list[nn.Module] = []
         self.optimizers: list[Optimizer] = []
         self._extras: dict[str, tuple[Callable[[], Any], Callable[[Any], None]]] = {}
@@ -44,7 +44,7 @@ class ReplicaState:
         # without teardown): by then the training thread is past every step's writes.
         self._boundary = threading.Event()
         self._boundary.set()
-        self.boundary_timeout = 60.0
+        self.boundary_timeout = boundary_timeout
 
     def register(self, key: str, state_dict: Callable[[], Any], load_state_dict: Callable[[Any], None]) -> None:
         """Heal ``key`` too: ``state_dict()`` on a live group, ``load_state_dict(value)`` on the restarted one."""
